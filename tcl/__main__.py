@@ -1,0 +1,5 @@
+import sys
+
+from tcl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""The ``tcl`` command line (also ``python -m tcl``). Subcommands grow with the project.
+
+Errors that are the user's to fix (TclError) are printed as one message with exit code 2; ``--debug`` shows the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tcl.errors import TclError
+
+logger = logging.getLogger("tcl")
+
+
+def _make_data(args: argparse.Namespace) -> int:
+    from tcl.data.make_data import dataset_exists, format_summary, make_shapes_dataset, summarize
+
+    if dataset_exists(args.out) and not args.force:
+        print(f"{args.out} already holds a generated dataset (use --force to regenerate).")
+        print(format_summary(summarize(args.out)))
+        return 0
+    summary = make_shapes_dataset(args.out, args.train_images, args.val_images, args.image_size,
+                                  args.questions_per_image, args.seed, show_progress=not args.quiet)
+    print(format_summary(summary))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tcl.config import load_config
+    from tcl.data.make_data import dataset_exists, format_summary, make_shapes_dataset, summarize
+
+    config = load_config(args.config, args.overrides)
+    root, shapes = config.data.root, config.data.shapes
+    if not dataset_exists(root):
+        logger.info("no generated data in %s: generating it", root)
+        summary = make_shapes_dataset(root, shapes.train_images, shapes.val_images, shapes.image_size,
+                                      shapes.questions_per_image, shapes.seed)
+    else:
+        summary = summarize(root)
+    print(format_summary(summary))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"summary written to {out / 'data_summary.json'}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tcl.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcl", description="TCL vision-language pretraining and VQA.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    make = commands.add_parser("make-data", help="generate the embedded COCO/VQA-format shapes dataset")
+    make.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
+    make.add_argument("--train-images", type=int, default=2000)
+    make.add_argument("--val-images", type=int, default=500)
+    make.add_argument("--image-size", type=int, default=64)
+    make.add_argument("--questions-per-image", type=int, default=6)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--force", action="store_true", help="regenerate even if the data exists")
+    make.add_argument("--quiet", action="store_true", help="no progress bars")
+    make.set_defaults(run=_make_data)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default (generates the data if absent)")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--config", default=None, help="YAML config (default: configs/vqa_tiny.yaml if present)")
+    demo.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    demo.set_defaults(run=_demo)
+
+    check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
+    check.add_argument("config", help="YAML config file")
+    check.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "config", "") is None:
+        default = Path("configs/vqa_tiny.yaml")
+        args.config = str(default) if default.exists() else None
+    try:
+        return args.run(args)
+    except TclError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

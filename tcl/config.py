@@ -1,0 +1,429 @@
+"""Typed run configuration: YAML files loaded into dataclasses, ``a.b=c`` overrides, validation on load.
+
+One config tree per run (model / data / loss / train / eval / vqa). Every value is checked against the dataclass
+field's type when it is loaded, and impossible combinations are refused before any work starts, with a message that
+names the file (or the command-line override), the key, and the fix. The resolved tree is saved beside every run's
+outputs (``save_config``) so a run can always be reproduced from its directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tcl.errors import ConfigError
+
+Objective = Literal["infonce", "debiased_neg", "debiased_pos"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Explicit sizes are always given; ``*_pretrained`` names where initial weights come from."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+    vision_mlp_ratio: float = 4.0
+    # timm model name (loaded from the hub when the user has access) or a local checkpoint file; null = random init.
+    vision_pretrained: Optional[str] = None
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 64
+    # Layers [0, fusion_layer) are the text encoder, [fusion_layer, num_hidden_layers) the fusion encoder.
+    fusion_layer: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    # Vocabulary size; null = taken from the tokenizer.
+    vocab_size: Optional[int] = None
+    # Hugging Face name or local directory of a BERT checkpoint (e.g. bert-base-uncased); null = random init.
+    text_pretrained: Optional[str] = None
+    embed_dim: int = 32
+    temp: float = 0.07
+    momentum: float = 0.995
+    queue_size: int = 256
+    max_text_len: int = 25
+    mlm_probability: float = 0.15
+
+
+@dataclass
+class ShapesConfig:
+    """Size of the embedded generated dataset (``tcl make-data``), used when ``data.root`` has no data yet."""
+
+    train_images: int = 2000
+    val_images: int = 500
+    image_size: int = 64
+    questions_per_image: int = 6
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how it is read."""
+
+    root: str = "data/shapes"
+    # What to do with a sample that cannot be read (missing/corrupt image, empty caption, unknown image id).
+    on_bad_sample: Literal["skip", "error"] = "skip"
+    # Tokenizer: Hugging Face name or local directory; null = the vocabulary built beside the data (<root>/tokenizer).
+    tokenizer: Optional[str] = None
+    num_workers: int = 2
+    # Where Arrow indexes of annotation files are cached; null = $TCL_CACHE or ~/.cache/tcl.
+    cache_dir: Optional[str] = None
+    # Image directory relative to root (COCO layout: <image_root>/train2014/COCO_train2014_*.jpg).
+    image_root: str = "images"
+    # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, or a Hugging Face datasets table.
+    pretrain_source: Literal["coco", "albef_json", "hf"] = "coco"
+    pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
+    hf_image_column: str = "image"
+    hf_caption_column: str = "caption"
+    # VQA: official v2 question/annotation files by split name, or ALBEF-style vqa_*.json lists.
+    vqa_source: Literal["official", "albef_json"] = "official"
+    vqa_train: list[str] = field(default_factory=lambda: ["train2014"])
+    vqa_eval: str = "val2014"
+    # Image root for Visual Genome entries ("dataset": "vg") of ALBEF-style lists.
+    vg_root: Optional[str] = None
+    max_caption_words: int = 30
+    max_question_words: int = 30
+    crop_scale_min: float = 0.2
+    hflip: bool = True
+    color_jitter: bool = True
+    randaugment: bool = True
+    # Decompression-bomb guard: images with more pixels are refused before decoding.
+    max_image_pixels: int = 89_478_485
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+
+@dataclass
+class LossConfig:
+    """Loss terms and the swappable contrastive objective (TCL.md Part A §A.2)."""
+
+    objective: Objective = "infonce"
+    tau_plus: float = 0.1
+    include_self: bool = True
+    alpha: float = 0.4
+    distill: bool = True
+    # Weights of the three contrastive objectives; each direction enters as weight / 6 (TCL: mean of the six terms).
+    cma_weight: float = 1.0
+    imc_weight: float = 1.0
+    lmi_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    align_uniform_weight: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run bookkeeping."""
+
+    output_dir: str = "runs/pretrain_tiny"
+    epochs: int = 1
+    # Caps the run at this many optimizer steps (smoke tests, budgets); null = no cap.
+    max_steps: Optional[int] = None
+    # Checkpoint every N optimizer steps (also at each epoch end); null = epoch ends only.
+    save_every: Optional[int] = None
+    keep_last: int = 2
+    # Per-process batch size.
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    lr: float = 1e-4
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-5
+    weight_decay: float = 0.02
+    warmup_steps: int = 100
+    grad_clip: Optional[float] = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    grad_checkpointing: bool = False
+    seed: int = 42
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings."""
+
+    batch_size: int = 64
+    # Candidates re-ranked per question by the decoder head.
+    k_test: int = 128
+    # Cap on evaluated questions; null = all.
+    max_questions: Optional[int] = None
+
+
+@dataclass
+class VQAConfig:
+    """VQA fine-tuning."""
+
+    head: Literal["classifier", "decoder"] = "classifier"
+    # Answers seen at least this often in the training annotations form the answer vocabulary (real VQA v2: 9).
+    min_answer_count: int = 1
+    classifier_hidden: Optional[int] = None
+    freeze_vision: bool = False
+    max_train_questions: Optional[int] = None
+    # Pretraining checkpoint to start from; null = random init (the "from scratch" baseline).
+    init: Optional[str] = None
+    # Ranking score of the decoder head: full-sequence likelihood, or TCL's (first token counted twice).
+    rank_score: Literal["sequence", "tcl"] = "sequence"
+
+
+@dataclass
+class Config:
+    """The whole run configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    vqa: VQAConfig = field(default_factory=VQAConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                world_size: int | None = None) -> Config:
+    """Loads a YAML config, applies ``a.b=c`` overrides and validates the result.
+
+    Args:
+        path: YAML file; None starts from the defaults.
+        overrides: ``section.key=value`` strings; values are parsed as YAML (``train.batch_size=8``, ``x=null``).
+        world_size: number of training processes, for the queue divisibility check; None reads ``WORLD_SIZE``
+            (set by ``accelerate launch``) and defaults to 1.
+
+    Raises:
+        ConfigError: the first problem found, naming the file or override, the key and the fix.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    config = _build(Config, raw, source, prefix="")
+    for item in overrides or []:
+        _apply_override(config, item)
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if overrides:
+        source = f"{source} (with overrides {' '.join(overrides)})"
+    validate(config, source, world_size)
+    return config
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Writes the resolved config as YAML (the file can be loaded back with ``load_config``)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found. Pass an existing YAML file (see configs/).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML ({getattr(error, 'problem', error)}). Fix the syntax there.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, loss, train, eval, vqa).")
+    return data
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    """Builds dataclass ``cls`` from a mapping, checking every key and value type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'. {_suggest(key, fields, prefix)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, source, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, source, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _suggest(key: str, fields: dict[str, Any], prefix: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    hint = f"Did you mean '{prefix}{close[0]}'? " if close else ""
+    return f"{hint}Valid keys here: {', '.join(prefix + name for name in fields)}."
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """Returns ``value`` if it matches type ``hint`` (ints are accepted for floats), else raises ConfigError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [arg for arg in args if arg is not type(None)]
+        return _coerce(value, inner[0], source, key)
+    if origin is Literal:
+        if value not in args:
+            choices = " | ".join(str(arg) for arg in args)
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {choices}. Set {key} to one of those.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            if isinstance(value, str):
+                value = [value]
+            else:
+                raise ConfigError(f"{source}: {key} must be a list, got {value!r}. Write it as [a, b].")
+        return [_coerce(item, args[0], source, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # PyYAML reads "1e-4" (no dot) as a string; accept it as the number it obviously is.
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r} ({type(value).__name__}). "
+                          f"Fix the value of {key}.")
+    return value
+
+
+def _apply_override(config: Config, item: str) -> None:
+    source = f"command-line override '{item}'"
+    if "=" not in item:
+        raise ConfigError(f"{source}: expected section.key=value (e.g. train.batch_size=8).")
+    dotted, text = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    node: Any = config
+    for depth, name in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if name not in fields:
+            prefix = ".".join(parts[:depth]) + "." if depth else ""
+            raise ConfigError(f"{source}: unknown key '{prefix}{name}'. {_suggest(name, fields, prefix)}")
+        if depth == len(parts) - 1:
+            hint = typing.get_type_hints(type(node))[name]
+            value = yaml.safe_load(text) if text.strip() else ""
+            if dataclasses.is_dataclass(hint):
+                setattr(node, name, _build(hint, value, source, f"{dotted}."))
+            else:
+                setattr(node, name, _coerce(value, hint, source, dotted))
+        else:
+            node = getattr(node, name)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"{source}: '{'.'.join(parts[:depth + 1])}' is a value, not a section.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation of combinations
+
+
+def validate(config: Config, source: str = "<config>", world_size: int = 1) -> None:
+    """Refuses impossible combinations of values, each with the key to change and how."""
+    for check in (_check_model, _check_loss, _check_train, _check_data):
+        problem = check(config, world_size)
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
+
+
+def _check_model(config: Config, world_size: int) -> str | None:
+    m = config.model
+    positive = ["image_size", "patch_size", "vision_width", "vision_depth", "vision_heads", "hidden_size",
+                "num_hidden_layers", "num_attention_heads", "intermediate_size", "embed_dim", "queue_size",
+                "max_text_len", "max_position_embeddings"]
+    for name in positive:
+        if getattr(m, name) <= 0:
+            return f"model.{name} = {getattr(m, name)} must be positive."
+    if m.image_size % m.patch_size:
+        return (f"model.image_size = {m.image_size} is not a multiple of model.patch_size = {m.patch_size}. "
+                f"Use an image size divisible by the patch size.")
+    if m.vision_width % m.vision_heads:
+        return f"model.vision_width = {m.vision_width} is not divisible by model.vision_heads = {m.vision_heads}."
+    if m.hidden_size % m.num_attention_heads:
+        return (f"model.hidden_size = {m.hidden_size} is not divisible by model.num_attention_heads = "
+                f"{m.num_attention_heads}.")
+    if not 0 < m.fusion_layer < m.num_hidden_layers:
+        return (f"model.fusion_layer = {m.fusion_layer} must lie in [1, model.num_hidden_layers - 1] = "
+                f"[1, {m.num_hidden_layers - 1}] so that both the text and the fusion encoder have layers.")
+    if m.max_text_len > m.max_position_embeddings:
+        return (f"model.max_text_len = {m.max_text_len} exceeds model.max_position_embeddings = "
+                f"{m.max_position_embeddings}. Lower max_text_len or raise max_position_embeddings.")
+    if not 0.001 <= m.temp <= 0.5:
+        return f"model.temp = {m.temp} lies outside the clamp range [0.001, 0.5]."
+    if not 0.0 <= m.momentum < 1.0:
+        return f"model.momentum = {m.momentum} must lie in [0, 1)."
+    if not 0.0 < m.mlm_probability < 1.0:
+        return f"model.mlm_probability = {m.mlm_probability} must lie in (0, 1)."
+    return None
+
+
+def _check_loss(config: Config, world_size: int) -> str | None:
+    loss = config.loss
+    if loss.objective == "debiased_pos" and not 0.0 < loss.tau_plus < 1.0:
+        return (f"loss.tau_plus = {loss.tau_plus} must lie in (0, 1) for loss.objective = debiased_pos "
+                f"(with tau_plus = 0 the loss is identically 0). Set loss.tau_plus=0.1, for example.")
+    if loss.objective == "debiased_neg" and not 0.0 <= loss.tau_plus < 1.0:
+        return f"loss.tau_plus = {loss.tau_plus} must lie in [0, 1) for loss.objective = debiased_neg."
+    if not 0.0 <= loss.alpha <= 1.0:
+        return f"loss.alpha = {loss.alpha} must lie in [0, 1]."
+    for name in ("cma_weight", "imc_weight", "lmi_weight", "itm_weight", "mlm_weight", "align_uniform_weight"):
+        if getattr(loss, name) < 0:
+            return f"loss.{name} = {getattr(loss, name)} must not be negative."
+    return None
+
+
+def _check_train(config: Config, world_size: int) -> str | None:
+    train, queue = config.train, config.model.queue_size
+    if train.batch_size <= 0:
+        return f"train.batch_size = {train.batch_size} must be positive."
+    per_step = train.batch_size * world_size
+    if queue % per_step:
+        fits = sorted({b for b in range(1, train.batch_size * 2 + 1) if queue % (b * world_size) == 0})[-3:]
+        return (f"model.queue_size = {queue} is not divisible by train.batch_size x processes = "
+                f"{train.batch_size} x {world_size} = {per_step} (every step enqueues that many features). "
+                f"Change train.batch_size (e.g. to one of {fits}) or set model.queue_size to a multiple of {per_step}.")
+    for name in ("epochs", "grad_accum_steps", "keep_last", "log_every"):
+        if getattr(train, name) <= 0:
+            return f"train.{name} = {getattr(train, name)} must be positive."
+    for name in ("max_steps", "save_every"):
+        value = getattr(train, name)
+        if value is not None and value <= 0:
+            return f"train.{name} = {value} must be positive (or null for no limit)."
+    if train.warmup_steps < 0:
+        return f"train.warmup_steps = {train.warmup_steps} must not be negative."
+    if train.lr <= 0:
+        return f"train.lr = {train.lr} must be positive."
+    return None
+
+
+def _check_data(config: Config, world_size: int) -> str | None:
+    data = config.data
+    if data.num_workers < 0:
+        return f"data.num_workers = {data.num_workers} must not be negative."
+    if not 0.0 < data.crop_scale_min <= 1.0:
+        return f"data.crop_scale_min = {data.crop_scale_min} must lie in (0, 1]."
+    if data.max_image_pixels <= 0:
+        return f"data.max_image_pixels = {data.max_image_pixels} must be positive."
+    if not data.pretrain_files:
+        return "data.pretrain_files is empty. List at least one annotation file (relative to data.root)."
+    if config.eval.k_test <= 0:
+        return f"eval.k_test = {config.eval.k_test} must be positive."
+    if config.vqa.min_answer_count <= 0:
+        return f"vqa.min_answer_count = {config.vqa.min_answer_count} must be positive."
+    return None

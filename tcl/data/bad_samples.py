@@ -1,0 +1,71 @@
+"""The ``data.on_bad_sample`` policy: skip and count, or stop with the sample's error.
+
+Datasets replace a bad sample with the next readable one (so batch sizes, and with them the queue arithmetic, stay
+fixed) and record why in the sample; the collate functions sum the records into the batch, which carries them from
+DataLoader workers to the main process, where ``SkipReport`` adds them up and reports them at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Callable
+
+from tcl.errors import BadSampleError, DataError
+
+logger = logging.getLogger(__name__)
+
+# After this many unreadable samples in a row the data is almost certainly misconfigured, not merely damaged.
+MAX_CONSECUTIVE_BAD = 50
+
+
+def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: int, on_bad_sample: str
+                     ) -> dict[str, Any]:
+    """Calls ``load(index)``; on a BadSampleError skips forward (``skip``) or re-raises (``error``).
+
+    The returned sample carries ``skipped``: the reasons of the samples passed over to reach it.
+    """
+    skipped: list[str] = []
+    for offset in range(MAX_CONSECUTIVE_BAD):
+        position = (index + offset) % size
+        try:
+            sample = load(position)
+        except BadSampleError as error:
+            if on_bad_sample == "error":
+                raise BadSampleError(f"{error} (sample {position}; set data.on_bad_sample=skip to skip and count "
+                                     f"such samples)", error.reason) from None
+            logger.warning("skipping sample %d: %s", position, error)
+            skipped.append(error.reason)
+            continue
+        sample["skipped"] = skipped
+        return sample
+    raise DataError(f"{MAX_CONSECUTIVE_BAD} unreadable samples in a row from index {index} (last reasons: "
+                    f"{Counter(skipped).most_common(3)}). Check data.root and data.image_root.")
+
+
+def merge_skipped(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """Sums the ``skipped`` records of a batch's samples into {reason: count}."""
+    return dict(Counter(reason for sample in samples for reason in sample.get("skipped", [])))
+
+
+class SkipReport:
+    """Accumulates skipped-sample counts (from batches and from indexing) for the end-of-epoch report."""
+
+    def __init__(self, at_indexing: Counter | None = None):
+        self.at_indexing = Counter(at_indexing or {})
+        self.at_loading: Counter = Counter()
+
+    def update(self, batch: dict[str, Any]) -> None:
+        self.at_loading.update(batch.get("skipped", {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.at_loading.values()) + sum(self.at_indexing.values())
+
+    def format(self) -> str:
+        parts = []
+        if self.at_indexing:
+            parts.append("when indexing: " + ", ".join(f"{r} {n}" for r, n in self.at_indexing.most_common()))
+        if self.at_loading:
+            parts.append("when loading: " + ", ".join(f"{r} {n}" for r, n in self.at_loading.most_common()))
+        return f"skipped {self.total} bad samples" + (f" ({'; '.join(parts)})" if parts else "")

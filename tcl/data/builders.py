@@ -1,0 +1,118 @@
+"""Datasets, tokenizer and loaders built from a ``Config``: the one place that maps config keys to data objects."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tcl.config import Config
+from tcl.data.image_text import (ImageTextDataset, PretrainCollator, albef_json_table, coco_caption_table,
+                                 hf_table)
+from tcl.data.tokenizer import TclTokenizer, load_tokenizer
+from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
+from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
+from tcl.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def build_tokenizer(config: Config) -> TclTokenizer:
+    """The tokenizer named by ``data.tokenizer``, or the one built beside the generated data."""
+    name = config.data.tokenizer or str(Path(config.data.root) / "tokenizer")
+    return TclTokenizer(load_tokenizer(name))
+
+
+def _resolve(config: Config, path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else Path(config.data.root) / path
+
+
+def build_pretrain_dataset(config: Config) -> ImageTextDataset:
+    """Image-text pairs from ``data.pretrain_source`` with TCL's two-view pretraining augmentation."""
+    data = config.data
+    transform = pretrain_transform(config.model.image_size, crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip,
+                                   color_jitter=data.color_jitter, randaugment=data.randaugment)
+    image_root = _resolve(config, data.image_root)
+    files = [_resolve(config, f) for f in data.pretrain_files]
+    kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
+                              "max_image_pixels": data.max_image_pixels}
+    if data.pretrain_source == "hf":
+        # A saved table under data.root, or else a hub name.
+        source = str(files[0]) if files[0].exists() else data.pretrain_files[0]
+        table = hf_table(source, data.hf_image_column, data.hf_caption_column)
+        return ImageTextDataset(table, image_root, transform, image_column=data.hf_image_column,
+                                caption_column=data.hf_caption_column, **kwargs)
+    if data.pretrain_source == "coco":
+        table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
+    else:
+        # ALBEF lists hold paths relative to the working directory or absolute; relative ones resolve against root.
+        table, skipped = albef_json_table(files, data.on_bad_sample, data.cache_dir)
+        image_root = Path(data.root)
+    _log_index_skips("pretraining pairs", skipped)
+    return ImageTextDataset(table, image_root, transform, skipped_at_indexing=skipped, **kwargs)
+
+
+def build_vqa_dataset(config: Config, train: bool) -> VQADataset:
+    """The VQA training set (``data.vqa_train``, train augmentation) or evaluation set (``data.vqa_eval``)."""
+    data = config.data
+    size = config.model.image_size
+    if train:
+        transform = vqa_train_transform(size, crop_scale=(max(data.crop_scale_min, 0.5), 1.0), hflip=data.hflip,
+                                        color_jitter=data.color_jitter, randaugment=data.randaugment)
+    else:
+        transform = test_transform(size)
+    image_root = _resolve(config, data.image_root)
+    names = data.vqa_train if train else [data.vqa_eval]
+    tables, skipped = [], Counter()
+    for name in names:
+        if data.vqa_source == "official":
+            table, dropped = official_vqa_table(data.root, name, image_root, data.on_bad_sample, data.cache_dir)
+        else:
+            table, dropped = albef_vqa_table([_resolve(config, name)], data.on_bad_sample, data.cache_dir)
+        tables.append(table)
+        skipped.update(dropped)
+    _log_index_skips("VQA questions", skipped)
+    import datasets
+
+    table = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
+    roots = {"vqa": image_root}
+    if data.vg_root:
+        roots["vg"] = _resolve(config, data.vg_root)
+    return VQADataset(table, roots, transform, data.on_bad_sample,
+                      max_words=data.max_question_words if train else max(data.max_question_words, 50),
+                      max_image_pixels=data.max_image_pixels, skipped_at_indexing=skipped)
+
+
+def _log_index_skips(what: str, skipped: Counter) -> None:
+    if skipped:
+        logger.warning("left out %d %s while indexing: %s", sum(skipped.values()), what,
+                       ", ".join(f"{reason} {count}" for reason, count in skipped.most_common()))
+
+
+def build_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool, num_workers: int,
+                 seed: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader with a seeded shuffle; workers stay alive across epochs and errors in them reach the caller."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=collate, drop_last=drop_last, generator=generator,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def pretrain_collator(config: Config, tokenizer: TclTokenizer) -> PretrainCollator:
+    return PretrainCollator(tokenizer, config.model.max_text_len)
+
+
+def vqa_collator(config: Config, tokenizer: TclTokenizer, train: bool) -> VQACollator:
+    # TCL truncates questions to 25 tokens at train time only.
+    return VQACollator(tokenizer, config.model.max_text_len if train else None)
+
+
+def check_data_root(config: Config) -> None:
+    """Raises a DataError with what to do when ``data.root`` does not exist."""
+    if not Path(config.data.root).exists():
+        raise DataError(f"data.root = {config.data.root} does not exist. Run `tcl make-data --out {config.data.root}` "
+                        f"for the embedded dataset, or point data.root at your COCO/VQA folder.")

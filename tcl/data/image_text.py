@@ -1,0 +1,239 @@
+"""Image-text pairs for pretraining: COCO captions files, ALBEF/TCL JSON lists, or a Hugging Face datasets table.
+
+Every source becomes a table with an ``image`` column (a path relative to an image root, or an absolute path) and a
+``captions`` column (one or more captions; one is drawn per access, as TCL does for list captions). Each sample
+yields two independent augmentations of the image (TCL feeds the second one to the momentum encoders).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import datasets
+import torch
+from torch.utils.data import Dataset
+
+from tcl.data.bad_samples import load_with_policy, merge_skipped
+from tcl.data.images import load_rgb_image
+from tcl.data.index import cached_index, source_key
+from tcl.data.json_io import load_json
+from tcl.data.text import pre_caption
+from tcl.data.tokenizer import TclTokenizer
+from tcl.errors import BadSampleError, DataError
+
+logger = logging.getLogger(__name__)
+
+PAIR_FEATURES = datasets.Features({"image": datasets.Value("string"),
+                                   "captions": datasets.Sequence(datasets.Value("string"))})
+_COCO_FILE = re.compile(r"COCO_([A-Za-z]+\d*)_\d+\.\w+$")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sources -> tables
+
+
+def coco_caption_table(caption_files: Sequence[str | Path], image_root: str | Path, on_bad_sample: str,
+                       cache_dir: str | Path | None = None) -> tuple[datasets.Dataset, Counter]:
+    """Indexes COCO captions files (read through pycocotools), one row per caption.
+
+    Captions whose image id is not in the file's image list, whose image file is absent from ``image_root``, or that
+    are empty are bad samples: counted and left out (``skip``) or reported as an error (``error``).
+    """
+    image_root = Path(image_root)
+    key = source_key([*caption_files, image_root], extra=f"coco|{on_bad_sample}")
+
+    def rows(skipped: Counter) -> Iterator[dict]:
+        for path in caption_files:
+            yield from _coco_rows(Path(path), image_root, on_bad_sample, skipped)
+
+    return cached_index("coco_captions", key, PAIR_FEATURES, rows, cache_dir)
+
+
+def load_coco(path: Path):
+    """A pycocotools COCO object for ``path``, with our JSON error messages and its chatter sent to the log."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = load_json(path)
+    if not isinstance(coco.dataset, dict) or "images" not in coco.dataset or "annotations" not in coco.dataset:
+        raise DataError(f"{path}: not a COCO annotation file (needs top-level 'images' and 'annotations').")
+    with contextlib.redirect_stdout(io.StringIO()) as chatter:
+        coco.createIndex()
+    logger.debug("pycocotools: %s", chatter.getvalue().strip())
+    return coco
+
+
+def _coco_rows(path: Path, image_root: Path, on_bad_sample: str, skipped: Counter) -> Iterator[dict]:
+    coco = load_coco(path)
+    listings: dict[str, set[str]] = {}
+    for ann in coco.dataset["annotations"]:
+        image = coco.imgs.get(ann.get("image_id"))
+        if image is None:
+            _bad(f"{path}: caption {ann.get('id')} refers to unknown image id {ann.get('image_id')}",
+                 "unknown image id", on_bad_sample, skipped)
+            continue
+        folder = _coco_folder(image["file_name"], path)
+        if folder not in listings:
+            listings[folder] = _listing(image_root / folder)
+        if image["file_name"] not in listings[folder]:
+            _bad(f"{path}: image file {image_root / folder / image['file_name']} (image id {image['id']}) is missing",
+                 "missing image", on_bad_sample, skipped)
+            continue
+        if not pre_caption(str(ann.get("caption") or "")):
+            _bad(f"{path}: caption {ann.get('id')} of image {image['id']} is empty", "empty caption", on_bad_sample,
+                 skipped)
+            continue
+        yield {"image": f"{folder}/{image['file_name']}", "captions": [ann["caption"]]}
+
+
+def _coco_folder(file_name: str, annotation_path: Path) -> str:
+    """COCO keeps images of split S in folder S; the split is in the file name (or in the annotation file's name)."""
+    match = _COCO_FILE.search(file_name)
+    if match:
+        return match.group(1)
+    match = re.search(r"captions_(\w+)\.json$", annotation_path.name)
+    return match.group(1) if match else ""
+
+
+def _listing(folder: Path) -> set[str]:
+    return {entry.name for entry in os.scandir(folder)} if folder.is_dir() else set()
+
+
+def albef_json_table(files: Sequence[str | Path], on_bad_sample: str, cache_dir: str | Path | None = None
+                     ) -> tuple[datasets.Dataset, Counter]:
+    """Indexes ALBEF/TCL pretraining lists ``[{"image": path, "caption": str | [str, ...]}, ...]``.
+
+    Image files are not checked here (the lists span millions of files in many folders); unreadable images are
+    handled when loaded.
+    """
+    key = source_key(files, extra=f"albef|{on_bad_sample}")
+
+    def rows(skipped: Counter) -> Iterator[dict]:
+        for path in files:
+            entries = load_json(path)
+            if not isinstance(entries, list):
+                raise DataError(f"{path}: expected a JSON list of {{'image', 'caption'}} entries, got "
+                                f"{type(entries).__name__}.")
+            for position, entry in enumerate(entries):
+                row = _albef_row(entry, f"{path}: entry {position}", on_bad_sample, skipped)
+                if row is not None:
+                    yield row
+
+    return cached_index("albef_pairs", key, PAIR_FEATURES, rows, cache_dir)
+
+
+def _albef_row(entry: Any, where: str, on_bad_sample: str, skipped: Counter) -> dict | None:
+    if not isinstance(entry, dict) or "image" not in entry or "caption" not in entry:
+        _bad(f"{where}: needs 'image' and 'caption' keys, got {str(entry)[:80]}", "malformed entry", on_bad_sample,
+             skipped)
+        return None
+    captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+    captions = [str(c) for c in captions if pre_caption(str(c or ""))]
+    if not captions:
+        _bad(f"{where}: empty caption for image {entry['image']}", "empty caption", on_bad_sample, skipped)
+        return None
+    return {"image": str(entry["image"]), "captions": captions}
+
+
+def _bad(message: str, reason: str, on_bad_sample: str, skipped: Counter) -> None:
+    if on_bad_sample == "error":
+        raise BadSampleError(f"{message}. Fix the annotation, or set data.on_bad_sample=skip to leave such rows out.",
+                             reason)
+    skipped[reason] += 1
+
+
+def hf_table(name_or_path: str, image_column: str, caption_column: str, split: str = "train") -> datasets.Dataset:
+    """A Hugging Face ``datasets`` table (saved with ``save_to_disk``, or a hub name when reachable)."""
+    path = Path(name_or_path)
+    table = datasets.load_from_disk(str(path)) if path.exists() else datasets.load_dataset(name_or_path, split=split)
+    if isinstance(table, datasets.DatasetDict):
+        if split not in table:
+            raise DataError(f"{name_or_path}: no split '{split}' (has {list(table)}).")
+        table = table[split]
+    for column in (image_column, caption_column):
+        if column not in table.column_names:
+            raise DataError(f"{name_or_path}: no column '{column}' (columns: {table.column_names}). Set "
+                            f"data.hf_image_column / data.hf_caption_column.")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dataset
+
+
+class ImageTextDataset(Dataset):
+    """Yields ``{"image", "image_aug", "caption"}``: two augmented views and one normalised caption.
+
+    Args:
+        table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
+        image_root: folder that relative image paths are resolved against.
+        transform: image transform applied twice, independently.
+        on_bad_sample: ``skip`` or ``error``.
+        image_column / caption_column: column names in ``table``.
+    """
+
+    def __init__(self, table: datasets.Dataset, image_root: str | Path, transform: Callable, on_bad_sample: str = "skip",
+                 max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
+                 caption_column: str = "captions", skipped_at_indexing: Counter | None = None):
+        if len(table) == 0:
+            raise DataError("no usable image-text pairs found. Check data.root, data.pretrain_files and "
+                            "data.image_root (and the skipped-row counts logged while indexing).")
+        self.table = table
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self.on_bad_sample = on_bad_sample
+        self.max_words = max_words
+        self.max_image_pixels = max_image_pixels
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.skipped_at_indexing = skipped_at_indexing or Counter()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return load_with_policy(self._load, index, len(self), self.on_bad_sample)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        row = self.table[index]
+        captions = row[self.caption_column]
+        captions = captions if isinstance(captions, list) else [captions]
+        caption = pre_caption(str(captions[int(torch.randint(len(captions), ()))] or ""), self.max_words) \
+            if captions else ""
+        if not caption:
+            raise BadSampleError(f"empty caption for image {row[self.image_column]!r}", "empty caption")
+        image = self._image(row[self.image_column])
+        return {"image": self.transform(image), "image_aug": self.transform(image), "caption": caption}
+
+    def _image(self, value: Any):
+        if isinstance(value, (str, Path)):
+            path = Path(value)
+            return load_rgb_image(path if path.is_absolute() else self.image_root / path, self.max_image_pixels)
+        from tcl.data.images import as_rgb_image
+
+        if value is None:
+            raise BadSampleError("image missing from the table row", "missing image")
+        return as_rgb_image(value)
+
+
+class PretrainCollator:
+    """Stacks the views and tokenises captions TCL's way (``[CLS] w1 ... wn``, at most ``max_length`` tokens)."""
+
+    def __init__(self, tokenizer: TclTokenizer, max_length: int = 25):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        text = self.tokenizer.encode_texts([s["caption"] for s in samples], self.max_length)
+        return {"image": torch.stack([s["image"] for s in samples]),
+                "image_aug": torch.stack([s["image_aug"] for s in samples]),
+                "input_ids": text.input_ids, "attention_mask": text.attention_mask,
+                "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
+

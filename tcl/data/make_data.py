@@ -1,0 +1,95 @@
+"""``tcl make-data``: generates the embedded dataset, builds its tokenizer, and summarises it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tcl.data.shapes import FAMILY_OF_QUESTION_TYPE, SPLITS, generate_split, write_split
+from tcl.data.text import pre_caption, pre_question
+from tcl.data.tokenizer import build_wordpiece_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "shapes_summary.json"
+
+
+def dataset_exists(root: str | Path) -> bool:
+    """True when ``root`` holds a complete generated dataset (its summary is written last)."""
+    return (Path(root) / SUMMARY_FILE).is_file()
+
+
+def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: int = 500, image_size: int = 64,
+                        questions_per_image: int = 6, seed: int = 0, show_progress: bool = True) -> dict[str, Any]:
+    """Writes the dataset in the official COCO/VQA layout under ``out`` and returns its summary.
+
+    The same arguments always produce byte-identical files.
+    """
+    out = Path(out)
+    sizes = {"train2014": train_images, "val2014": val_images}
+    splits = {}
+    for split in SPLITS:
+        progress = (lambda it, s=split: tqdm(it, desc=f"render {s}", unit="img")) if show_progress else iter
+        splits[split] = generate_split(split, sizes[split], image_size, questions_per_image, seed,
+                                       out / "images" / split, progress)
+        write_split(out, split, splits[split])
+    corpus = [pre_caption(c["caption"]) for d in splits.values() for c in d.captions]
+    corpus += [pre_question(q["question"]) for d in splits.values() for q in d.questions]
+    corpus += [a["answer"] for d in splits.values() for ann in d.annotations for a in ann["answers"]]
+    build_wordpiece_tokenizer(corpus, out / "tokenizer")
+    summary = summarize(out)
+    summary["generator"] = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
+                            "questions_per_image": questions_per_image, "seed": seed}
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(root: str | Path) -> dict[str, Any]:
+    """Counts per split and question family, answer balance, and the blind (question-only) baseline on val."""
+    from tcl.evaluation.answer_prior import blind_accuracy
+
+    root = Path(root)
+    files = {}
+    summary: dict[str, Any] = {"root": str(root), "splits": {}}
+    for split in SPLITS:
+        captions = _load(root / "annotations" / f"captions_{split}.json")
+        questions = _load(root / "annotations" / f"v2_OpenEnded_mscoco_{split}_questions.json")["questions"]
+        annotations = _load(root / "annotations" / f"v2_mscoco_{split}_annotations.json")["annotations"]
+        files[split] = (questions, annotations)
+        families = Counter(FAMILY_OF_QUESTION_TYPE.get(a["question_type"], a["question_type"]) for a in annotations)
+        answers: dict[str, Counter] = {}
+        for ann in annotations:
+            family = FAMILY_OF_QUESTION_TYPE.get(ann["question_type"], ann["question_type"])
+            answers.setdefault(family, Counter())[ann["multiple_choice_answer"]] += 1
+        summary["splits"][split] = {
+            "images": len(captions["images"]), "captions": len(captions["annotations"]),
+            "questions": len(questions), "questions_per_family": dict(sorted(families.items())),
+            "answers_per_family": {f: dict(c.most_common()) for f, c in sorted(answers.items())},
+        }
+    summary["blind_val_accuracy"] = blind_accuracy(*files["train2014"], *files["val2014"])
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A human-readable table of ``summary``."""
+    lines = [f"dataset: {summary['root']}"]
+    for split, info in summary["splits"].items():
+        lines.append(f"  {split}: {info['images']} images, {info['captions']} captions, {info['questions']} questions")
+        for family, count in info["questions_per_family"].items():
+            answers = info["answers_per_family"].get(family, {})
+            shown = ", ".join(f"{a}:{n}" for a, n in list(answers.items())[:8])
+            lines.append(f"    {family:<10} {count:>6}  answers {shown}")
+    lines.append(f"  blind baseline (best question-only prior) on val2014: "
+                 f"{summary['blind_val_accuracy']:.2f} % official VQA accuracy")
+    return "\n".join(lines)
+
+
+def _load(path: Path) -> Any:
+    from tcl.data.json_io import load_json
+
+    return load_json(path)

@@ -1,0 +1,108 @@
+"""Tokenisation with TCL's convention, and the WordPiece vocabulary built for the embedded dataset.
+
+TCL (TCL.md Part B §1.3) encodes texts and questions as ``[CLS] w1 ... wn`` with NO trailing ``[SEP]``, and answers
+as ``[CLS] a1 ... am [SEP]``. A stock BERT tokenizer appends ``[SEP]`` to every sequence, so ``TclTokenizer`` builds
+the ids itself from the tokenizer's word pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from transformers import BertTokenizer
+
+from tcl.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 4000) -> BertTokenizer:
+    """Trains an uncased WordPiece vocabulary on ``texts`` and saves it as a BERT tokenizer in ``out_dir``.
+
+    ``[PAD]`` gets id 0, as in BERT, because the models treat id 0 as padding.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    backend.train_from_iterator(texts, trainer=trainer)
+    # Stable id order (specials first, then by id) so the same corpus always gives the same vocab.txt.
+    vocab = dict(sorted(backend.get_vocab().items(), key=lambda item: item[1]))
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path) -> BertTokenizer:
+    """Loads a BERT tokenizer from a local directory, or by hub name (e.g. ``bert-base-uncased``) when reachable."""
+    path = Path(name_or_path)
+    if path.exists() and not (path / "vocab.txt").exists() and not (path / "tokenizer.json").exists():
+        raise DataError(f"{path}: no tokenizer here (expected vocab.txt or tokenizer.json). Run `tcl make-data` to "
+                        f"build the embedded vocabulary, or set data.tokenizer to a BERT tokenizer directory.")
+    try:
+        return BertTokenizer.from_pretrained(str(name_or_path))
+    except OSError as error:
+        raise DataError(f"cannot load tokenizer '{name_or_path}': {error}. Give a local directory with vocab.txt "
+                        f"(set data.tokenizer), or make the Hugging Face hub reachable.") from None
+
+
+@dataclass
+class TokenizedText:
+    """A padded batch: ``input_ids`` and ``attention_mask`` of shape [B, L]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+class TclTokenizer:
+    """Wraps a BERT tokenizer to produce TCL-convention id tensors."""
+
+    def __init__(self, tokenizer: BertTokenizer):
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.mask_id = tokenizer.mask_token_id
+        if self.pad_id != 0:
+            raise DataError(f"tokenizer pad id is {self.pad_id}; the models assume [PAD] = 0 as in BERT.")
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def encode_texts(self, texts: Sequence[str], max_length: int | None = None) -> TokenizedText:
+        """``[CLS] w1 ... wn [PAD] ...``, truncated to ``max_length`` tokens in total (None: no truncation)."""
+        pieces = self._pieces(texts)
+        if max_length is not None:
+            pieces = [ids[: max_length - 1] for ids in pieces]
+        return self._pad([[self.cls_id, *ids] for ids in pieces])
+
+    def encode_answers(self, answers: Sequence[str]) -> TokenizedText:
+        """``[CLS] a1 ... am [SEP] [PAD] ...`` (never truncated, as TCL)."""
+        return self._pad([[self.cls_id, *ids, self.sep_id] for ids in self._pieces(answers)])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise TypeError("pass a list of strings, not a single string")
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def _pad(self, sequences: list[list[int]]) -> TokenizedText:
+        length = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        return TokenizedText(input_ids, attention_mask)

@@ -1,0 +1,28 @@
+"""Exceptions that carry a message a user can act on.
+
+Every error the project raises on purpose says what was wrong, where (file, line, key or sample), and what to do.
+Command-line entry points print these messages without a traceback unless ``--debug`` is given.
+"""
+
+
+class TclError(Exception):
+    """Base class of the errors that are the user's to fix (bad config, bad data, bad checkpoint)."""
+
+
+class ConfigError(TclError):
+    """An invalid configuration: unknown key, wrong type, impossible combination of values."""
+
+
+class DataError(TclError):
+    """Input data that cannot be used: malformed annotation files, inconsistent ids, missing files."""
+
+
+class BadSampleError(DataError):
+    """One sample cannot be loaded (missing, empty or corrupt image; empty text).
+
+    Datasets either skip and count such samples or re-raise, according to ``data.on_bad_sample``.
+    """
+
+    def __init__(self, message: str, reason: str = "bad sample"):
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,75 @@
+"""Momentum (EMA) encoders and feature queues (TCL.md Part A §A.1 (5, 6), Part B §1.5, §2).
+
+The momentum copy is a separate fp32 module whose parameters never require gradients, so an optimizer built from
+trainable parameters never sees it. It is updated in place, once per optimizer step, before the teacher features
+are computed. Queues live in buffers, so ``state_dict`` holds everything needed to resume.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GatherFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def identity_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """The gather of a single process."""
+    return tensor
+
+
+class MomentumEncoders(nn.Module):
+    """An EMA copy of a set of online modules (tied weights stay tied in the copy)."""
+
+    def __init__(self, online: nn.ModuleDict, momentum: float):
+        super().__init__()
+        self.momentum = momentum
+        self.models = copy.deepcopy(online).float()
+        for parameter in self.models.parameters():
+            parameter.requires_grad_(False)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.models[name]
+
+    @torch.no_grad()
+    def update(self, online: nn.ModuleDict) -> None:
+        """θ_m ← m·θ_m + (1 − m)·θ, over parameters (not buffers), in one fused foreach call."""
+        targets = list(self.models.parameters())
+        sources = [p.detach().to(t.dtype) for p, t in zip(online.parameters(), targets)]
+        torch._foreach_lerp_(targets, sources, 1.0 - self.momentum)
+
+    @torch.no_grad()
+    def copy_from(self, online: nn.ModuleDict) -> None:
+        for target, source in zip(self.models.parameters(), online.parameters()):
+            target.copy_(source)
+
+
+class FeatureQueue(nn.Module):
+    """A ring buffer of [dim, size] unit vectors (random at start) with a pointer; enqueue is gathered."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.register_buffer("queue", F.normalize(torch.randn(dim, size), dim=0))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.queue.shape[1]
+
+    def features(self) -> torch.Tensor:
+        """[size, dim] (a copy, so enqueueing later does not alter features already used in a loss)."""
+        return self.queue.T.clone()
+
+    @torch.no_grad()
+    def enqueue(self, features: torch.Tensor) -> None:
+        """Writes [n, dim] features at the pointer; ``size`` must be a multiple of n (checked by the config)."""
+        count = features.shape[0]
+        if self.size % count:
+            raise ValueError(f"queue size {self.size} is not a multiple of the gathered batch {count}")
+        start = int(self.ptr)
+        self.queue[:, start:start + count] = features.T.to(self.queue.dtype)
+        self.ptr[0] = (start + count) % self.size

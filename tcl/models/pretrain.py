@@ -1,0 +1,209 @@
+"""The TCL pretraining model (TCL.md Part B §1.7): encoders, projections, momentum copies, queues and all losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tcl.config import LossConfig, ModelConfig
+from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
+from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
+from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
+from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
+from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
+from tcl.models.momentum import FeatureQueue, GatherFn, MomentumEncoders, identity_gather
+from tcl.models.vision import build_vision_encoder
+
+# Modules that have a momentum copy, in a fixed order (TCL: no copy of itm_head or temp).
+MOMENTUM_MODULES = ("vision_encoder", "vision_proj", "text_encoder", "fusion_encoder", "mlm_head", "text_proj")
+CONTRASTIVE_TERMS = ("i2t", "t2i", "i2i", "t2t", "lmi_image", "lmi_text")
+TEMPERATURE_RANGE = (0.001, 0.5)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int = 0
+    cls: int = 2
+    mask: int = 4
+
+
+@dataclass
+class PretrainOutput:
+    """The total loss (with gradient), each term detached, and the alignment/uniformity diagnostics."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Teacher:
+    image_embeds: torch.Tensor
+    image_feat: torch.Tensor
+    image_local: torch.Tensor
+    text_feat: torch.Tensor
+    text_local: torch.Tensor
+    image_feat_all: torch.Tensor
+    text_feat_all: torch.Tensor
+
+
+class TCLPretrainModel(nn.Module):
+    """TCL: CMA + IMC + LMI contrastive terms with a swappable objective, ITM with hard negatives, MLM.
+
+    Args:
+        model: architecture.
+        loss: loss weights and objective.
+        vocab_size: tokenizer vocabulary size.
+        special: ids of [PAD], [CLS], [MASK].
+    """
+
+    def __init__(self, model: ModelConfig, loss: LossConfig, vocab_size: int, special: SpecialTokens = SpecialTokens()):
+        super().__init__()
+        self.model_config, self.loss_config, self.special = model, loss, special
+        self.vocab_size = vocab_size
+        config = bert_config(model, vocab_size)
+        self.vision_encoder = build_vision_encoder(model)
+        self.text_encoder = TextEncoder(config, model.fusion_layer)
+        self.fusion_encoder = FusionEncoder(config, model.num_hidden_layers - model.fusion_layer, model.vision_width)
+        self.mlm_head = MLMHead(config, self.text_encoder.embeddings.word_embeddings)
+        for module in (self.text_encoder, self.fusion_encoder, self.mlm_head):
+            init_bert_weights(module)
+        self.vision_proj = nn.Linear(model.vision_width, model.embed_dim)
+        self.text_proj = nn.Linear(model.hidden_size, model.embed_dim)
+        self.itm_head = nn.Linear(model.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(float(model.temp)))
+        self.momentum = MomentumEncoders(self.online_modules(), model.momentum)
+        self.image_queue = FeatureQueue(model.embed_dim, model.queue_size)
+        self.text_queue = FeatureQueue(model.embed_dim, model.queue_size)
+        self.gather: GatherFn = identity_gather
+
+    # -- public surface ------------------------------------------------------------------------------------------
+
+    def online_modules(self) -> nn.ModuleDict:
+        """The online modules that have momentum copies, in the order the copies keep."""
+        return nn.ModuleDict({name: getattr(self, name) for name in MOMENTUM_MODULES})
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens [B, 1 + P, Dv] and the normalised global feature [B, d]."""
+        embeds = self.vision_encoder.forward_features(image)
+        return embeds, F.normalize(self.vision_proj(embeds[:, 0]), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-encoder states [B, L, D] and the normalised global feature [B, d]."""
+        embeds = self.text_encoder(input_ids, attention_mask)
+        return embeds, F.normalize(self.text_proj(embeds[:, 0]), dim=-1)
+
+    def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Fusion-encoder states [B, L, D] of text states cross-attending to image tokens."""
+        return self.fusion_encoder(text_embeds, attention_mask, image_embeds)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.vision_encoder.set_grad_checkpointing(enabled)
+        self.text_encoder.grad_checkpointing = enabled
+        self.fusion_encoder.grad_checkpointing = enabled
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        self.temp.clamp_(*TEMPERATURE_RANGE)
+
+    # -- training forward ----------------------------------------------------------------------------------------
+
+    def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True) -> PretrainOutput:
+        """All TCL losses for one batch.
+
+        Args:
+            image, image_aug: [B, 3, H, W] two augmented views (the second feeds the momentum encoders).
+            input_ids, attention_mask: [B, L] captions (``[CLS] w1 ... wn``).
+            alpha: distillation weight (ramped by the trainer).
+            step_boundary: whether this batch starts an optimizer step: the momentum update and the enqueue happen
+                only then, so gradient accumulation advances them once per optimizer step.
+        """
+        self.clamp_temperature()
+        temp, cfg = self.temp, self.loss_config
+        image_embeds, image_feat = self.encode_image(image)
+        text_embeds, text_feat = self.encode_text(input_ids, attention_mask)
+        teacher = self._teacher(image_aug, input_ids, attention_mask, step_boundary)
+        distill_alpha = alpha if cfg.distill else 0.0
+        common = dict(objective=cfg.objective, tau_plus=cfg.tau_plus, include_self=cfg.include_self)
+        terms = {}
+        terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
+                                              temp, alpha=distill_alpha, image_feat_m=teacher.image_feat,
+                                              text_feat_m=teacher.text_feat, **common)
+        terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
+                                              temp, **common)
+        terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, **common)
+        terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, **common)
+        if step_boundary:
+            self.image_queue.enqueue(self.gather(teacher.image_feat))
+            self.text_queue.enqueue(self.gather(teacher.text_feat))
+        sim_i2t = image_feat @ teacher.text_feat.T / temp
+        sim_t2i = text_feat @ teacher.image_feat.T / temp
+        terms["itm"] = self._itm(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i)
+        terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
+        diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
+                       "uniformity_image": uniformity(image_feat).detach(),
+                       "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()}
+        if cfg.align_uniform_weight > 0:
+            terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
+        total = self._total(terms)
+        return PretrainOutput(total, {name: value.detach() for name, value in terms.items()}, diagnostics)
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.loss_config
+        contrastive = (cfg.cma_weight * (terms["i2t"] + terms["t2i"]) + cfg.imc_weight * (terms["i2i"] + terms["t2t"])
+                       + cfg.lmi_weight * (terms["lmi_image"] + terms["lmi_text"])) / len(CONTRASTIVE_TERMS)
+        total = contrastive + cfg.itm_weight * terms["itm"] + cfg.mlm_weight * terms["mlm"]
+        if "align_uniform" in terms:
+            total = total + cfg.align_uniform_weight * terms["align_uniform"]
+        return total
+
+    @torch.no_grad()
+    def _teacher(self, image_aug, input_ids, attention_mask, step_boundary: bool) -> _Teacher:
+        """Momentum features: EMA update first (online weights of the last optimizer step), then the teacher pass."""
+        if step_boundary and self.training:
+            self.momentum.update(self.online_modules())
+        m = self.momentum
+        image_embeds = m["vision_encoder"].forward_features(image_aug)
+        image_feat = F.normalize(m["vision_proj"](image_embeds[:, 0]), dim=-1)
+        image_local = pool_image_regions(F.normalize(m["vision_proj"](image_embeds[:, 1:]), dim=-1))
+        text_out = m["text_encoder"](input_ids, attention_mask)
+        text_feat = F.normalize(m["text_proj"](text_out[:, 0]), dim=-1)
+        text_local = F.normalize(m["text_proj"](text_out[:, 1:]), dim=-1)
+        return _Teacher(image_embeds, image_feat, image_local, text_feat, text_local,
+                        torch.cat([image_feat, self.image_queue.features().to(image_feat.dtype)]),
+                        torch.cat([text_feat, self.text_queue.features().to(text_feat.dtype)]))
+
+    def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i) -> torch.Tensor:
+        """Positive pairs plus, per image and per text, one hard negative drawn by similarity."""
+        batch = image_embeds.shape[0]
+        positive = self.fuse(text_embeds, attention_mask, image_embeds)[:, 0]
+        if batch == 1:  # no other sample to contrast with
+            return itm_loss(self.itm_head(positive), 1)
+        with torch.no_grad():
+            negative_image = sample_hard_negatives(hard_negative_weights(sim_t2i))
+            negative_text = sample_hard_negatives(hard_negative_weights(sim_i2t))
+        texts = torch.cat([text_embeds, text_embeds[negative_text]])
+        masks = torch.cat([attention_mask, attention_mask[negative_text]])
+        images = torch.cat([image_embeds[negative_image], image_embeds])
+        negative = self.fuse(texts, masks, images)[:, 0]
+        return itm_loss(self.itm_head(torch.cat([positive, negative])), batch)
+
+    def _mlm(self, input_ids, attention_mask, image_embeds, image_embeds_m, alpha: float) -> torch.Tensor:
+        """MLM on a re-encoded masked copy of the text; the head runs on masked positions only."""
+        masked_ids, labels = mask_tokens(input_ids, self.vocab_size, self.special.mask, self.special.pad,
+                                         self.special.cls, self.model_config.mlm_probability)
+        keep = labels != IGNORE
+        hidden = self.fuse(self.text_encoder(masked_ids, attention_mask), attention_mask, image_embeds)
+        logits = self.mlm_head(hidden[keep])
+        teacher_logits = None
+        if alpha > 0:
+            with torch.no_grad():
+                m = self.momentum
+                hidden_m = m["fusion_encoder"](m["text_encoder"](masked_ids, attention_mask), attention_mask,
+                                               image_embeds_m)
+                teacher_logits = m["mlm_head"](hidden_m[keep])
+        return mlm_loss(logits, labels[keep], teacher_logits, alpha)

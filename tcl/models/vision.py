@@ -1,0 +1,56 @@
+"""The image encoder: a timm VisionTransformer returning all tokens after the final norm (TCL.md Part B §1.1)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from tcl.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+
+def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
+    """ViT with a class token, qkv bias, LayerNorm eps 1e-6, no head and no pooling (keys match timm/DeiT)."""
+    return VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
+                             depth=model.vision_depth, num_heads=model.vision_heads, mlp_ratio=model.vision_mlp_ratio,
+                             qkv_bias=True, num_classes=0, global_pool="", class_token=True,
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6))
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Bicubic resampling of the patch-grid part of [1, 1 + P, D] position embeddings to ``num_patches`` patches,
+    without antialiasing (as TCL's interpolation), keeping the class-token position unchanged."""
+    if pos_embed.shape[1] == num_patches + 1:
+        return pos_embed
+    side = int(round(num_patches ** 0.5))
+    return resample_abs_pos_embed(pos_embed, new_size=(side, side), num_prefix_tokens=1, interpolation="bicubic",
+                                  antialias=False)
+
+
+def load_vision_pretrained(encoder: VisionTransformer, name_or_path: str) -> None:
+    """Initialises ``encoder`` from a local checkpoint file or a timm model name (hub, when reachable).
+
+    Position embeddings are resampled to the encoder's resolution; only the classification head may be unused.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    else:
+        import timm
+
+        state = timm.create_model(name_or_path, pretrained=True, num_classes=0).state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))}
+    if "pos_embed" in state:
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], encoder.patch_embed.num_patches)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"vision weights {name_or_path} do not fit the configured ViT: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}. Check model.vision_* sizes.")

@@ -1,0 +1,186 @@
+"""The tiny TCL model: forward/backward for each objective, momentum EMA, queues, seeded regression values."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcl.config import load_config
+from tcl.models import TCLPretrainModel
+from tcl.models.momentum import FeatureQueue, MomentumEncoders
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 60
+BATCH = 8
+
+
+def tiny(*overrides: str) -> TCLPretrainModel:
+    config = load_config(REPO / "configs/pretrain_tiny.yaml",
+                         ["model.queue_size=32", f"train.batch_size={BATCH}", *overrides])
+    torch.manual_seed(0)
+    return TCLPretrainModel(config.model, config.loss, VOCAB)
+
+
+def batch(size: int = BATCH, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(size, 3, 64, 64, generator=g)
+    image_aug = image + 0.1 * torch.randn(size, 3, 64, 64, generator=g)
+    ids = torch.randint(5, VOCAB, (size, 10), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[: size // 2, 7:] = 0
+    ids[mask == 0] = 0
+    return image, image_aug, ids, mask
+
+
+@pytest.mark.parametrize("objective", ["infonce", "debiased_neg", "debiased_pos"])
+def test_forward_backward_reaches_every_online_parameter(objective):
+    model = tiny(f"loss.objective={objective}")
+    out = model(*batch(), alpha=0.4)
+    assert torch.isfinite(out.loss)
+    assert set(out.losses) == {"i2t", "t2i", "i2i", "t2t", "lmi_image", "lmi_text", "itm", "mlm"}
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    assert set(out.diagnostics) >= {"alignment", "uniformity_image", "uniformity_text"}
+    out.loss.backward()
+    online = {n: p for n, p in model.named_parameters() if not n.startswith("momentum.")}
+    missing = [n for n, p in online.items() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    assert all(not p.requires_grad and p.grad is None for p in model.momentum.parameters())
+
+
+def test_total_is_tcl_weighting():
+    model = tiny()
+    out = model(*batch(), alpha=0.4)
+    terms = out.losses
+    contrastive = sum(terms[k] for k in ("i2t", "t2i", "i2i", "t2t", "lmi_image", "lmi_text")) / 6
+    assert out.loss.item() == pytest.approx((contrastive + terms["itm"] + terms["mlm"]).item(), rel=1e-6)
+
+
+def test_optimizer_sees_no_momentum_parameter():
+    model = tiny()
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert not trainable & {id(p) for p in model.momentum.parameters()}
+    assert all(p.dtype == torch.float32 for p in model.momentum.parameters())
+
+
+def test_ema_update_happens_before_teacher_features():
+    model = tiny()
+    with torch.no_grad():
+        for p in model.online_modules().parameters():
+            p.add_(0.01)  # as if an optimizer step had moved the online weights
+    before = [p.clone() for p in model.momentum.parameters()]
+    online = list(model.online_modules().parameters())
+    model(*batch(), alpha=0.0)
+    m = model.model_config.momentum
+    for old, new, source in zip(before, model.momentum.parameters(), online):
+        assert torch.allclose(new, m * old + (1 - m) * source, atol=1e-7)
+
+
+def test_momentum_copy_keeps_tied_mlm_decoder():
+    model = tiny()
+    teacher = model.momentum
+    assert teacher["mlm_head"].predictions.decoder.weight is teacher["text_encoder"].embeddings.word_embeddings.weight
+    assert model.mlm_head.predictions.decoder.weight is model.text_encoder.embeddings.word_embeddings.weight
+
+
+def test_no_update_and_no_enqueue_inside_an_accumulation_window():
+    model = tiny()
+    before = [p.clone() for p in model.momentum.parameters()]
+    queue = model.image_queue.queue.clone()
+    model(*batch(), step_boundary=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.momentum.parameters()))
+    assert torch.equal(queue, model.image_queue.queue) and int(model.image_queue.ptr) == 0
+
+
+def test_enqueue_uses_injected_gather_and_wraps():
+    model = tiny()
+    model.gather = lambda x: torch.cat([x, x.flip(0)])  # as if two processes contributed
+    for step in range(3):
+        model(*batch(seed=step))
+        assert int(model.image_queue.ptr) == (2 * BATCH * (step + 1)) % 32
+    assert int(model.text_queue.ptr) == int(model.image_queue.ptr)
+    norms = model.image_queue.queue.norm(dim=0)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_queue_arithmetic():
+    queue = FeatureQueue(dim=2, size=6)
+    first = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    for step in range(4):
+        queue.enqueue(first * (step + 1))
+    assert int(queue.ptr) == 2
+    assert torch.equal(queue.queue[:, 0:2], (first * 4).T) and torch.equal(queue.queue[:, 4:6], (first * 3).T)
+    with pytest.raises(ValueError, match="not a multiple"):
+        queue.enqueue(torch.zeros(4, 2))
+
+
+def test_ema_formula_on_plain_modules():
+    online = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)})
+    ema = MomentumEncoders(online, momentum=0.9)
+    with torch.no_grad():
+        online["a"].weight.fill_(1.0)
+        ema["a"].weight.fill_(0.0)
+    ema.update(online)
+    assert torch.allclose(ema["a"].weight, torch.full((2, 2), 0.1))
+
+
+def test_single_sample_batch_runs():
+    model = tiny("train.batch_size=1")
+    out = model(*batch(size=1), alpha=0.4)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
+def test_grad_checkpointing_gives_same_loss():
+    plain = tiny()
+    plain.eval()  # no dropout, so both passes compute the same function
+    torch.manual_seed(5)
+    expected = plain(*batch(), step_boundary=False).loss
+    plain.set_grad_checkpointing(True)
+    torch.manual_seed(5)
+    assert plain(*batch(), step_boundary=False).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# Seeded regression values of the tiny model's losses (torch 2.14.1, CPU, fp32). Regenerate deliberately:
+# python -c "import tests.test_model as t; print(t.regression_losses())"
+REGRESSION = {
+    "infonce": {"i2t": 3.62625, "t2i": 3.61788, "i2i": 1.14518, "t2t": 2.08336, "lmi_image": 5.39061,
+                "lmi_text": 5.20656, "itm": 1.37701, "mlm": 4.09836},
+    "debiased_neg": {"i2t": 3.63986, "t2i": 3.61288, "i2i": 0.0, "t2t": 1.40951, "lmi_image": 5.38027,
+                     "lmi_text": 5.20097, "itm": 1.37701, "mlm": 4.09836},
+    "debiased_pos": {"i2t": 0.84095, "t2i": 1.17327, "i2i": 1.63252, "t2t": 2.01808, "lmi_image": 0.00205,
+                     "lmi_text": 0.02719, "itm": 1.37701, "mlm": 4.09836},
+}
+
+
+def test_seeded_regression_values():
+    got = regression_losses()
+    for objective, terms in REGRESSION.items():
+        for term, value in terms.items():
+            assert got[objective][term] == pytest.approx(value, rel=1e-3, abs=1e-4), (objective, term)
+
+
+def regression_losses() -> dict[str, dict[str, float]]:
+    values = {}
+    for objective in ("infonce", "debiased_neg", "debiased_pos"):
+        model = tiny(f"loss.objective={objective}")
+        torch.manual_seed(123)
+        out = model(*batch(), alpha=0.4)
+        values[objective] = {k: round(v.item(), 5) for k, v in out.losses.items()}
+    return values
+
+
+def test_state_dict_holds_everything_to_resume():
+    model = tiny()
+    model(*batch(seed=1))  # moves the EMA and the queues away from their initial values
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert {"image_queue.queue", "image_queue.ptr", "text_queue.queue", "text_queue.ptr", "temp"} <= state.keys()
+    assert any(k.startswith("momentum.models.text_encoder.") for k in state)
+    restored = tiny()
+    restored.load_state_dict(state)
+    torch.manual_seed(9)
+    expected = model(*batch(seed=2), alpha=0.4)
+    torch.manual_seed(9)
+    got = restored(*batch(seed=2), alpha=0.4)
+    assert got.loss.item() == expected.loss.item()
+    assert torch.equal(model.image_queue.queue, restored.image_queue.queue)

@@ -1,0 +1,119 @@
+"""The embedded dataset: deterministic, in the official COCO/VQA layouts, balanced, with annotator noise."""
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tcl.data.make_data import make_shapes_dataset, summarize
+from tcl.data.shapes import ANSWER_TYPES, FAMILY_OF_QUESTION_TYPE, SceneObject, refer
+
+from conftest import TINY_GENERATOR
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_files(shapes_root, tmp_path):
+    again = tmp_path / "again"
+    make_shapes_dataset(again, show_progress=False, **TINY_GENERATOR)
+    assert _digest(again) == _digest(shapes_root)
+
+
+def test_different_seed_gives_different_data(shapes_root, tmp_path):
+    other = tmp_path / "other"
+    make_shapes_dataset(other, show_progress=False, **{**TINY_GENERATOR, "seed": 4})
+    a, b = _digest(shapes_root), _digest(other)
+    assert a.keys() == b.keys()
+    assert a["annotations/captions_train2014.json"] != b["annotations/captions_train2014.json"]
+
+
+def test_official_file_layout(shapes_root):
+    for split, first_id in (("train2014", 1), ("val2014", 500_001)):
+        image = shapes_root / "images" / split / f"COCO_{split}_{first_id:012d}.jpg"
+        with Image.open(image) as im:
+            assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (64, 64))
+        for name in (f"captions_{split}.json", f"v2_OpenEnded_mscoco_{split}_questions.json",
+                     f"v2_mscoco_{split}_annotations.json"):
+            assert (shapes_root / "annotations" / name).is_file()
+    assert (shapes_root / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_pycocotools_loads_captions(shapes_root):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(shapes_root / "annotations" / "captions_train2014.json"))
+    assert len(coco.getImgIds()) == TINY_GENERATOR["train_images"]
+    for image_id in coco.getImgIds():
+        captions = [a["caption"] for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id))]
+        assert len(captions) == 5 and len(set(captions)) == 5
+        file_name = coco.loadImgs(image_id)[0]["file_name"]
+        assert (shapes_root / "images" / "train2014" / file_name).is_file()
+
+
+def test_official_vqa_fields_and_types(shapes_root):
+    questions = json.loads((shapes_root / "annotations/v2_OpenEnded_mscoco_val2014_questions.json").read_text())
+    annotations = json.loads((shapes_root / "annotations/v2_mscoco_val2014_annotations.json").read_text())
+    assert questions["task_type"] == "Open-Ended" and questions["data_subtype"] == "val2014"
+    assert len(questions["questions"]) == TINY_GENERATOR["val_images"] * TINY_GENERATOR["questions_per_image"]
+    for q in questions["questions"]:
+        assert set(q) == {"question_id", "image_id", "question"}
+        assert isinstance(q["question_id"], int) and isinstance(q["image_id"], int) and q["question"].endswith("?")
+    by_id = {q["question_id"]: q for q in questions["questions"]}
+    for ann in annotations["annotations"]:
+        assert set(ann) == {"question_id", "image_id", "question_type", "answer_type", "multiple_choice_answer",
+                            "answers"}
+        assert ann["answer_type"] in {"yes/no", "number", "other"}
+        assert by_id[ann["question_id"]]["image_id"] == ann["image_id"]
+        assert ann["question_type"] in FAMILY_OF_QUESTION_TYPE
+        assert [a["answer_id"] for a in ann["answers"]] == list(range(1, 11))
+        for answer in ann["answers"]:
+            assert set(answer) == {"answer", "answer_confidence", "answer_id"}
+            assert answer["answer_confidence"] in {"yes", "maybe", "no"}
+        most = Counter(a["answer"] for a in ann["answers"]).most_common(1)[0][0]
+        assert ann["multiple_choice_answer"] == most
+
+
+def test_every_family_and_answer_type_present(shapes_root):
+    summary = summarize(shapes_root)
+    families = summary["splits"]["train2014"]["questions_per_family"]
+    assert set(families) == set(ANSWER_TYPES)
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory):
+    root = tmp_path_factory.mktemp("larger")
+    return make_shapes_dataset(root, train_images=300, val_images=150, show_progress=False, seed=1)
+
+
+def test_answers_balanced_within_families(larger):
+    for family, answers in larger["splits"]["train2014"]["answers_per_family"].items():
+        counts = np.array(list(answers.values()))
+        if family in ("existence", "relation", "position", "color", "shape"):
+            # Every answer of these families is achievable in most scenes: nearly uniform.
+            assert counts.max() <= 1.5 * counts.min() + 3, (family, answers)
+
+
+def test_blind_baseline_is_far_from_solving_it(larger):
+    assert 20.0 < larger["blind_val_accuracy"] < 60.0
+
+
+def test_annotator_noise_makes_soft_scores_matter(shapes_root):
+    annotations = json.loads((shapes_root / "annotations/v2_mscoco_train2014_annotations.json").read_text())
+    disagreements = [len({a["answer"] for a in ann["answers"]}) > 1 for ann in annotations["annotations"]]
+    assert 0.3 < np.mean(disagreements) < 0.9
+
+
+def test_referring_expressions_are_unique():
+    objects = [SceneObject("red", "circle", "small", 10, 10, 5), SceneObject("red", "circle", "large", 40, 40, 8),
+               SceneObject("blue", "square", "large", 20, 50, 8)]
+    assert refer(objects[2], objects) == "square"
+    assert refer(objects[0], objects) == "small circle"
+    assert refer(objects[0], objects, exclude="shape") == "small red object"
+    assert refer(objects[2], objects, exclude="shape") == "blue object"

@@ -13,6 +13,10 @@ from tcl.data.vqa import answer_weights
 from conftest import TINY_GENERATOR
 
 
+def _question_count(root, split):
+    return len(json.loads((root / f"annotations/v2_OpenEnded_mscoco_{split}_questions.json").read_text())["questions"])
+
+
 def test_coco_pretrain_pairs_two_views(shapes_root, tiny_config):
     config = tiny_config(shapes_root)
     dataset = build_pretrain_dataset(config)
@@ -83,9 +87,8 @@ def test_official_vqa_train_and_eval(shapes_root, tiny_config):
     config = tiny_config(shapes_root, config="configs/vqa_tiny.yaml")
     train = build_vqa_dataset(config, train=True)
     evaluation = build_vqa_dataset(config, train=False)
-    per_image = TINY_GENERATOR["questions_per_image"]
-    assert len(train) == TINY_GENERATOR["train_images"] * per_image
-    assert len(evaluation) == TINY_GENERATOR["val_images"] * per_image
+    assert len(train) == _question_count(shapes_root, "train2014")
+    assert len(evaluation) == _question_count(shapes_root, "val2014")
     sample = evaluation[0]
     assert sample["image"].shape == (3, 64, 64)
     assert sample["question_id"] == 500_001 * 1000
@@ -101,7 +104,7 @@ def test_test_split_without_annotations(shapes_copy, tiny_config):
     (shapes_copy / "annotations/v2_mscoco_val2014_annotations.json").unlink()
     config = tiny_config(shapes_copy, config="configs/vqa_tiny.yaml")
     dataset = build_vqa_dataset(config, train=False)
-    assert len(dataset) == TINY_GENERATOR["val_images"] * TINY_GENERATOR["questions_per_image"]
+    assert len(dataset) == _question_count(shapes_copy, "val2014")
     assert dataset[0]["answers"] == [] and dataset[0]["weights"] == []
 
 

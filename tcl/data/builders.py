@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tcl.config import Config
 from tcl.data.image_text import (ImageTextDataset, PretrainCollator, albef_json_table, coco_caption_table,
                                  hf_table)
+from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
@@ -39,7 +40,7 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     image_root = _resolve(config, data.image_root)
     files = [_resolve(config, f) for f in data.pretrain_files]
     kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
-                              "max_image_pixels": data.max_image_pixels}
+                              "max_image_pixels": data.max_image_pixels, "seed": config.train.seed}
     if data.pretrain_source == "hf":
         # A saved table under data.root, or else a hub name.
         source = str(files[0]) if files[0].exists() else data.pretrain_files[0]
@@ -84,7 +85,7 @@ def build_vqa_dataset(config: Config, train: bool) -> VQADataset:
         roots["vg"] = _resolve(config, data.vg_root)
     return VQADataset(table, roots, transform, data.on_bad_sample,
                       max_words=data.max_question_words if train else max(data.max_question_words, 50),
-                      max_image_pixels=data.max_image_pixels, skipped_at_indexing=skipped)
+                      max_image_pixels=data.max_image_pixels, skipped_at_indexing=skipped, seed=config.train.seed)
 
 
 def _log_index_skips(what: str, skipped: Counter) -> None:
@@ -94,12 +95,15 @@ def _log_index_skips(what: str, skipped: Counter) -> None:
 
 
 def build_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool, num_workers: int,
-                 seed: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with a seeded shuffle; workers stay alive across epochs and errors in them reach the caller."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=collate, drop_last=drop_last, generator=generator,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader over a ``ShardedEpochSampler`` (``loader.sampler.set_epoch(epoch, start_batch)`` selects the
+    epoch and resumes mid-epoch). Worker errors are re-raised in the caller, never swallowed."""
+    sampler = ShardedEpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, drop_last)
+    # A private generator: creating an iterator would otherwise draw from the global RNG, which a resumed run
+    # restores from its checkpoint, and so shift every later random draw.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def pretrain_collator(config: Config, tokenizer: TclTokenizer) -> PretrainCollator:

@@ -24,6 +24,7 @@ from tcl.data.bad_samples import load_with_policy, merge_skipped
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
 from tcl.data.json_io import load_json
+from tcl.data.sampling import seeded_sample
 from tcl.data.text import pre_caption
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
@@ -181,7 +182,7 @@ class ImageTextDataset(Dataset):
 
     def __init__(self, table: datasets.Dataset, image_root: str | Path, transform: Callable, on_bad_sample: str = "skip",
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
-                 caption_column: str = "captions", skipped_at_indexing: Counter | None = None):
+                 caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0):
         if len(table) == 0:
             raise DataError("no usable image-text pairs found. Check data.root, data.pretrain_files and "
                             "data.image_root (and the skipped-row counts logged while indexing).")
@@ -194,12 +195,16 @@ class ImageTextDataset(Dataset):
         self.image_column = image_column
         self.caption_column = caption_column
         self.skipped_at_indexing = skipped_at_indexing or Counter()
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return load_with_policy(self._load, index, len(self), self.on_bad_sample)
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        """``key`` is an index, or a ``ShardedEpochSampler`` key (epoch * len + index) that also seeds the sample's
+        augmentation, so the same key always gives the same tensors."""
+        with seeded_sample(self.seed, key):
+            return load_with_policy(self._load, int(key) % len(self), len(self), self.on_bad_sample)
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]

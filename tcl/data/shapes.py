@@ -51,7 +51,7 @@ FAMILY_OF_QUESTION_TYPE = {"what color is the": "color", "what shape is the": "s
 
 # Annotator noise: answers that mean the same (some are equal after the official normalisation, some are not) ...
 SYNONYMS = {"gray": ["grey"], "0": ["zero", "none"], "1": ["one"], "2": ["two"], "3": ["three"], "4": ["four"],
-            "yes": ["yes.", "Yes", "yeah"], "no": ["no.", "No", "nope"], "left": ["the left", "left side"],
+            "yes": ["yes.", "yes!", "yeah"], "no": ["no.", "no!", "nope"], "left": ["the left", "left side"],
             "right": ["the right", "right side"], "top": ["the top", "up"], "bottom": ["the bottom", "down"],
             "square": ["box", "rectangle"], "circle": ["round", "ball"], "cross": ["plus", "x"],
             "triangle": ["triangle."]}

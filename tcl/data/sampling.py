@@ -1,0 +1,89 @@
+"""Deterministic, resumable, rank-sharded sampling.
+
+The sampler yields *keys* ``epoch * N + index`` rather than bare indices. Datasets seed each sample's random
+augmentation from its key (``sample_rng_seed``), so a sample looks the same whichever DataLoader worker loads it and
+whether or not the run was interrupted and resumed: resuming mid-epoch just starts the same sequence later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+def split_key(key: int, num_samples: int) -> tuple[int, int]:
+    """(epoch, index) of a sampler key."""
+    return divmod(int(key), num_samples)
+
+
+def sample_rng_seed(base_seed: int, key: int) -> int:
+    """A well-mixed 63-bit seed for one sample draw."""
+    digest = hashlib.blake2b(f"{base_seed}:{int(key)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def seeded_sample(base_seed: int, key: int):
+    """Runs the block with torch's global RNG seeded for this sample, restoring the caller's RNG afterwards
+    (torchvision transforms draw from the global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_rng_seed(base_seed, key))
+        yield
+
+
+class ShardedEpochSampler(Sampler[int]):
+    """Each epoch: one seeded permutation of the dataset, cut into global batches of ``batch_size x world_size``
+    (the short tail dropped, so every rank runs the same number of full batches), rank r taking slot r of each.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: per-process batch size.
+        rank, world_size: this process and the number of processes.
+        seed: shuffle seed (the permutation of epoch e uses seed + e).
+        shuffle: False keeps dataset order (evaluation).
+        drop_last: False keeps a final short global batch (evaluation; ranks may then differ by one batch).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Selects the epoch and the batch (of this rank) to start from, for resuming mid-epoch."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        full = self.num_samples // (self.batch_size * self.world_size)
+        if self.drop_last:
+            return full
+        remainder = self.num_samples - full * self.batch_size * self.world_size
+        return full + int(remainder > self.rank * self.batch_size)
+
+    def _indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_samples, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._indices()
+        global_batch = self.batch_size * self.world_size
+        offset = self.epoch * self.num_samples
+        for batch in range(self.start_batch, self.batches_per_epoch()):
+            start = batch * global_batch + self.rank * self.batch_size
+            for index in order[start:start + self.batch_size].tolist():
+                yield offset + index
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        starts = (b * global_batch + self.rank * self.batch_size
+                  for b in range(self.start_batch, self.batches_per_epoch()))
+        return sum(min(self.batch_size, self.num_samples - start) for start in starts)

@@ -1,0 +1,1 @@
+"""The training engine (the only part of the project that imports accelerate)."""

@@ -1,0 +1,51 @@
+"""AdamW with explicit parameter groups, and the per-iteration warm-up + cosine learning-rate schedule.
+
+Grouping: weights (matrices, embeddings, conv kernels, ``pos_embed``, ``cls_token``) are decayed; biases, LayerNorm
+parameters and the temperature (every parameter with fewer than 2 dimensions) are not. TCL's own grouping
+(TCL.md Part B §3.6) exempts only 1-D parameters and names ending in ``.bias`` — so it decays the 0-D temperature as
+well — and keeps the LayerNorm exemption; the only difference is the temperature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from tcl.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: decayed (ndim >= 2) and not decayed (biases, norms, scalars)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim < 2 or name.endswith(".bias") else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+    # foreach: one fused kernel launch per group on CPU and GPU alike.
+    return torch.optim.AdamW(parameter_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.999), eps=1e-8,
+                             foreach=True)
+
+
+def learning_rate(step: int, total_steps: int, train: TrainConfig) -> float:
+    """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``."""
+    if step < train.warmup_steps:
+        return train.warmup_lr + (train.lr - train.warmup_lr) * step / max(train.warmup_steps, 1)
+    progress = (step - train.warmup_steps) / max(total_steps - train.warmup_steps, 1)
+    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, train: TrainConfig
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per optimizer step (the schedule's length does not depend on ``max_steps``)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, total_steps, train) / train.lr)
+
+
+def alpha_at(step: int, steps_per_epoch: int, alpha: float) -> float:
+    """TCL's distillation ramp: linear from 0 to ``alpha`` over the first epoch, constant afterwards."""
+    return alpha * min(1.0, step / max(steps_per_epoch, 1))

@@ -1,0 +1,58 @@
+"""The accelerate set-up: precision, DDP options, trackers, and the checks a distributed run needs."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from tcl.config import Config
+from tcl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def build_accelerator(config: Config):
+    """An Accelerator for this config (launcher settings such as DeepSpeed come from ``accelerate launch``)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    precision = config.train.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision = fp16 needs a GPU; use bf16 on CPU (or no).")
+    # The queues are identical on every rank by construction: re-broadcasting 2 x 256 x 65,536 floats from rank 0
+    # every forward (DDP's default) would only cost time.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.train.grad_accum_steps,
+                       log_with="tensorboard", project_dir=config.train.output_dir, kwargs_handlers=[ddp],
+                       step_scheduler_with_optimizer=False)
+
+
+def check_distributed_setup(accelerator, config: Config) -> None:
+    """Refuses set-ups that would silently break training: ZeRO-3 and a batch/queue mismatch."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and int(plugin.zero_stage) >= 3:
+        raise ConfigError("DeepSpeed ZeRO-3 partitions parameters across processes, so the momentum encoders' EMA "
+                          "update would read and write shards instead of whole weights (silently wrong teachers). "
+                          "Use ZeRO-1/2 (configs/accelerate/deepspeed_zero2.yaml) or DDP.")
+    if plugin is not None:
+        # Batches are not prepared by accelerate here (our sampler shards them), so DeepSpeed cannot infer "auto".
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
+    if plugin is not None and config.train.mixed_precision != "no":
+        logger.warning("DeepSpeed casts the whole module, momentum copy included, to %s; the EMA then runs in that "
+                       "precision", config.train.mixed_precision)
+    per_step = config.train.batch_size * accelerator.num_processes
+    if config.model.queue_size % per_step:
+        raise ConfigError(f"model.queue_size = {config.model.queue_size} is not divisible by train.batch_size x "
+                          f"processes = {config.train.batch_size} x {accelerator.num_processes}. Change one of them.")
+
+
+def unwrap(accelerator, model):
+    return accelerator.unwrap_model(model)
+
+
+def peak_memory_mb(accelerator) -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -143,6 +143,9 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     grad_checkpointing: bool = False
+    # Deterministic kernels: bit-identical reruns and resumes on CPU (some multi-threaded backward kernels, such as
+    # indexed accumulation, otherwise differ in the last bits between runs).
+    deterministic: bool = False
     seed: int = 42
     log_every: int = 10
 

@@ -16,7 +16,7 @@ from tcl.engine.pretrain import main
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "train.warmup_steps=2",
-        "train.log_every=1", "train.epochs=2"]
+        "train.log_every=1", "train.epochs=2", "train.deterministic=true"]
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +80,29 @@ def test_zero3_is_refused(shapes_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     assert pretrain(shapes_root, tmp_path / "z3", "train.max_steps=1") == 2
     assert "ZeRO-3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(shapes_root, tmp_path):
+    """A real process killed with SIGKILL after a checkpoint, resumed with --resume latest, ends where an
+    uninterrupted run ends."""
+    steps = ["train.max_steps=12", "train.save_every=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert pretrain(shapes_root, straight, *steps) == 0
+    command = [sys.executable, str(REPO / "scripts/pretrain.py"), "--config", str(REPO / "configs/pretrain_tiny.yaml"),
+               f"data.root={shapes_root}", f"train.output_dir={killed}", *FAST, *steps]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-00000004" / "trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its 2nd checkpoint"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    latest = (killed / "latest").read_text()
+    assert latest != "checkpoint-00000012"
+    resumed = subprocess.run(command + ["--resume", "latest"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = weights(straight / "checkpoint-00000012"), weights(killed / "checkpoint-00000012")
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst

@@ -1,105 +1,254 @@
-"""Robust image decoding: every file becomes a fully decoded 8-bit RGB image, or a BadSampleError that says why."""
+"""Robust image decoding: every input becomes a fully decoded, upright 8-bit RGB image, or a BadSampleError.
+
+``load_rgb_image`` reads files (datasets); ``as_rgb_image`` also takes encoded bytes, an open PIL image or a numpy
+array (inference); ``to_rgb`` converts any PIL mode. Errors name the file, what is wrong and what to do, and carry a
+short ``reason`` (``missing image``, ``unreadable image``, ``empty image file``, ``corrupt image``, ``image too
+large``, ``unsupported image``) that the skip report counts.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
 from tcl.errors import BadSampleError
 
-# PIL's own default; we check it ourselves from the header instead of relying on the global setting.
+# PIL's own default; we enforce our limit from the header ourselves rather than through the global setting.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+# PIL's format plugins report damaged data with any of these (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+_WHITE = (255, 255, 255, 255)
+# Tolerance for float arrays that leave [0, 1] only by rounding error.
+_FLOAT_SLACK = 1e-3
 
 
 def load_rgb_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Opens, fully decodes (so truncated files fail here, not in a transform) and converts an image to RGB.
+    """Reads an image file and returns it fully decoded as upright 8-bit RGB.
+
+    Decoding happens here (``Image.load``), so a truncated file fails now rather than inside a transform.
+
+    Args:
+        path: image file.
+        max_pixels: largest width × height accepted, checked from the header before decoding; ``None`` turns our
+            check off. PIL's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) still applies on top and is
+            reported the same way.
 
     Raises:
-        BadSampleError: reason ``missing image``, ``empty image file``, ``corrupt image`` or ``image too large``.
+        BadSampleError: reason ``missing image``, ``unreadable image``, ``empty image file``, ``corrupt image`` or
+            ``image too large``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadSampleError(f"{path}: image file not found (check data.root / data.image_root)", "missing image")
-    if path.stat().st_size == 0:
-        raise BadSampleError(f"{path}: image file is empty (0 bytes); re-download it", "empty image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_size(image, path, max_pixels)
-                image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
-    except BadSampleError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadSampleError(f"{path}: image exceeds the decompression-bomb limit", "image too large") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise BadSampleError(f"{path}: corrupt or truncated image ({error}); re-download or remove it",
-                             "corrupt image") from None
+    with _open_file(path) as stream:
+        return _decode(stream, str(path), max_pixels)
 
 
-def _check_size(image: Image.Image, path: Path, max_pixels: int | None) -> None:
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        raise BadSampleError(f"{path}: {image.width}x{image.height} pixels exceed data.max_image_pixels = "
-                             f"{max_pixels} (decompression-bomb guard); resize the image or raise the limit",
-                             "image too large")
+def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """An upright 8-bit RGB image from a path, encoded bytes, a PIL image or a numpy array.
+
+    Arrays may be H×W, H×W×1, H×W×3 or H×W×4 (alpha is composited over white) and hold uint8, uint16 (scaled by
+    255 / 65535), bool, float in [0, 1], or another integer type whose values lie in 0..255.
+
+    Args:
+        obj: the image.
+        max_pixels: as in ``load_rgb_image``; not applied to arrays, which are decoded already.
+
+    Raises:
+        BadSampleError: as ``load_rgb_image``, or reason ``unsupported image`` for other types, shapes or ranges.
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        return load_rgb_image(obj, max_pixels)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return _from_bytes(bytes(obj), max_pixels)
+    if isinstance(obj, Image.Image):
+        return _from_pil(obj, max_pixels)
+    if isinstance(obj, np.ndarray):
+        return to_rgb(Image.fromarray(_array_to_uint8(obj)))
+    raise BadSampleError(f"cannot use a {type(obj).__name__} as an image; give a path, encoded bytes, a PIL image "
+                         "or a numpy array", "unsupported image")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode: alpha is composited over white, 16/32-bit and float data are rescaled."""
-    if image.mode == "RGB":
+    """Converts a PIL image of any mode to upright 8-bit RGB.
+
+    * EXIF orientation (phone photos, mostly JPEG) is applied, so the pixels are the way up a viewer shows them.
+    * Alpha (RGBA, LA, PA, and P/L/RGB with a ``transparency`` entry) is composited over white, so transparent
+      regions become white instead of whatever colour the invisible pixels happen to store.
+    * 16-bit integer modes (``I;16``, ``I;16B``, ...) are rescaled by 255 / 65535; mode ``I`` (32-bit signed) is
+      rescaled the same way when its values fit in 16 bits (16-bit PNG/TIFF data) and by 255 / (2³¹ - 1)
+      otherwise; negative values become 0. Rescaling keeps the whole range, where PIL's own conversion clips at 255.
+    * Float (``F``) data in [0, 1] is scaled by 255; data up to 255 is taken as 8-bit intensities (what PIL makes
+      when converting 8-bit images to ``F``); larger ranges are divided by their maximum. Negatives and NaN become
+      0.
+    * Everything else (L, P, 1, CMYK, YCbCr, LAB, HSV, ...) uses PIL's conversion.
+
+    Args:
+        image: a loaded PIL image; returned unchanged when it is already upright RGB without transparency.
+
+    Raises:
+        BadSampleError: reason ``unsupported image`` when PIL cannot convert the mode.
+    """
+    image = _upright(image)
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _high_depth_to_rgb(image)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
-    array = np.asarray(image)
     if image.mode == "F":
-        # Float images are taken as intensities in [0, 1] when they fit there, else scaled by their maximum.
-        peak = float(array.max()) if array.size and array.max() > 1.0 else 1.0
-        scaled = np.clip(array / peak, 0.0, 1.0) * 255.0
+        return Image.fromarray(_float_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if image.mode.startswith("I"):
+        return Image.fromarray(_integer_to_uint8(np.asarray(image), image.mode), mode="L").convert("RGB")
+    try:
+        if image.mode in _ALPHA_MODES or "transparency" in image.info:
+            return _over_white(image)
+        return image.convert("RGB")
+    except ValueError as error:
+        raise BadSampleError(f"image mode {image.mode} cannot be converted to RGB ({error}); save the image as RGB "
+                             "(for example PNG or JPEG)", "unsupported image") from error
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading and decoding
+
+
+def _open_file(path: Path) -> IO[bytes]:
+    if not path.exists():
+        raise BadSampleError(f"{path}: image file not found; check data.root / data.image_root and that the dataset "
+                             "was downloaded completely", "missing image")
+    if not path.is_file():
+        raise BadSampleError(f"{path}: is not a file; check the image path in the annotation", "missing image")
+    try:
+        if path.stat().st_size == 0:
+            raise BadSampleError(f"{path}: image file is empty (0 bytes), probably an interrupted download; "
+                                 "re-download it or remove it from the annotation", "empty image file")
+        return path.open("rb")
+    except OSError as error:
+        raise BadSampleError(f"{path}: cannot read the image file ({error}); check its permissions",
+                             "unreadable image") from error
+
+
+def _from_bytes(data: bytes, max_pixels: int | None) -> Image.Image:
+    name = "image bytes"
+    if not data:
+        raise BadSampleError(f"{name}: empty (0 bytes); the stored image is missing, re-create the table",
+                             "empty image file")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(stream: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
+    """Opens (header only), checks the size, then decodes all pixels and converts them."""
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice that; we want every bomb it notices to fail the sample.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            _check_pixels(image, name, max_pixels)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _too_large(name, f"PIL's decompression-bomb guard refused it ({error})") from error
+    except _DECODE_ERRORS as error:
+        raise BadSampleError(f"{name}: cannot decode the image, the file is truncated, corrupt or not an image "
+                             f"({type(error).__name__}: {error}); re-download it or remove it from the annotation",
+                             "corrupt image") from error
+    return to_rgb(image)
+
+
+def _from_pil(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    # Lazily opened images (e.g. from a datasets table) are decoded only now, so they can still be truncated.
+    name = str(getattr(image, "filename", "") or "PIL image")
+    _check_pixels(image, name, max_pixels)
+    try:
+        image.load()
+    except _DECODE_ERRORS as error:
+        raise BadSampleError(f"{name}: cannot decode the image, it is truncated or corrupt ({type(error).__name__}: "
+                             f"{error}); re-create it", "corrupt image") from error
+    return to_rgb(image)
+
+
+def _check_pixels(image: Image.Image, name: str, max_pixels: int | None) -> None:
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise _too_large(name, f"{image.width}x{image.height} = {image.width * image.height} pixels exceed "
+                               f"max_pixels = {max_pixels}")
+
+
+def _too_large(name: str, detail: str) -> BadSampleError:
+    return BadSampleError(f"{name}: image too large to decode safely: {detail}. Resize the image, or raise "
+                          "data.max_image_pixels if it is genuine", "image too large")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mode conversion
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        # Skipping exif_transpose when there is nothing to do avoids the full copy it makes.
+        return ImageOps.exif_transpose(image) if orientation in range(2, 9) else image
+    except Exception:  # noqa: BLE001 - broken EXIF metadata (any error type) must not discard decodable pixels
+        return image
+
+
+def _over_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+
+
+def _integer_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    if mode.startswith("I;16") or array.max(initial=0) <= 0xFFFF:
+        peak = float(0xFFFF)
     else:
-        bits = 16 if image.mode.startswith("I;16") or array.max(initial=0) <= 65535 else 32
-        scaled = array.astype(np.float64) / (2**bits - 1) * 255.0
-    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-    return gray.convert("RGB")
+        peak = float(2**31 - 1)
+    return _scaled_to_uint8(np.clip(array.astype(np.float64), 0.0, None) / peak)
 
 
-def as_rgb_image(obj: Any) -> Image.Image:
-    """An RGB PIL image from a path, a PIL image, or a numpy array (H×W, H×W×3, H×W×4; uint8, uint16, float 0..1)."""
-    if isinstance(obj, (str, os.PathLike)):
-        return load_rgb_image(obj)
-    if isinstance(obj, Image.Image):
-        obj.load()
-        return to_rgb(obj)
-    if isinstance(obj, np.ndarray):
-        return to_rgb(Image.fromarray(_to_uint8(obj)))
-    raise BadSampleError(f"cannot use a {type(obj).__name__} as an image (give a path, PIL image or numpy array)",
-                         "corrupt image")
+def _float_to_uint8(array: np.ndarray) -> np.ndarray:
+    array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=np.finfo(np.float64).max, neginf=0.0)
+    top = float(array.max(initial=0.0))
+    peak = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+    return _scaled_to_uint8(array / peak)
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise BadSampleError(f"image array of shape {array.shape} is not H×W, H×W×3 or H×W×4", "corrupt image")
+def _scaled_to_uint8(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] floats (values outside are clipped) to uint8 with rounding."""
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """H×W / H×W×3 / H×W×4 uint8 from the accepted array types (see ``as_rgb_image``)."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
+        raise BadSampleError(f"image array of shape {array.shape} is not H×W, H×W×1, H×W×3 or H×W×4",
+                             "unsupported image")
+    return np.ascontiguousarray(_values_to_uint8(array))
+
+
+def _values_to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
     if array.dtype == np.uint16:
-        return np.rint(array / 65535.0 * 255.0).astype(np.uint8)
+        return _scaled_to_uint8(array / 65535.0)
     if np.issubdtype(array.dtype, np.floating):
-        return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.clip(array, 0, 255).astype(np.uint8)
+        return _unit_floats_to_uint8(array)
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
+    raise BadSampleError(f"image array of dtype {array.dtype} (values {array.min()}..{array.max()}) is not supported; "
+                         "give uint8, uint16, or floats in [0, 1]", "unsupported image")
+
+
+def _unit_floats_to_uint8(array: np.ndarray) -> np.ndarray:
+    finite = np.nan_to_num(array.astype(np.float64), nan=0.0)
+    low, high = float(finite.min()), float(finite.max())
+    # Refusing 0..255 floats beats clipping them into an all-white image without a word.
+    if low < -_FLOAT_SLACK or high > 1.0 + _FLOAT_SLACK:
+        raise BadSampleError(f"float image array has values in [{low:g}, {high:g}], expected [0, 1]; divide 8-bit "
+                             "data by 255 (or pass it as uint8)", "unsupported image")
+    return _scaled_to_uint8(finite)

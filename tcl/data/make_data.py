@@ -45,7 +45,8 @@ def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: i
     summary = summarize(out)
     summary["generator"] = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
                             "questions_per_image": questions_per_image, "seed": seed}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    # The folder is left out of the file so that the same arguments give identical files wherever they are written.
+    (out / SUMMARY_FILE).write_text(json.dumps({k: v for k, v in summary.items() if k != "root"}, indent=2))
     return summary
 
 

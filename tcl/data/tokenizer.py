@@ -8,6 +8,7 @@ the ids itself from the tokenizer's word pieces.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,20 +23,26 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 4000) -> BertTokenizer:
-    """Trains an uncased WordPiece vocabulary on ``texts`` and saves it as a BERT tokenizer in ``out_dir``.
+def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, min_count: int = 1) -> BertTokenizer:
+    """Builds an uncased WordPiece vocabulary from ``texts`` and saves it as a BERT tokenizer in ``out_dir``.
 
-    ``[PAD]`` gets id 0, as in BERT, because the models treat id 0 as padding.
+    The vocabulary is every word seen at least ``min_count`` times (split with BERT's normaliser and pre-tokeniser
+    from the tokenizers library) plus every character as a word start and as a ``##`` continuation, so any unseen
+    word still tokenises. The tokenizers library's WordPiece *trainer* breaks frequency ties in a different order on
+    every run; a closed, small world does not need learned sub-words, and this way the same corpus always gives the
+    same files. ``[PAD]`` gets id 0, as in BERT, because the models treat id 0 as padding.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import normalizers, pre_tokenizers
 
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    backend.train_from_iterator(texts, trainer=trainer)
-    # Stable id order (specials first, then by id) so the same corpus always gives the same vocab.txt.
-    vocab = dict(sorted(backend.get_vocab().items(), key=lambda item: item[1]))
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    words = sorted(word for word, count in counts.items() if count >= min_count)
+    characters = sorted({character for word in counts for character in word})
+    pieces = [c for c in characters if c not in words] + [f"##{c}" for c in characters]
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + words + pieces)}
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,11 @@
-"""Image transforms as TCL uses them (TCL.md Part B §5.5), on torchvision.transforms.v2.
+"""Image transforms as TCL uses them, on torchvision.transforms.v2.
 
-Pretraining: RandomResizedCrop → colour jitter / grayscale / blur (TCL's SimCLR-style additions) → horizontal flip →
-RandomAugment(2, 7) → CLIP normalisation, drawn twice per sample (``TwoViews``). Evaluation: resize and normalise.
-All randomness comes from torch's global RNG, so seeding torch reproduces a view exactly.
+Pretraining: RandomResizedCrop → colour jitter / grayscale / Gaussian blur (TCL's SimCLR-style additions to ALBEF)
+→ horizontal flip → RandomAugment(2, 7) → float tensor → CLIP normalisation, drawn twice per sample (``TwoViews``).
+Fine-tuning uses the same chain with milder crops; evaluation only resizes and normalises.
+
+Every random draw comes from torch's global RNG (torchvision v2 and ``RandomAugment`` alike), so seeding torch
+reproduces a view exactly, and DataLoader workers, which torch seeds per worker, draw independent views.
 """
 
 from __future__ import annotations
@@ -17,97 +20,208 @@ from torchvision.transforms.v2 import functional as TF
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FILL = (128, 128, 128)
+
+# TCL's RandomAugment constants (dataset/randaugment.py): grey fill, and the translation in pixels at full magnitude.
+FILL = [128.0, 128.0, 128.0]
+TRANSLATE_PIXELS_AT_MAX = 10.0
+# TCL blurs with PIL's GaussianBlur(radius=sigma), sigma in [0.1, 2.0]; see ``blur_kernel_size``.
+BLUR_SIGMA = (0.1, 2.0)
 
 
 class RandomAugment:
-    """TCL's RandomAugment: ``num_ops`` ops drawn with replacement, each applied with probability 0.5 at magnitude
-    ``magnitude / max_magnitude``: brightness/sharpness factor 0.1 + 1.8·m (1.36 at m = 7), shear ±0.3·m, translate
-    ±magnitude pixels (TCL's value at 10 / 10 is 10 px, scaled linearly), rotate ±30·m degrees, grey fill."""
+    """TCL's RandomAugment (ALBEF's RandAugment variant) on PIL images, using torch's RNG.
+
+    ``num_ops`` operations are drawn uniformly with replacement from ``OPS``; each is applied with probability 0.5 at
+    level ``m = magnitude / max_magnitude`` (0.7 by default), with TCL's scaling:
+
+    * brightness, sharpness: enhancement factor ``0.1 + 1.8 m`` (1.36), always above 1 for m > 0.5 as in TCL;
+    * shear x / y: factor ``±0.3 m`` (±0.21), anchored at the top-left corner like TCL's ``cv2.warpAffine``;
+    * translate x / y: ``±10 m`` pixels (±7), independent of the image size;
+    * rotate: ``±30 m`` degrees (±21) about the centre;
+
+    the sign drawn at random, uncovered areas filled with grey (128, 128, 128) and geometric ops interpolated
+    bilinearly (cv2's default in TCL). Autocontrast and equalize work per channel, as TCL's copies of PIL's do.
+
+    Args:
+        num_ops: operations drawn per image.
+        magnitude: strength on the scale 0..``max_magnitude``.
+        max_magnitude: the magnitude that means full strength.
+    """
 
     OPS = ("identity", "autocontrast", "equalize", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
            "translate_y", "rotate")
 
-    def __init__(self, num_ops: int = 2, magnitude: int = 7, max_magnitude: int = 10):
+    def __init__(self, num_ops: int = 2, magnitude: float = 7, max_magnitude: float = 10):
+        if num_ops < 0 or max_magnitude <= 0 or magnitude < 0:
+            raise ValueError(f"RandomAugment needs num_ops >= 0, magnitude >= 0 and max_magnitude > 0, got "
+                             f"{num_ops}, {magnitude}, {max_magnitude}")
+        level = magnitude / max_magnitude
         self.num_ops = num_ops
-        self.level = magnitude / max_magnitude
-        self.pixels = 10.0 * self.level
+        self.enhance_factor = 0.1 + 1.8 * level
+        self.shear_factor = 0.3 * level
+        self.translate_pixels = TRANSLATE_PIXELS_AT_MAX * level
+        self.rotate_degrees = 30.0 * level
 
     def __call__(self, image: Image.Image) -> Image.Image:
         for index in torch.randint(len(self.OPS), (self.num_ops,)).tolist():
-            if torch.rand(()) < 0.5:
+            if torch.rand(()).item() < 0.5:
                 image = self.apply(self.OPS[index], image)
         return image
 
     def apply(self, op: str, image: Image.Image) -> Image.Image:
-        sign = 1.0 if torch.rand(()) < 0.5 else -1.0
-        if op == "identity":
-            return image
-        if op == "autocontrast":
-            return TF.autocontrast(image)
-        if op == "equalize":
-            return TF.equalize(image)
-        if op == "brightness":
-            return TF.adjust_brightness(image, 0.1 + 1.8 * self.level)
-        if op == "sharpness":
-            return TF.adjust_sharpness(image, 0.1 + 1.8 * self.level)
-        if op in ("shear_x", "shear_y"):
-            degrees = math.degrees(math.atan(sign * 0.3 * self.level))
-            shear = [degrees, 0.0] if op == "shear_x" else [0.0, degrees]
-            return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, fill=FILL)
-        if op in ("translate_x", "translate_y"):
-            shift = int(round(sign * self.pixels))
-            offset = [shift, 0] if op == "translate_x" else [0, shift]
-            return TF.affine(image, angle=0.0, translate=offset, scale=1.0, shear=[0.0, 0.0], fill=FILL)
-        return TF.rotate(image, sign * 30.0 * self.level, fill=FILL)
+        """Applies one operation (a name from ``OPS``) at this instance's magnitude; signs are drawn at random."""
+        return getattr(self, f"_{op}")(image)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_ops={self.num_ops}, enhance_factor={self.enhance_factor:.2f}, "
+                f"shear_factor={self.shear_factor:.2f}, translate_pixels={self.translate_pixels:.1f}, "
+                f"rotate_degrees={self.rotate_degrees:.1f})")
+
+    @staticmethod
+    def _identity(image: Image.Image) -> Image.Image:
+        return image
+
+    @staticmethod
+    def _autocontrast(image: Image.Image) -> Image.Image:
+        return TF.autocontrast(image)
+
+    @staticmethod
+    def _equalize(image: Image.Image) -> Image.Image:
+        return TF.equalize(image)
+
+    def _brightness(self, image: Image.Image) -> Image.Image:
+        return TF.adjust_brightness(image, self.enhance_factor)
+
+    def _sharpness(self, image: Image.Image) -> Image.Image:
+        return TF.adjust_sharpness(image, self.enhance_factor)
+
+    def _shear_x(self, image: Image.Image) -> Image.Image:
+        return self._shear(image, axis=0)
+
+    def _shear_y(self, image: Image.Image) -> Image.Image:
+        return self._shear(image, axis=1)
+
+    def _translate_x(self, image: Image.Image) -> Image.Image:
+        return self._translate(image, axis=0)
+
+    def _translate_y(self, image: Image.Image) -> Image.Image:
+        return self._translate(image, axis=1)
+
+    def _rotate(self, image: Image.Image) -> Image.Image:
+        return TF.rotate(image, _random_sign() * self.rotate_degrees, interpolation=InterpolationMode.BILINEAR,
+                         fill=FILL)
+
+    def _shear(self, image: Image.Image, axis: int) -> Image.Image:
+        # torchvision takes shear as an angle whose tangent is the factor; centre (0, 0) keeps TCL's anchoring.
+        angles = [0.0, 0.0]
+        angles[axis] = math.degrees(math.atan(_random_sign() * self.shear_factor))
+        return TF.affine(image, angle=0.0, translate=[0.0, 0.0], scale=1.0, shear=angles,
+                         interpolation=InterpolationMode.BILINEAR, fill=FILL, center=[0.0, 0.0])
+
+    def _translate(self, image: Image.Image, axis: int) -> Image.Image:
+        offset = [0.0, 0.0]
+        offset[axis] = _random_sign() * self.translate_pixels
+        return TF.affine(image, angle=0.0, translate=offset, scale=1.0, shear=[0.0, 0.0],
+                         interpolation=InterpolationMode.BILINEAR, fill=FILL)
 
 
-def _to_normalised_tensor() -> list:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CLIP_MEAN, CLIP_STD)]
+def _random_sign() -> float:
+    return 1.0 if torch.rand(()).item() < 0.5 else -1.0
 
 
-def _blur_kernel(image_size: int) -> int:
-    """An odd kernel of about 10 % of the image side (SimCLR's choice), at least 3."""
-    size = max(3, int(0.1 * image_size))
-    return size if size % 2 else size + 1
+def blur_kernel_size(image_size: int) -> int:
+    """The Gaussian-blur kernel for an image side: odd, about 10 % of the side, at least 13, at most the side.
+
+    TCL blurs with PIL's ``GaussianBlur(radius=sigma)``, which has no kernel size: its support grows with sigma to
+    about ±3 sigma, i.e. 13 pixels at TCL's largest sigma of 2. torchvision needs a fixed size, so we take SimCLR's
+    10 % of the side (the recipe TCL's blur cites), which already holds the ±3 sigma support at TCL's resolutions
+    (25 px at 256, 39 at 384), and raise it to 13 for small images so large sigmas are not cut short there. The
+    kernel stays within the side because torchvision pads by reflection.
+    """
+    support = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
+    size = max(int(0.1 * image_size), support)
+    size += 1 - size % 2
+    if size > image_size:
+        size = image_size if image_size % 2 else image_size - 1
+    return max(size, 1)
+
+
+def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
+                       color_jitter: bool = True, randaugment: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    """TCL's pretraining augmentation, one view (wrap it in ``TwoViews`` for the two views TCL contrasts).
+
+    Args:
+        image_size: side of the square output.
+        crop_scale: area range of RandomResizedCrop, as a fraction of the image.
+        hflip: random horizontal flip.
+        color_jitter: colour jitter (p 0.8), random grayscale (p 0.2) and Gaussian blur (p 0.5), switched together.
+        randaugment: ``RandomAugment(2, 7)``.
+
+    Returns:
+        A callable from an RGB PIL image to a normalised float32 tensor of shape (3, image_size, image_size).
+    """
+    return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment)
+
+
+def vqa_train_transform(image_size: int, crop_scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True,
+                        color_jitter: bool = True, randaugment: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    """TCL's fine-tuning train augmentation: the pretraining chain with milder crops (arguments as there)."""
+    return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment)
+
+
+def test_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Evaluation transform: bicubic resize to image_size × image_size (no crop), float tensor, CLIP normalisation."""
+    _check_size(image_size)
+    resize = v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return v2.Compose([resize, *_to_normalised_tensor()])
+
+
+class TwoViews:
+    """Two independent draws of a transform, ``(view1, view2)``.
+
+    Args:
+        transform: a random transform.
+    """
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]):
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(image), self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
 
 
 def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, color_jitter: bool,
-               randaugment: bool) -> Callable:
-    steps: list = [v2.RandomResizedCrop(image_size, scale=crop_scale, interpolation=InterpolationMode.BICUBIC)]
+               randaugment: bool) -> v2.Compose:
+    _check_size(image_size)
+    low, high = crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
+    steps: list[Callable] = [v2.RandomResizedCrop(image_size, scale=(low, high),
+                                                  interpolation=InterpolationMode.BICUBIC, antialias=True)]
     if color_jitter:
-        steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(0.2),
-                  v2.RandomApply([v2.GaussianBlur(_blur_kernel(image_size), sigma=(0.1, 2.0))], p=0.5)]
+        steps += _colour_steps(image_size)
     if hflip:
-        steps.append(v2.RandomHorizontalFlip())
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
     if randaugment:
         steps.append(RandomAugment(2, 7))
     return v2.Compose(steps + _to_normalised_tensor())
 
 
-def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
-                       color_jitter: bool = True, randaugment: bool = True) -> Callable:
-    """TCL's pretraining augmentation (one view; wrap in ``TwoViews`` for two)."""
-    return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment)
+def _colour_steps(image_size: int) -> list[Callable]:
+    blur = v2.GaussianBlur(blur_kernel_size(image_size), sigma=BLUR_SIGMA)
+    return [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([blur], p=0.5)]
 
 
-def vqa_train_transform(image_size: int, crop_scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True,
-                        color_jitter: bool = True, randaugment: bool = True) -> Callable:
-    """TCL's fine-tuning train augmentation (same structure, milder crops)."""
-    return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment)
+def _to_normalised_tensor() -> list[Callable]:
+    # ToPureTensor: plain tensors collate and pickle without torchvision's tensor subclass.
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CLIP_MEAN, CLIP_STD),
+            v2.ToPureTensor()]
 
 
-def test_transform(image_size: int) -> Callable:
-    """Bicubic resize to image_size x image_size and CLIP normalisation."""
-    return v2.Compose([v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)]
-                      + _to_normalised_tensor())
-
-
-class TwoViews:
-    """Two independent draws of a transform."""
-
-    def __init__(self, transform: Callable):
-        self.transform = transform
-
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(image), self.transform(image)
+def _check_size(image_size: int) -> None:
+    if int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")

@@ -27,7 +27,7 @@ from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokeni
 from tcl.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from tcl.engine.metrics import MetricsLogger, plot_losses
 from tcl.engine.optim import alpha_at, build_optimizer, build_scheduler
-from tcl.engine.runtime import build_accelerator, check_distributed_setup, peak_memory_mb, unwrap
+from tcl.engine.runtime import build_accelerator, check_distributed_setup, feature_gather, peak_memory_mb, unwrap
 from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
 
@@ -73,10 +73,18 @@ class _StopRequest:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(config.train.deterministic or previous, warn_only=True)
+    try:
+        return _run(args, config)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
     check_data_root(config)
-    torch.manual_seed(config.train.seed + accelerator.process_index)
     tokenizer = build_tokenizer(config)
     dataset = build_pretrain_dataset(config)
     loader = build_loader(dataset, pretrain_collator(config, tokenizer), config.train.batch_size, shuffle=True,
@@ -87,11 +95,14 @@ def run(args: argparse.Namespace) -> int:
         raise TclError(f"{len(dataset)} samples are fewer than one optimizer step of train.batch_size "
                        f"{config.train.batch_size} x {accelerator.num_processes} processes x "
                        f"{config.train.grad_accum_steps} accumulation steps. Use a smaller batch or more data.")
+    # Same seed on every rank for the initial weights and queues, then TCL's seed + rank for dropout and masking.
+    torch.manual_seed(config.train.seed)
     model = build_model(config, tokenizer, args.init)
+    torch.manual_seed(config.train.seed + accelerator.process_index)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrap(accelerator, model).gather = accelerator.gather
+    unwrap(accelerator, model).gather = feature_gather(accelerator)
     output_dir = Path(config.train.output_dir)
     if accelerator.is_main_process:
         save_config(config, output_dir / "config.yaml")
@@ -227,7 +238,8 @@ class Trainer:
         plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png")
         samples = steps * self.config.train.batch_size * self.config.train.grad_accum_steps * \
             self.accelerator.num_processes
-        print(f"pretraining done: {self.state['step']} steps, {samples / max(elapsed, 1e-9):.1f} samples/s, "
+        print(f"pretraining done: {self.state['step']} steps on {self.accelerator.num_processes} process(es), "
+              f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
               f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "
               f"plot {plot}, {self.skips.format()}")
 

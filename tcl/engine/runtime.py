@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -14,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 def build_accelerator(config: Config):
     """An Accelerator for this config (launcher settings such as DeepSpeed come from ``accelerate launch``)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     precision = config.train.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
@@ -22,8 +23,15 @@ def build_accelerator(config: Config):
     # The queues are identical on every rank by construction: re-broadcasting 2 x 256 x 65,536 floats from rank 0
     # every forward (DDP's default) would only cost time.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.train.grad_accum_steps,
-                       log_with="tensorboard", project_dir=config.train.output_dir, kwargs_handlers=[ddp],
+    # Without CUDA: cpu=True makes a torchrun-launched run use gloo across CPU processes. DeepSpeed must not be
+    # overridden that way; it needs the gloo backend named explicitly, or accelerate sees no process group.
+    handlers = [ddp]
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if use_deepspeed and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed, mixed_precision=precision,
+                       gradient_accumulation_steps=config.train.grad_accum_steps, log_with="tensorboard",
+                       project_dir=config.train.output_dir, kwargs_handlers=handlers,
                        step_scheduler_with_optimizer=False)
 
 
@@ -44,6 +52,19 @@ def check_distributed_setup(accelerator, config: Config) -> None:
     if config.model.queue_size % per_step:
         raise ConfigError(f"model.queue_size = {config.model.queue_size} is not divisible by train.batch_size x "
                           f"processes = {config.train.batch_size} x {accelerator.num_processes}. Change one of them.")
+
+
+def feature_gather(accelerator):
+    """The queue's gather: all processes' [B, d] features concatenated in rank order (no gradient)."""
+    if accelerator.num_processes == 1:
+        return lambda tensor: tensor
+
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    return gather
 
 
 def unwrap(accelerator, model):

@@ -1,36 +1,51 @@
-"""The official VQA accuracy, as the VQA evaluation code (GT-Vision-Lab/VQA, vqaEval.py) computes it.
+"""The official VQA v2 accuracy, reproducing the GT-Vision-Lab/VQA evaluation (vqaEval.py, current master a013f00).
 
-What the official code does, and we reproduce:
-- The prediction is cleaned: newlines/tabs → spaces, stripped, then *punctuation processing* and *digit/article
-  processing* (lower-case, number words zero..ten and "none" → digits, articles a/an/the dropped, contractions such
-  as "dont" → "don't" restored).
-- The ten human answers are used as stored when they all agree; when they disagree, each gets the punctuation
-  processing only (no lower-casing, no digit mapping: VQA v2 annotations are already in that form).
-- Per question: for each human answer, the other nine are compared with the prediction and the score is
-  min(1, matches / 3); the question's accuracy is the mean of those ten scores.
-- Punctuation processing: each mark in the official list is deleted if it touches a space or if the text contains a
-  digit-comma-digit pattern, else replaced by a space; then periods not followed by a digit are deleted. The official
-  call passes ``re.UNICODE`` where ``re.sub`` expects a count, so at most 32 periods are removed; kept here.
+What the official evaluation does for one question, which this module reproduces exactly:
+
+1. The prediction and every human answer get newline/tab → space, then surrounding whitespace stripped.
+2. Only if the stripped human answers are *not all identical*, the prediction and every human answer are normalised:
+   punctuation processing, then lower-casing, number words → digits, articles dropped, contractions restored (see
+   :func:`normalize_answer`). If the humans all agree, nothing more is done: the prediction must equal their answer
+   verbatim after step 1 ("Yes" or "yes." scores 0 against ten "yes"). The maintainers confirm this is deliberate
+   (GT-Vision-Lab/VQA issue #14: it keeps OCR-style answers intact). Versions before a013f00 (copied into many
+   projects) instead always normalised the prediction and only punctuation-processed the humans; we follow master.
+3. For each human answer, the *other* answers are compared with the prediction and the score is min(1, matches / 3);
+   the question's accuracy is the mean of these leave-one-out scores. The official code leaves out one answer record
+   at a time; records differ by ``answer_id``, so this is leave-one-out by position.
+4. Overall and per answer/question type accuracies are plain means over questions, reported in percent rounded to
+   two decimals.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Marks the official code deletes or turns into spaces. Apostrophes, colons and periods are not in the set
+# ("don't" and "10:30" survive; periods have their own rule below).
+_PUNCTUATION_MARKS = frozenset(';/[]"{}()=+\\_-><@`,?!')
+# Any digit-comma-digit anywhere (a number such as "1,000") makes the official code delete every mark outright.
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+# The official period pattern is "(?!<=\d)(\.)(?!\d)"; its first group is a mistyped look-behind that, placed before
+# a literal period, can never fail, so it reduces to: a period not followed by a digit ("3.5" and ".5" keep theirs).
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+# The official call passes re.UNICODE (value 32) where re.sub expects its ``count``: only 32 periods are removed.
+_OFFICIAL_PERIOD_LIMIT = 32
 
 _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                  "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = frozenset({"a", "an", "the"})
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-                "?", "!")
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the official pattern, typo included: a period not before a digit
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
-_OFFICIAL_PERIOD_COUNT = int(re.UNICODE)
 
-# The official contraction table: apostrophe-less spellings → the spelling the annotations use.
+# The official contractions table, verbatim in content. Keys are looked up after lower-casing, so the capitalised
+# keys ("Im", "Ive", ...) can never fire; they are kept so the table stays the official one. "somebody'd" →
+# "somebodyd" runs backwards in the official table and is kept as is.
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
     "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
@@ -48,80 +63,124 @@ _CONTRACTIONS = {
     "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
     "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
     "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
-    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
-    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
-    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
-    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
-    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
-    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
-    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
-    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
-    "youve": "you've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
 }
+
+# Large enough to hold every distinct answer string of VQA v2 train+val, so repeated scoring hits the cache.
+_CACHE_SIZE = 1 << 20
+# The official report rounds percentages to two decimals (its ``n=2``).
+_OFFICIAL_DECIMALS = 2
+
+
+def _clean_whitespace(text: str) -> str:
+    """Step 1 of the official evaluation, applied to every answer: newlines/tabs become spaces, ends are stripped."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def _process_punctuation(text: str) -> str:
-    result = text
-    has_number_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
-    for mark in _PUNCTUATION:
-        if has_number_comma or mark + " " in text or " " + mark in text:
-            result = result.replace(mark, "")
-        else:
-            result = result.replace(mark, " ")
-    return _PERIOD.sub("", result, _OFFICIAL_PERIOD_COUNT)
+    """The official punctuation rule (see module constants for the period and digit-comma-digit details).
+
+    A mark is deleted when the text has a digit-comma-digit, or when that mark touches a space anywhere in the text;
+    otherwise it becomes a space ("x-ray" → "x ray", "red, blue" → "red blue"). The decision is taken per mark on
+    the input text, so one mark's replacement never affects another's.
+    """
+    present = _PUNCTUATION_MARKS.intersection(text)
+    if present:
+        delete_all = _DIGIT_COMMA_DIGIT.search(text) is not None
+        table = {ord(mark): "" if delete_all or f"{mark} " in text or f" {mark}" in text else " " for mark in present}
+        text = text.translate(table)
+    if "." in text:
+        text = _PERIOD_NOT_BEFORE_DIGIT.sub("", text, count=_OFFICIAL_PERIOD_LIMIT)
+    return text
 
 
 def _process_digits_and_articles(text: str) -> str:
-    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    """Lower-cases, maps number words to digits, drops articles, restores contractions; re-joins with single spaces."""
+    words = (_NUMBER_WORDS.get(word, word) for word in text.lower().split())
     return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
 
 
-@functools.lru_cache(maxsize=1 << 18)
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def normalize_answer(text: str) -> str:
-    """The official normalisation of a predicted answer (see the module docstring)."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digits_and_articles(_process_punctuation(text))
+    """Normalises an answer the way the official evaluation does when the human answers disagree.
+
+    Newlines/tabs → spaces and strip, punctuation processing, then lower-case, "zero".."ten" and "none" → digits,
+    articles a/an/the dropped, apostrophe-less contractions restored ("dont" → "don't"). Cached: the same strings
+    recur across predictions and human answers.
+
+    Args:
+        text: A predicted or human answer.
+
+    Returns:
+        The normalised answer (single-spaced, possibly empty, e.g. for "the").
+    """
+    return _process_digits_and_articles(_process_punctuation(_clean_whitespace(text)))
 
 
-@functools.lru_cache(maxsize=1 << 18)
-def _human_form(answer: str) -> str:
-    return _process_punctuation(answer)
+def _comparable_forms(prediction: str, answers: Sequence[str]) -> tuple[str, list[str]]:
+    """The prediction and human answers in the form the official code compares them (module docstring, step 2)."""
+    humans = [_clean_whitespace(answer) for answer in answers]
+    if len(set(humans)) > 1:
+        return normalize_answer(prediction), [normalize_answer(answer) for answer in humans]
+    return _clean_whitespace(prediction), humans
 
 
-def human_answers(answers: Iterable[str]) -> list[str]:
-    """The human answers as the official code compares them: punctuation-processed only when they disagree."""
-    answers = list(answers)
-    if len(set(answers)) > 1:
-        return [_human_form(a) for a in answers]
-    return answers
+def _leave_one_out_mean(matches: Sequence[bool]) -> float:
+    """Mean over positions i of min(1, matches among the others / 3); closed form, O(n)."""
+    total_matches = sum(matches)
+    scores = (min(1.0, (total_matches - is_match) / 3.0) for is_match in matches)
+    return sum(scores) / len(matches)
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """Official accuracy (0..1) of one prediction against the human answers (normally ten).
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Official VQA accuracy of one predicted answer against the human answers.
+
+    With ten human answers this gives 0, 0.3, 0.6, 0.9 and 1.0 for 0, 1, 2, 3 and 4+ matching humans. Other list
+    lengths use the same leave-one-out mean (a single human answer therefore always scores 0).
+
+    Args:
+        prediction: The model's answer, raw.
+        answers: The human answers, raw (normally ten).
+
+    Returns:
+        The accuracy in [0, 1].
 
     Raises:
-        ValueError: no human answers.
+        ValueError: ``answers`` is empty.
     """
     if not answers:
-        raise ValueError("vqa_accuracy needs at least one human answer (is this a test-split question?)")
+        raise ValueError("vqa_accuracy needs at least one human answer; got none (a test-split question?)")
+    predicted, humans = _comparable_forms(prediction, answers)
+    return _leave_one_out_mean([human == predicted for human in humans])
+
+
+def _is_hit(prediction: str, answers: Iterable[str]) -> bool:
+    """Whether the normalised prediction equals one of the normalised human answers (always fully normalised)."""
     predicted = normalize_answer(prediction)
-    humans = human_answers(answers)
-    matches = sum(answer == predicted for answer in humans)
-    # Leaving out human i removes one match exactly when human i itself matches.
-    total = sum(min(1.0, (matches - (answer == predicted)) / 3.0) for answer in humans)
-    return total / len(humans)
-
-
-def hit(prediction: str, answers: list[str]) -> bool:
-    """The thesis's "hit": the normalised prediction equals one of the human answers (as the metric compares them)."""
-    return normalize_answer(prediction) in set(human_answers(answers))
+    return any(normalize_answer(answer) == predicted for answer in answers)
 
 
 @dataclass
 class VQAScores:
-    """Official accuracies in percent, overall and per answer / question type, plus the hit rate."""
+    """Official VQA accuracies of a set of predictions, in percent.
+
+    Attributes:
+        overall: Mean accuracy over all questions.
+        per_answer_type: Mean accuracy per ``answer_type`` ("yes/no", "number", "other").
+        per_question_type: Mean accuracy per ``question_type`` ("what color is the", ...).
+        hit_rate: Percent of questions whose normalised prediction equals a normalised human answer. Unlike the
+            accuracy, both sides are always normalised here, so "Yes" against ten "yes" is a hit scoring 0 accuracy.
+        num_questions: Number of questions scored.
+    """
 
     overall: float
     per_answer_type: dict[str, float] = field(default_factory=dict)
@@ -130,29 +189,72 @@ class VQAScores:
     num_questions: int = 0
 
 
-def score_results(predictions: dict[int, str], annotations: list[dict[str, Any]]) -> VQAScores:
-    """Scores predictions {question_id: answer} against official annotation records.
+def _check_predictions_cover(predictions: Mapping[int, str], annotations: Sequence[Mapping[str, Any]]) -> None:
+    """Raises ValueError naming the annotated questions without a prediction; logs unused predictions."""
+    if not annotations:
+        raise ValueError("score_results got no annotations to score against")
+    missing = [ann["question_id"] for ann in annotations if ann["question_id"] not in predictions]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(annotations)} annotated questions have no prediction "
+                         f"(e.g. question ids {missing[:5]}); predict every question or pass only those annotated")
+    unused = len(predictions) - len({ann["question_id"] for ann in annotations})
+    if unused > 0:
+        logger.info("ignoring %d predictions for questions not in the annotations", unused)
+
+
+def _human_answers(annotation: Mapping[str, Any]) -> list[str]:
+    """The answer strings of one official annotation record, naming the question if it has none."""
+    answers = [record["answer"] for record in annotation["answers"]]
+    if not answers:
+        raise ValueError(f"question {annotation['question_id']} has no human answers to score against")
+    return answers
+
+
+def _percent(total: float, count: int, ndigits: int | None) -> float:
+    """``total / count`` in percent, rounded like the official report unless ``ndigits`` is None."""
+    value = 100.0 * total / count
+    return value if ndigits is None else round(value, ndigits)
+
+
+def _group_percents(groups: Mapping[str, Sequence[float]], ndigits: int | None) -> dict[str, float]:
+    """Mean accuracy in percent of each group, keys sorted for a stable report."""
+    return {key: _percent(sum(values), len(values), ndigits) for key, values in sorted(groups.items())}
+
+
+def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[str, Any]],
+                  ndigits: int | None = _OFFICIAL_DECIMALS) -> VQAScores:
+    """Scores predictions against official VQA annotation records, as the official evaluation reports them.
+
+    Args:
+        predictions: ``{question_id: predicted answer}``; predictions for unannotated questions are ignored.
+        annotations: Official records with ``question_id``, ``question_type``, ``answer_type`` and ``answers`` (a
+            list of ``{"answer", "answer_confidence", "answer_id"}``).
+        ndigits: Decimals to round the percentages to (2, as the official report); None keeps full precision.
+            Python 3 rounds exact ties to even where the official Python 2 code rounded them away from zero.
+
+    Returns:
+        The overall, per-answer-type and per-question-type accuracies and the hit rate, in percent.
 
     Raises:
-        ValueError: an annotated question has no prediction (the count and a few ids are given).
+        ValueError: No annotations, an annotated question without a prediction (the count and a few ids are given),
+            or a question without human answers.
     """
-    missing = [a["question_id"] for a in annotations if a["question_id"] not in predictions]
-    if missing:
-        raise ValueError(f"{len(missing)} annotated questions have no prediction (e.g. {missing[:5]}); "
-                         f"predict every question or restrict the annotations.")
-    per_answer_type: dict[str, list[float]] = defaultdict(list)
-    per_question_type: dict[str, list[float]] = defaultdict(list)
-    scores, hits = [], 0
-    for ann in annotations:
-        answers = [a["answer"] for a in ann["answers"]]
-        prediction = predictions[ann["question_id"]]
-        score = vqa_accuracy(prediction, answers)
-        scores.append(score)
-        hits += hit(prediction, answers)
-        per_answer_type[ann.get("answer_type", "")].append(score)
-        per_question_type[ann.get("question_type", "")].append(score)
-    count = max(len(scores), 1)
-    return VQAScores(overall=100.0 * sum(scores) / count,
-                     per_answer_type={k: 100.0 * sum(v) / len(v) for k, v in sorted(per_answer_type.items())},
-                     per_question_type={k: 100.0 * sum(v) / len(v) for k, v in sorted(per_question_type.items())},
-                     hit_rate=100.0 * hits / count, num_questions=len(scores))
+    _check_predictions_cover(predictions, annotations)
+    accuracies: list[float] = []
+    by_answer_type: dict[str, list[float]] = defaultdict(list)
+    by_question_type: dict[str, list[float]] = defaultdict(list)
+    hits = 0
+    for annotation in annotations:
+        prediction, answers = predictions[annotation["question_id"]], _human_answers(annotation)
+        accuracy = vqa_accuracy(prediction, answers)
+        accuracies.append(accuracy)
+        by_answer_type[annotation["answer_type"]].append(accuracy)
+        by_question_type[annotation["question_type"]].append(accuracy)
+        hits += _is_hit(prediction, answers)
+    count = len(accuracies)
+    scores = VQAScores(overall=_percent(sum(accuracies), count, ndigits),
+                       per_answer_type=_group_percents(by_answer_type, ndigits),
+                       per_question_type=_group_percents(by_question_type, ndigits),
+                       hit_rate=_percent(hits, count, ndigits), num_questions=count)
+    logger.debug("VQA accuracy %.2f%% over %d questions", scores.overall, scores.num_questions)
+    return scores

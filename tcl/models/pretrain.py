@@ -74,7 +74,9 @@ class TCLPretrainModel(nn.Module):
         self.vision_proj = nn.Linear(model.vision_width, model.embed_dim)
         self.text_proj = nn.Linear(model.hidden_size, model.embed_dim)
         self.itm_head = nn.Linear(model.hidden_size, 2)
-        self.temp = nn.Parameter(torch.tensor(float(model.temp)))
+        # Shape [1] rather than a 0-d scalar: DeepSpeed cannot broadcast 0-d parameters (the official checkpoint's
+        # scalar is reshaped on import).
+        self.temp = nn.Parameter(torch.full((1,), float(model.temp)))
         self.momentum = MomentumEncoders(self.online_modules(), model.momentum)
         self.image_queue = FeatureQueue(model.embed_dim, model.queue_size)
         self.text_queue = FeatureQueue(model.embed_dim, model.queue_size)
@@ -146,7 +148,7 @@ class TCLPretrainModel(nn.Module):
         terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
-                       "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()}
+                       "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()[0]}
         if cfg.align_uniform_weight > 0:
             terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
         total = self._total(terms)

@@ -1,0 +1,50 @@
+"""Real multi-process runs on CPU: DDP over gloo and DeepSpeed ZeRO-2, launched with `accelerate launch`.
+
+After a few steps every rank must hold identical online weights, momentum weights, queues and queue pointers, and
+the pointers must have advanced by the *gathered* batch (per-process batch x processes) per step.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH, QUEUE, STEPS, PROCESSES = 4, 32, 3, 2
+
+pytestmark = pytest.mark.slow
+
+
+def launch(accelerate_config: str, root: Path, out: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_config),
+               str(REPO / "scripts/pretrain.py"), "--config", str(REPO / "configs/pretrain_tiny.yaml"),
+               "--dump-rank-states", f"data.root={root}", f"train.output_dir={out}", f"train.batch_size={BATCH}",
+               f"model.queue_size={QUEUE}", "data.num_workers=0", f"train.max_steps={STEPS}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_ranks_agree(out: Path) -> None:
+    ranks = [load_file(str(out / "rank_states" / f"rank{r}.safetensors")) for r in range(PROCESSES)]
+    assert ranks[0].keys() == ranks[1].keys()
+    different = [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])]
+    assert different == []
+    expected_ptr = STEPS * BATCH * PROCESSES % QUEUE
+    for name in ("image_queue.ptr", "text_queue.ptr"):
+        assert int(ranks[0][name]) == expected_ptr
+    assert any(k.startswith("momentum.") for k in ranks[0])
+
+
+@pytest.mark.parametrize("accelerate_config", ["configs/accelerate/cpu_multiprocess.yaml",
+                                               "configs/accelerate/deepspeed_zero2.yaml"])
+def test_two_processes_stay_identical(accelerate_config, shapes_root, tmp_path):
+    out = tmp_path / "run"
+    result = launch(accelerate_config, shapes_root, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{STEPS} steps on {PROCESSES} process(es)" in result.stdout
+    assert_ranks_agree(out)
+    assert (out / "latest").read_text() == f"checkpoint-{STEPS:08d}"

@@ -1,0 +1,211 @@
+"""TCL's image transforms: shapes, determinism under torch seeding, RandomAugment's ops and magnitudes, switches."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# Imported as a module: a bare ``test_transform`` name would be collected by pytest as a test.
+from tcl.data import transforms as T
+
+
+def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _normalised(value: int) -> torch.Tensor:
+    mean, std = torch.tensor(T.CLIP_MEAN), torch.tensor(T.CLIP_STD)
+    return ((value / 255.0 - mean) / std)[:, None, None]
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(int)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pipelines
+
+
+@pytest.mark.parametrize("size", [64, 256, 384])
+@pytest.mark.parametrize("factory", [T.pretrain_transform, T.vqa_train_transform, T.test_transform])
+@pytest.mark.parametrize("input_size", [(320, 200), (90, 500), (64, 64)])
+def test_output_shape_and_dtype(factory, size, input_size):
+    torch.manual_seed(0)
+    out = factory(size)(_noise(*input_size))
+    assert type(out) is torch.Tensor
+    assert out.shape == (3, size, size) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_two_views_differ_and_reseeding_reproduces_them():
+    views = T.TwoViews(T.pretrain_transform(64))
+    image = _noise(120, 90)
+    torch.manual_seed(7)
+    first, second = views(image)
+    assert first.shape == second.shape == (3, 64, 64)
+    assert not torch.equal(first, second)
+    torch.manual_seed(7)
+    again_first, again_second = views(image)
+    assert torch.equal(first, again_first) and torch.equal(second, again_second)
+
+
+def test_only_torch_rng_matters():
+    transform = T.pretrain_transform(64)
+    image = _noise(100, 80)
+    torch.manual_seed(3)
+    np.random.seed(0)
+    first = transform(image)
+    torch.manual_seed(3)
+    np.random.seed(1)
+    assert torch.equal(first, transform(image))
+
+
+def test_test_transform_deterministic_and_exact_on_constant():
+    transform = T.test_transform(96)
+    image = _noise(150, 100)
+    torch.manual_seed(0)
+    first = transform(image)
+    torch.manual_seed(1)
+    assert torch.equal(first, transform(image))
+    constant = T.test_transform(64)(Image.new("RGB", (130, 70), (200, 100, 50)))
+    expected = torch.stack([_normalised(v)[i] for i, v in enumerate((200, 100, 50))])
+    assert torch.allclose(constant, expected.expand(3, 64, 64), atol=1e-6)
+
+
+def test_everything_off_is_deterministic():
+    transform = T.pretrain_transform(64, crop_scale=(1.0, 1.0), hflip=False, color_jitter=False, randaugment=False)
+    constant = Image.new("RGB", (100, 100), (90, 90, 90))
+    outputs = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        outputs.append(transform(constant))
+    assert all(torch.equal(outputs[0], out) for out in outputs)
+    assert torch.allclose(outputs[0], _normalised(90).expand(3, 64, 64), atol=1e-6)
+    # A square image with the full-area crop is simply resized, whatever the seed.
+    image = _noise(100, 100)
+    torch.manual_seed(0)
+    first = transform(image)
+    torch.manual_seed(1)
+    assert torch.equal(first, transform(image))
+
+
+@pytest.mark.parametrize("switch", ["hflip", "color_jitter", "randaugment"])
+def test_each_switch_adds_randomness(switch):
+    off = {"hflip": False, "color_jitter": False, "randaugment": False}
+    transform = T.pretrain_transform(64, crop_scale=(1.0, 1.0), **{**off, switch: True})
+    image = _noise(100, 100)
+    outputs = []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        outputs.append(transform(image))
+    assert any(not torch.equal(outputs[0], out) for out in outputs[1:])
+
+
+def test_switches_remove_steps():
+    def step_types(transform):
+        return [type(step).__name__ for step in transform.transforms]
+
+    full = step_types(T.pretrain_transform(64))
+    assert full[:6] == ["RandomResizedCrop", "RandomApply", "RandomGrayscale", "RandomApply", "RandomHorizontalFlip",
+                        "RandomAugment"]
+    assert full[-4:] == ["ToImage", "ToDtype", "Normalize", "ToPureTensor"]
+    bare = step_types(T.vqa_train_transform(64, hflip=False, color_jitter=False, randaugment=False))
+    assert bare == ["RandomResizedCrop", "ToImage", "ToDtype", "Normalize", "ToPureTensor"]
+
+
+def test_crop_scales_and_blur():
+    pretrain, vqa = T.pretrain_transform(256).transforms, T.vqa_train_transform(256).transforms
+    assert pretrain[0].scale == (0.2, 1.0) and vqa[0].scale == (0.5, 1.0)
+    blur = pretrain[3].transforms[0]
+    assert blur.kernel_size == (25, 25) and list(blur.sigma) == [0.1, 2.0]
+
+
+@pytest.mark.parametrize(("size", "kernel"), [(8, 7), (64, 13), (128, 13), (224, 23), (256, 25), (384, 39)])
+def test_blur_kernel_size(size, kernel):
+    assert T.blur_kernel_size(size) == kernel
+
+
+@pytest.mark.parametrize("bad", [{"image_size": 0}, {"image_size": 64, "crop_scale": (0.0, 1.0)},
+                                 {"image_size": 64, "crop_scale": (0.9, 0.5)}])
+def test_invalid_arguments(bad):
+    with pytest.raises(ValueError):
+        T.pretrain_transform(**bad)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RandomAugment
+
+
+@pytest.mark.parametrize("op", T.RandomAugment.OPS)
+@pytest.mark.parametrize("size", [(64, 64), (97, 41)])
+def test_every_op_keeps_size_and_mode(op, size):
+    torch.manual_seed(0)
+    out = T.RandomAugment().apply(op, _noise(*size))
+    assert isinstance(out, Image.Image) and out.mode == "RGB" and out.size == size
+
+
+def test_tcl_magnitudes():
+    augment = T.RandomAugment(2, 7)
+    assert augment.enhance_factor == pytest.approx(1.36)
+    assert augment.shear_factor == pytest.approx(0.21)
+    assert augment.translate_pixels == pytest.approx(7.0)
+    assert augment.rotate_degrees == pytest.approx(21.0)
+    full = T.RandomAugment(2, 10)
+    assert (full.enhance_factor, full.translate_pixels, full.rotate_degrees) == pytest.approx((1.9, 10.0, 30.0))
+
+
+def test_brightness_factor():
+    out = T.RandomAugment().apply("brightness", Image.new("RGB", (8, 8), (100, 50, 200)))
+    assert out.getpixel((4, 4)) == (136, 68, 255)
+
+
+@pytest.mark.parametrize("op", ["translate_x", "translate_y"])
+def test_translate_shifts_seven_pixels_with_grey_fill(op):
+    image = Image.new("RGB", (40, 30), (10, 20, 30))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out = _pixels(T.RandomAugment().apply(op, image))
+        line = out[15] if op == "translate_x" else out[:, 20]
+        grey = (line == 128).all(axis=1)
+        assert grey.sum() == 7 and (grey[:7].all() or grey[-7:].all())
+
+
+def test_shear_is_anchored_at_the_top_left_like_tcl():
+    image = Image.new("RGB", (100, 100), (10, 20, 30))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out = _pixels(T.RandomAugment().apply("shear_x", image))
+        assert (out[0, 1:-1] == (10, 20, 30)).all()  # top row stays in place
+        grey_at_bottom = (out[99] == 128).all(axis=1).sum()
+        assert abs(grey_at_bottom - 0.21 * 99) <= 1.5
+
+
+def test_rotate_fills_corners_with_grey():
+    torch.manual_seed(0)
+    out = _pixels(T.RandomAugment().apply("rotate", Image.new("RGB", (100, 100), (10, 20, 30))))
+    assert (out[50, 50] == (10, 20, 30)).all()
+    assert all((out[y, x] == 128).all() for y, x in [(0, 0), (0, 99), (99, 0), (99, 99)])
+
+
+def test_random_augment_draws_from_torch():
+    augment = T.RandomAugment(4, 7)
+    image = _noise(64, 64)
+    torch.manual_seed(11)
+    first = _pixels(augment(image))
+    torch.manual_seed(11)
+    assert (first == _pixels(augment(image))).all()
+    outputs = []
+    for seed in range(10):
+        torch.manual_seed(seed)
+        outputs.append(_pixels(augment(image)))
+    assert any((outputs[0] != out).any() for out in outputs[1:])
+
+
+def test_random_augment_zero_ops_is_identity():
+    image = _noise(20, 20)
+    assert T.RandomAugment(0)(image) is image
+
+
+def test_random_augment_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        T.RandomAugment(2, 7, max_magnitude=0)

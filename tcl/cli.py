@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tcl.errors import TclError
+from tcl.errors import run_command
 
 logger = logging.getLogger("tcl")
 
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", help="section.key=value overrides")
     demo.set_defaults(run=_demo)
 
+    # Listed for --help; its arguments are parsed by the training script itself (see main()).
+    commands.add_parser("pretrain", help="TCL pretraining: same arguments as scripts/pretrain.py (--help there)")
+
     check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
     check.add_argument("config", help="YAML config file")
     check.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -89,22 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands whose whole argument list belongs to a training script (its own --help, --resume, overrides).
+FORWARDED = {"pretrain": "tcl.engine.pretrain"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in FORWARDED:
+        import importlib
+
+        position = argv.index(command)
+        rest = argv[:position] + argv[position + 1:]  # --debug before the subcommand is passed on too
+        return importlib.import_module(FORWARDED[command]).main(rest)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "config", "") is None:
         default = Path("configs/vqa_tiny.yaml")
         args.config = str(default) if default.exists() else None
-    try:
-        return args.run(args)
-    except TclError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.run, args, args.debug)
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ class VQAConfig:
     classifier_hidden: Optional[int] = None
     freeze_vision: bool = False
     max_train_questions: Optional[int] = None
-    # Pretraining checkpoint to start from; null = random init (the "from scratch" baseline).
+    # Pretraining run folder (its latest checkpoint) or checkpoint folder to start from; null = random init
+    # (the "from scratch" baseline).
     init: Optional[str] = None
     # Ranking score of the decoder head: full-sequence likelihood, or TCL's (first token counted twice).
     rank_score: Literal["sequence", "tcl"] = "sequence"

@@ -26,3 +26,22 @@ class BadSampleError(DataError):
     def __init__(self, message: str, reason: str = "bad sample"):
         super().__init__(message)
         self.reason = reason
+
+
+def run_command(function, args, debug: bool) -> int:
+    """Runs a command-line entry point: user errors become one ``error: ...`` line and exit code 2 (the traceback
+    only with ``--debug``); Ctrl-C exits with 130."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return function(args)
+    except TclError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

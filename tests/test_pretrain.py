@@ -1,6 +1,7 @@
 """Pretraining end to end on the generated data: outputs, resume equivalence, multi-process DDP and DeepSpeed."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -106,3 +107,63 @@ def test_sigkill_then_resume_matches_uninterrupted_run(shapes_root, tmp_path):
     a, b = weights(straight / "checkpoint-00000012"), weights(killed / "checkpoint-00000012")
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= 1e-6, worst
+
+
+def test_gradient_accumulation_advances_queue_once_per_optimizer_step(shapes_root, tmp_path):
+    out = tmp_path / "accumulate"
+    assert pretrain(shapes_root, out, "train.grad_accum_steps=2", "train.max_steps=3") == 0
+    state = weights(out / "checkpoint-00000003")
+    assert int(state["image_queue.ptr"]) == 3 * 8 % 32
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["samples_per_s"] > 0
+
+
+def test_bf16_autocast_and_clipping_run(shapes_root, tmp_path):
+    out = tmp_path / "bf16"
+    assert pretrain(shapes_root, out, "train.mixed_precision=bf16", "train.grad_clip=1.0", "train.max_steps=2") == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(v) for k, v in record.items() if k.startswith("loss"))
+    state = weights(out / "checkpoint-00000002")
+    assert state["momentum.models.vision_proj.weight"].dtype == torch.float32
+
+
+def test_init_from_our_checkpoint_continues_from_its_weights(shapes_root, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    pretrain(shapes_root, first, "train.max_steps=2")
+    assert main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+                 f"train.output_dir={second}", *FAST, "train.max_steps=1", "train.lr=1e-12", "train.warmup_lr=1e-12",
+                 "train.min_lr=1e-12", "--init", str(first)]) == 0
+    before, after = weights(first / "checkpoint-00000002"), weights(second / "checkpoint-00000001")
+    assert torch.allclose(before["vision_proj.weight"], after["vision_proj.weight"], atol=1e-6)
+
+
+def test_tcl_pretrain_command_and_clear_errors(shapes_root, tmp_path, capsys):
+    from tcl.cli import main as tcl_main
+
+    assert tcl_main(["pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+                     f"train.output_dir={tmp_path / 'cli'}", *FAST, "train.max_steps=1"]) == 0
+    assert tcl_main(["pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"),
+                     f"data.root={tmp_path / 'nowhere'}"]) == 2
+    assert "does not exist. Run `tcl make-data" in capsys.readouterr().err
+    assert tcl_main(["pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+                     f"train.output_dir={tmp_path / 'none'}", "--resume", "latest"]) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(shapes_root, tmp_path):
+    out = tmp_path / "terminated"
+    command = [sys.executable, str(REPO / "scripts/pretrain.py"), "--config", str(REPO / "configs/pretrain_tiny.yaml"),
+               f"data.root={shapes_root}", f"train.output_dir={out}", *FAST, "train.max_steps=200",
+               "train.save_every=2"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-00000002" / "trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "received SIGTERM" in stderr
+    step = json.loads((out / (out / "latest").read_text() / "trainer_state.json").read_text())["step"]
+    assert 2 <= step < 200
+    assert f"pretraining done: {step} steps" in stdout

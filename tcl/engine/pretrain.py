@@ -28,14 +28,14 @@ from tcl.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpo
 from tcl.engine.metrics import MetricsLogger, plot_losses
 from tcl.engine.optim import alpha_at, build_optimizer, build_scheduler
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, feature_gather, peak_memory_mb, unwrap
-from tcl.errors import TclError
+from tcl.errors import TclError, run_command
 from tcl.models import SpecialTokens, TCLPretrainModel
 
 logger = logging.getLogger("tcl.pretrain")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="TCL pretraining")
+    parser = argparse.ArgumentParser(prog="tcl pretrain", description="TCL pretraining")
     parser.add_argument("--config", default="configs/pretrain_tiny.yaml", help="YAML config")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
     parser.add_argument("--init", default=None, help="checkpoint folder of ours to start from (continued pretraining)")
@@ -48,14 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except TclError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(run, args, args.debug)
 
 
 class _StopRequest:
@@ -63,12 +56,15 @@ class _StopRequest:
 
     def __init__(self):
         self.requested = False
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame) -> None:
         logger.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
         self.requested = True
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,6 +174,7 @@ class Trainer:
         if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
             self._checkpoint()
         bar.close()
+        self.stop.restore()
         elapsed = time.perf_counter() - start
         self._finish(elapsed, self.state["step"] - samples_before)
         return 0
@@ -187,8 +184,13 @@ class Trainer:
         cfg, accumulation = self.config, self.config.train.grad_accum_steps
         self.loader.sampler.set_epoch(self.state["epoch"], self.state["batch"])
         step_start = time.perf_counter()
+        # Whole optimizer steps only: a remainder of micro-batches at the epoch end would shift the accumulation
+        # windows of the next epoch.
+        usable = self.steps_per_epoch * accumulation
         for batch in self.loader:
             micro = self.state["batch"]
+            if micro >= usable:
+                break
             boundary = micro % accumulation == 0
             alpha = alpha_at(self.state["step"], self.steps_per_epoch, cfg.loss.alpha)
             output = self._micro_step(batch, alpha, boundary)

@@ -1,23 +1,47 @@
-"""Loading model weights from one of our checkpoint folders (``--init``)."""
+"""Loading model weights from one of our checkpoint folders (``--init``), written with or without DeepSpeed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from tcl.engine.checkpoint import TRAINER_STATE, find_checkpoint
 from tcl.errors import TclError
+
+DEEPSPEED_MODEL_STATES = Path("pytorch_model") / "mp_rank_00_model_states.pt"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if (path / TRAINER_STATE).is_file() or (path / "model.safetensors").is_file():
+        return path
+    if path.is_dir():
+        return find_checkpoint(path, "latest")
+    raise TclError(f"{path}: not a checkpoint or run folder. Pass a folder written by `tcl pretrain` "
+                   f"(e.g. runs/pretrain_tiny or runs/pretrain_tiny/checkpoint-00000100).")
+
+
+def read_model_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of a checkpoint (``model.safetensors``, or DeepSpeed's model-states file)."""
+    folder = resolve_checkpoint(folder)
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / DEEPSPEED_MODEL_STATES).is_file():
+        return torch.load(folder / DEEPSPEED_MODEL_STATES, map_location="cpu", weights_only=True)["module"]
+    raise TclError(f"{folder}: no model.safetensors or {DEEPSPEED_MODEL_STATES} in this checkpoint.")
 
 
 def load_model_weights(model: nn.Module, folder: str | Path) -> None:
-    """Loads ``model.safetensors`` from a checkpoint folder strictly (momentum copy and queues included)."""
-    from safetensors.torch import load_model
-
-    path = Path(folder) / "model.safetensors"
-    if not path.is_file():
-        raise TclError(f"--init {folder}: no model.safetensors there. Pass a checkpoint folder written by "
-                       f"tcl pretrain (e.g. runs/pretrain_tiny/checkpoint-00000100).")
-    missing, unexpected = load_model(model, str(path), strict=False)
+    """Loads a checkpoint's weights strictly (momentum copy and queues included); tied weights may be stored once."""
+    state = read_model_state(folder)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {name for name in missing if name.endswith("predictions.decoder.weight")}
+    missing = [name for name in missing if name not in tied]
     if missing or unexpected:
         raise TclError(f"--init {folder}: weights do not match the configured model (missing {sorted(missing)[:5]}, "
                        f"unexpected {sorted(unexpected)[:5]}). Use the same model section as the checkpoint's "

@@ -1,0 +1,143 @@
+"""The training loop shared by pretraining and fine-tuning: accumulation, clipping, checkpoints, feedback, signals.
+
+A task supplies ``step_fn(model, batch, alpha, boundary, device) -> output`` where ``output`` has ``loss`` (with
+gradient), ``losses`` and ``diagnostics`` (dicts of detached scalars); ``boundary`` is True for the first micro-batch
+of each optimizer step (momentum updates and enqueues happen then).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tcl.config import Config
+from tcl.data.bad_samples import SkipReport
+from tcl.engine.checkpoint import save_checkpoint
+from tcl.engine.metrics import MetricsLogger, plot_losses
+from tcl.engine.optim import alpha_at
+from tcl.engine.runtime import peak_memory_mb
+
+logger = logging.getLogger(__name__)
+
+StepFn = Callable[[Any, dict, float, bool, Any], Any]
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT ask the loop to write a checkpoint and stop at the next optimizer step."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        logger.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+        self.requested = True
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """The training loop and its bookkeeping, shared by pretraining and fine-tuning."""
+
+    def __init__(self, config: Config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch: int,
+                 state: dict, skips: SkipReport, step_fn: StepFn, name: str = "training"):
+        self.config, self.accelerator = config, accelerator
+        self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
+        self.steps_per_epoch, self.state, self.skips = steps_per_epoch, state, skips
+        self.step_fn, self.name = step_fn, name
+        self.output_dir = Path(config.train.output_dir)
+        self.total_steps = steps_per_epoch * config.train.epochs
+        self.max_steps = min(config.train.max_steps or self.total_steps, self.total_steps)
+        self.metrics = MetricsLogger(accelerator, self.output_dir)
+        self.stop = _StopRequest()
+        self.last_checkpoint: Path | None = None
+
+    def fit(self) -> int:
+        start = time.perf_counter()
+        samples_before = self.state["step"]
+        bar = self.metrics.progress(self.max_steps, self.state["step"])
+        while self.state["step"] < self.max_steps and self.state["epoch"] < self.config.train.epochs:
+            finished_epoch = self._epoch(bar)
+            if self.stop.requested:
+                break
+            if finished_epoch:
+                logger.info("epoch %d done: %s", self.state["epoch"], self.skips.format())
+                self.state.update(epoch=self.state["epoch"] + 1, batch=0)
+                self._checkpoint()
+        if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
+            self._checkpoint()
+        bar.close()
+        self.stop.restore()
+        elapsed = time.perf_counter() - start
+        self._finish(elapsed, self.state["step"] - samples_before)
+        return 0
+
+    def _epoch(self, bar) -> bool:
+        """Runs (the rest of) the current epoch; returns whether it reached the end of the epoch."""
+        cfg, accumulation = self.config, self.config.train.grad_accum_steps
+        self.loader.sampler.set_epoch(self.state["epoch"], self.state["batch"])
+        step_start = time.perf_counter()
+        # Whole optimizer steps only: a remainder of micro-batches at the epoch end would shift the accumulation
+        # windows of the next epoch.
+        usable = self.steps_per_epoch * accumulation
+        for batch in self.loader:
+            micro = self.state["batch"]
+            if micro >= usable:
+                break
+            boundary = micro % accumulation == 0
+            alpha = alpha_at(self.state["step"], self.steps_per_epoch, cfg.loss.alpha)
+            output = self._micro_step(batch, alpha, boundary)
+            self.skips.update(batch)
+            self.state["batch"] = micro + 1
+            if (micro + 1) % accumulation:
+                continue
+            self.state["step"] += 1
+            seconds = time.perf_counter() - step_start
+            step_start = time.perf_counter()
+            self.metrics.log_step(self.state["step"], output, self.scheduler.get_last_lr()[0], alpha,
+                                  cfg.train.batch_size * accumulation * self.accelerator.num_processes / seconds, bar)
+            if self._should_save():
+                self._checkpoint()
+            if self.state["step"] >= self.max_steps or self.stop.requested:
+                return False
+        return True
+
+    def _micro_step(self, batch: dict, alpha: float, boundary: bool):
+        with self.accelerator.accumulate(self.model):
+            output = self.step_fn(self.model, batch, alpha, boundary, self.accelerator.device)
+            self.accelerator.backward(output.loss)
+            if self.accelerator.sync_gradients and self.config.train.grad_clip:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return output
+
+    def _should_save(self) -> bool:
+        every = self.config.train.save_every
+        return bool(every) and self.state["step"] % every == 0 or self.stop.requested
+
+    def _checkpoint(self) -> None:
+        text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        state = {**self.state, "skipped": dict(self.skips.at_loading)}
+        self.last_checkpoint = save_checkpoint(self.accelerator, self.output_dir, self.state["step"], state,
+                                               self.config.train.keep_last, text)
+
+    def _finish(self, elapsed: float, steps: int) -> None:
+        self.metrics.close()
+        if not self.accelerator.is_main_process:
+            return
+        plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png")
+        samples = steps * self.config.train.batch_size * self.config.train.grad_accum_steps * \
+            self.accelerator.num_processes
+        print(f"{self.name} done: {self.state['step']} steps on {self.accelerator.num_processes} process(es), "
+              f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
+              f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "
+              f"plot {plot}, {self.skips.format()}")

@@ -7,10 +7,8 @@ traceback as well.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 from tcl.errors import run_command
 
@@ -31,22 +29,9 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tcl.config import load_config
-    from tcl.data.make_data import dataset_exists, format_summary, make_shapes_dataset, summarize
+    from tcl.demo import run_demo
 
-    config = load_config(args.config, args.overrides)
-    root, shapes = config.data.root, config.data.shapes
-    if not dataset_exists(root):
-        logger.info("no generated data in %s: generating it", root)
-        summary = make_shapes_dataset(root, shapes.train_images, shapes.val_images, shapes.image_size,
-                                      shapes.questions_per_image, shapes.seed)
-    else:
-        summary = summarize(root)
-    print(format_summary(summary))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"summary written to {out / 'data_summary.json'}")
+    run_demo(args.out, args.overrides)
     return 0
 
 
@@ -76,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--quiet", action="store_true", help="no progress bars")
     make.set_defaults(run=_make_data)
 
-    demo = commands.add_parser("demo", help="the main job on the embedded default (generates the data if absent)")
+    demo = commands.add_parser("demo", help="the main job on the embedded default: data, pretraining, VQA "
+                                            "fine-tuning and evaluation, baselines, examples")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--config", default=None, help="YAML config (default: configs/vqa_tiny.yaml if present)")
-    demo.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    demo.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every stage")
     demo.set_defaults(run=_demo)
 
     # Listed for --help; its arguments are parsed by the training script itself (see main()).
     commands.add_parser("pretrain", help="TCL pretraining: same arguments as scripts/pretrain.py (--help there)")
+    commands.add_parser("finetune-vqa", help="VQA fine-tuning: same arguments as scripts/finetune_vqa.py")
+    commands.add_parser("evaluate-vqa", help="VQA evaluation: same arguments as scripts/evaluate_vqa.py")
 
     check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
     check.add_argument("config", help="YAML config file")
@@ -93,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands whose whole argument list belongs to a training script (its own --help, --resume, overrides).
-FORWARDED = {"pretrain": "tcl.engine.pretrain"}
+FORWARDED = {"pretrain": "tcl.engine.pretrain", "finetune-vqa": "tcl.engine.finetune_vqa",
+             "evaluate-vqa": "tcl.engine.evaluate_vqa"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         rest = argv[:position] + argv[position + 1:]  # --debug before the subcommand is passed on too
         return importlib.import_module(FORWARDED[command]).main(rest)
     args = build_parser().parse_args(argv)
-    if getattr(args, "config", "") is None:
-        default = Path("configs/vqa_tiny.yaml")
-        args.config = str(default) if default.exists() else None
     return run_command(args.run, args, args.debug)
 
 

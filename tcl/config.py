@@ -42,6 +42,11 @@ class ModelConfig:
     max_position_embeddings: int = 64
     # Layers [0, fusion_layer) are the text encoder, [fusion_layer, num_hidden_layers) the fusion encoder.
     fusion_layer: int = 2
+    # Initialisation of the text/fusion layers and heads that are not loaded from a checkpoint: BERT's N(0, 0.02),
+    # or Xavier-uniform linear layers (embeddings stay N(0, 0.02)). A small model trained from scratch needs the
+    # latter: with BERT's init the [CLS] states of all texts start nearly identical and the contrastive and ITM
+    # terms stay at chance for hundreds of steps.
+    init_scheme: Literal["bert", "xavier"] = "bert"
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     # Vocabulary size; null = taken from the tokenizer.

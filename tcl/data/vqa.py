@@ -194,7 +194,8 @@ def answer_weights(answers: list[str], dataset: str) -> tuple[list[str], list[fl
 
 
 class VQADataset(Dataset):
-    """Yields ``{"image", "question", "question_id", "answers", "weights"}`` (answers empty for test splits).
+    """Yields ``{"image", "question", "question_id", "answers", "weights", "human_answers"}``: unique answers with
+    TCL's weights, and the raw annotator answers for the official soft scores (all empty for test splits).
 
     Args:
         table: an index from ``official_vqa_table`` or ``albef_vqa_table``.
@@ -236,7 +237,7 @@ class VQADataset(Dataset):
         image = load_rgb_image(self._image_path(row), self.max_image_pixels)
         answers, weights = answer_weights(row["answers"], row["dataset"])
         return {"image": self.transform(image), "question": question, "question_id": row["question_id"],
-                "answers": answers, "weights": weights}
+                "answers": answers, "weights": weights, "human_answers": list(row["answers"])}
 
     def _image_path(self, row: dict[str, Any]) -> Path:
         path = Path(row["image"])
@@ -262,4 +263,5 @@ class VQACollator:
                 "attention_mask": text.attention_mask, "questions": [s["question"] for s in samples],
                 "question_ids": torch.tensor([s["question_id"] for s in samples], dtype=torch.long),
                 "answers": [s["answers"] for s in samples], "weights": [s["weights"] for s in samples],
+                "human_answers": [s["human_answers"] for s in samples],
                 "skipped": merge_skipped(samples)}

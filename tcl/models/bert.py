@@ -145,14 +145,20 @@ def _maybe_checkpoint(enabled: bool, layer: nn.Module, *args):
     return layer(*args)
 
 
-def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
-    """BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm (used for every module we add)."""
+def init_bert_weights(module: nn.Module, std: float = 0.02, xavier: bool = False) -> None:
+    """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorm; with ``xavier`` the linear layers are
+    Xavier-uniform instead (for small models trained from scratch)."""
     for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(sub.weight, std=std)
-            if isinstance(sub, nn.Linear) and sub.bias is not None:
+        if isinstance(sub, nn.Linear):
+            if xavier:
+                nn.init.xavier_uniform_(sub.weight)
+            else:
+                nn.init.normal_(sub.weight, std=std)
+            if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
-            if isinstance(sub, nn.Embedding) and sub.padding_idx is not None:
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.padding_idx is not None:
                 with torch.no_grad():
                     sub.weight[sub.padding_idx].zero_()
         elif isinstance(sub, nn.LayerNorm):

@@ -69,8 +69,9 @@ class TCLPretrainModel(nn.Module):
         self.text_encoder = TextEncoder(config, model.fusion_layer)
         self.fusion_encoder = FusionEncoder(config, model.num_hidden_layers - model.fusion_layer, model.vision_width)
         self.mlm_head = MLMHead(config, self.text_encoder.embeddings.word_embeddings)
-        for module in (self.text_encoder, self.fusion_encoder, self.mlm_head):
-            init_bert_weights(module)
+        # The MLM decoder is the word-embedding matrix (tied): only its transform is initialised here.
+        for module in (self.text_encoder, self.fusion_encoder, self.mlm_head.predictions.transform):
+            init_bert_weights(module, xavier=model.init_scheme == "xavier")
         self.vision_proj = nn.Linear(model.vision_width, model.embed_dim)
         self.text_proj = nn.Linear(model.hidden_size, model.embed_dim)
         self.itm_head = nn.Linear(model.hidden_size, 2)

@@ -1,0 +1,8 @@
+"""VQA evaluation entry point: ``python scripts/evaluate_vqa.py --run runs/vqa_tiny [--blind]``."""
+
+import sys
+
+from tcl.engine.evaluate_vqa import main
+
+if __name__ == "__main__":
+    sys.exit(main())

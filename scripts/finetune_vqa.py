@@ -1,0 +1,9 @@
+"""VQA fine-tuning entry point: ``python scripts/finetune_vqa.py --config configs/vqa_tiny.yaml`` (or through
+``accelerate launch``)."""
+
+import sys
+
+from tcl.engine.finetune_vqa import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""``tcl demo``: the main job on the embedded default, end to end on 2 CPU cores.
+
+Generates the shapes data if absent, pretrains the tiny model, fine-tunes it on VQA, fine-tunes the same model from
+scratch with the same budget, evaluates both on the held-out val split next to the blind baselines, answers three
+example questions, and writes ``demo_results.json`` and plots to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tcl.config import load_config
+
+logger = logging.getLogger("tcl.demo")
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN_CONFIG = REPO / "configs" / "pretrain_tiny.yaml"
+VQA_CONFIG = REPO / "configs" / "vqa_tiny.yaml"
+
+
+def _fresh_accelerate() -> None:
+    """Each stage builds its own Accelerator; accelerate keeps process-wide singletons that must be reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
+def _stage(name: str, function, argv: list[str]) -> None:
+    logger.info("demo stage: %s", name)
+    _fresh_accelerate()
+    code = function(argv)
+    if code != 0:
+        from tcl.errors import TclError
+
+        raise TclError(f"demo stage '{name}' failed with exit code {code}; see the messages above.")
+
+
+def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Runs every stage and returns (and writes) the demo's numbers."""
+    from tcl.data.make_data import dataset_exists, make_shapes_dataset, summarize
+    from tcl.engine import evaluate_vqa, finetune_vqa, pretrain
+
+    start = time.perf_counter()
+    out = Path(out)
+    overrides = list(overrides or [])
+    config = load_config(VQA_CONFIG, overrides)
+    root, shapes = config.data.root, config.data.shapes
+    if not dataset_exists(root):
+        make_shapes_dataset(root, shapes.train_images, shapes.val_images, shapes.image_size,
+                            shapes.questions_per_image, shapes.seed)
+    summary = summarize(root)
+    common = [f"data.root={root}", *overrides]
+    _stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), f"train.output_dir={out / 'pretrain'}",
+                                       *common])
+    _stage("fine-tune from pretraining", finetune_vqa.main,
+           ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa'}", f"vqa.init={out / 'pretrain'}", *common])
+    _stage("fine-tune from scratch", finetune_vqa.main,
+           ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null", *common])
+    _stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
+    scores = {name: _scores(out / name, config.data.vqa_eval) for name in ("vqa", "vqa_scratch")}
+    blind_model = _scores(out / "vqa", f"{config.data.vqa_eval}_blind")
+    results = {
+        "vqa_accuracy": scores["vqa"]["overall"], "hit_rate": scores["vqa"]["hit_rate"],
+        "per_answer_type": scores["vqa"]["per_answer_type"],
+        "scratch_accuracy": scores["vqa_scratch"]["overall"],
+        "scratch_per_answer_type": scores["vqa_scratch"]["per_answer_type"],
+        "blind_accuracy": summary["blind_val_accuracy"], "model_blind_accuracy": blind_model["overall"],
+        "examples": _examples(out / "vqa", config),
+        "minutes": (time.perf_counter() - start) / 60.0,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
+    _plot(results, out / "demo_accuracy.png")
+    print(format_results(results))
+    return results
+
+
+def _scores(run_dir: Path, suffix: str) -> dict[str, Any]:
+    return json.loads((run_dir / f"vqa_scores_{suffix}.json").read_text())
+
+
+def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
+    """The first ``count`` val questions with the model's top-3 answers and the human majority answer."""
+    import torch
+
+    from tcl.data.builders import build_tokenizer, build_vqa_dataset, vqa_collator
+    from tcl.engine.finetune_vqa import ANSWER_LIST
+    from tcl.engine.weights import read_model_state
+    from tcl.evaluation.answers import AnswerVocabulary
+    from tcl.models.vqa import TCLVQAModel
+
+    run_config = load_config(run_dir / "config.yaml")
+    vocabulary = AnswerVocabulary.from_json(run_dir / ANSWER_LIST)
+    tokenizer = build_tokenizer(run_config)
+    model = TCLVQAModel(run_config.model, run_config.model.vocab_size or len(tokenizer), len(vocabulary),
+                        run_config.vqa.classifier_hidden)
+    model.load_state_dict(read_model_state(run_dir))
+    model.eval()
+    dataset = build_vqa_dataset(run_config, train=False)
+    picks = [dataset[i] for i in range(0, count * 97, 97)][:count]  # spread over different images
+    batch = vqa_collator(run_config, tokenizer, train=False)(picks)
+    with torch.no_grad():
+        probabilities = model(batch["image"], batch["input_ids"], batch["attention_mask"]).logits.sigmoid()
+    examples = []
+    for row, sample in enumerate(picks):
+        top = probabilities[row].topk(3)
+        examples.append({"question_id": sample["question_id"], "question": sample["question"],
+                         "human_answers": sample["human_answers"],
+                         "top3": [{"answer": vocabulary.answers[i], "score": round(float(p), 4)}
+                                  for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return examples
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = ["", "demo results (official VQA accuracy on the generated val2014 split, %)",
+             f"  {'model':<38} {'overall':>8}  " + "  ".join(f"{t:>8}" for t in results["per_answer_type"]),
+             _row("TCL pretraining + fine-tuning", results["vqa_accuracy"], results["per_answer_type"]),
+             _row("fine-tuning from scratch (same budget)", results["scratch_accuracy"],
+                  results["scratch_per_answer_type"]),
+             f"  {'blind: best question-only prior':<38} {results['blind_accuracy']:8.2f}",
+             f"  {'blind: fine-tuned model, constant image':<38} {results['model_blind_accuracy']:8.2f}",
+             f"  hit rate (prediction among the 10 answers): {results['hit_rate']:.2f} %",
+             f"  total time: {results['minutes']:.1f} min", "", "examples:"]
+    for example in results["examples"]:
+        answers = ", ".join(f"{a['answer']} ({a['score']:.2f})" for a in example["top3"])
+        lines.append(f"  Q{example['question_id']}: {example['question']}? -> {answers}")
+    return "\n".join(lines)
+
+
+def _row(name: str, overall: float, per_type: dict[str, float]) -> str:
+    return f"  {name:<38} {overall:8.2f}  " + "  ".join(f"{value:8.2f}" for value in per_type.values())
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = list(results["per_answer_type"])
+    groups = {"pretrained + fine-tuned": [results["per_answer_type"][t] for t in types] + [results["vqa_accuracy"]],
+              "from scratch": [results["scratch_per_answer_type"].get(t, 0.0) for t in types]
+              + [results["scratch_accuracy"]]}
+    labels = types + ["overall"]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    width = 0.38
+    for offset, (name, values) in enumerate(groups.items()):
+        axis.bar([i + (offset - 0.5) * width for i in range(len(labels))], values, width, label=name)
+    axis.axhline(results["blind_accuracy"], color="grey", linestyle="--", label="blind (question-only prior)")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_ylabel("VQA accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

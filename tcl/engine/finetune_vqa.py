@@ -1,0 +1,141 @@
+"""VQA fine-tuning with the classifier answer head, then evaluation on ``data.vqa_eval``.
+
+    python scripts/finetune_vqa.py --config configs/vqa_tiny.yaml [vqa.init=runs/pretrain_tiny] [overrides]
+    tcl finetune-vqa --config configs/vqa_tiny.yaml --freeze-vision
+
+The run folder gets the usual checkpoints and logs (``tcl.engine.trainer``), ``answer_list.json`` (the answer
+vocabulary, ALBEF's format), and after training the evaluation files of ``tcl.engine.evaluate_vqa``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from tcl.config import Config, load_config, save_config
+from tcl.data.bad_samples import SkipReport
+from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, check_data_root, vqa_collator
+from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
+from tcl.engine.optim import build_optimizer, build_scheduler
+from tcl.engine.runtime import build_accelerator, check_distributed_setup
+from tcl.engine.trainer import Trainer
+from tcl.engine.weights import read_model_state
+from tcl.errors import ConfigError, TclError, run_command
+from tcl.evaluation.answers import AnswerVocabulary, soft_target_matrix
+from tcl.models.vqa import TCLVQAModel
+
+logger = logging.getLogger("tcl.finetune_vqa")
+ANSWER_LIST = "answer_list.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tcl finetune-vqa", description="VQA fine-tuning (classifier head)")
+    parser.add_argument("--config", default="configs/vqa_tiny.yaml", help="YAML config")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
+    parser.add_argument("--freeze-vision", action="store_true", help="keep the image encoder fixed (vqa.freeze_vision)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_command(run, args, args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + (["vqa.freeze_vision=true"] if args.freeze_vision else [])
+    config = load_config(args.config, overrides)
+    if config.vqa.head != "classifier":
+        raise ConfigError(f"{args.config}: vqa.head = {config.vqa.head} is not available yet; use vqa.head=classifier.")
+    accelerator = build_accelerator(config)
+    check_distributed_setup(accelerator, config)
+    check_data_root(config)
+    tokenizer = build_tokenizer(config)
+    dataset = build_vqa_dataset(config, train=True)
+    limit_questions(dataset, config.vqa.max_train_questions, config.train.seed)
+    output_dir = Path(config.train.output_dir)
+    vocabulary = answer_vocabulary(dataset, config, output_dir, accelerator)
+    collate = TargetCollator(vqa_collator(config, tokenizer, train=True), vocabulary)
+    loader = build_loader(dataset, collate, config.train.batch_size, shuffle=True, num_workers=config.data.num_workers,
+                          seed=config.train.seed, drop_last=True, rank=accelerator.process_index,
+                          world_size=accelerator.num_processes)
+    steps_per_epoch = loader.sampler.batches_per_epoch() // config.train.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise TclError(f"{len(dataset)} questions are fewer than one optimizer step; use a smaller train.batch_size.")
+    torch.manual_seed(config.train.seed)
+    model = build_vqa_model(config, len(tokenizer), len(vocabulary))
+    torch.manual_seed(config.train.seed + accelerator.process_index)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.is_main_process:
+        save_config(config, output_dir / "config.yaml")
+    state = {"epoch": 0, "batch": 0, "step": 0}
+    if args.resume:
+        state = load_checkpoint(accelerator, find_checkpoint(output_dir, args.resume))
+    trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
+                      SkipReport(dataset.skipped_at_indexing), vqa_step, name="VQA fine-tuning")
+    code = trainer.fit()
+    if code == 0 and not args.no_eval and not trainer.stop.requested:
+        from tcl.engine.evaluate_vqa import evaluate_model
+
+        evaluate_model(config, accelerator.unwrap_model(model), tokenizer, vocabulary, output_dir, accelerator)
+    return code
+
+
+def limit_questions(dataset, limit: int | None, seed: int) -> None:
+    """Keeps a seeded random subset of ``limit`` questions (the thesis protocol caps training at 100,000)."""
+    if limit is not None and limit < len(dataset):
+        dataset.table = dataset.table.shuffle(seed=seed).select(range(limit))
+
+
+def answer_vocabulary(dataset, config: Config, output_dir: Path, accelerator) -> AnswerVocabulary:
+    """Builds the answer list from the training annotations and saves it beside the run."""
+    records = dataset.table.select_columns(["multiple_choice_answer", "answers"]).to_list()
+    vocabulary = AnswerVocabulary.build(records, min_count=config.vqa.min_answer_count)
+    if len(vocabulary) == 0:
+        raise TclError("no answer reaches vqa.min_answer_count in the training annotations; lower it.")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        vocabulary.to_json(output_dir / ANSWER_LIST)
+    logger.info("answer vocabulary: %d answers (min count %d)", len(vocabulary), config.vqa.min_answer_count)
+    return vocabulary
+
+
+def build_vqa_model(config: Config, vocab_size: int, num_answers: int) -> TCLVQAModel:
+    """The VQA model, initialised from ``vqa.init`` (a pretraining run or checkpoint) when given."""
+    model = TCLVQAModel(config.model, config.model.vocab_size or vocab_size, num_answers, config.vqa.classifier_hidden)
+    if config.vqa.init:
+        model.load_pretrained_encoders(read_model_state(config.vqa.init))
+        logger.info("encoders initialised from %s", config.vqa.init)
+    if config.vqa.freeze_vision:
+        model.freeze_vision()
+    return model
+
+
+class TargetCollator:
+    """Adds the soft-score targets [B, A] of the classifier head to a VQA batch."""
+
+    def __init__(self, collate, vocabulary: AnswerVocabulary):
+        self.collate, self.vocabulary = collate, vocabulary
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = self.collate(samples)
+        batch["targets"] = soft_target_matrix(batch["human_answers"], self.vocabulary)
+        return batch
+
+
+def vqa_step(model, batch: dict, alpha: float, boundary: bool, device):
+    """One forward of the VQA model with its BCE loss."""
+    return model(batch["image"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                 targets=batch["targets"].to(device))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The VQA model with the classifier head: forward/backward, soft-score loss, loading a pretraining checkpoint at
+another resolution."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcl.config import load_config
+from tcl.models import TCLPretrainModel
+from tcl.models.vqa import TCLVQAModel
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB, ANSWERS = 60, 12
+
+
+def config(*overrides):
+    return load_config(REPO / "configs/vqa_tiny.yaml", list(overrides))
+
+
+def inputs(batch=4, size=64):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (batch, 9), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    return torch.randn(batch, 3, size, size, generator=g), ids, mask
+
+
+def test_forward_backward_and_bce_on_soft_scores():
+    torch.manual_seed(0)
+    model = TCLVQAModel(config().model, VOCAB, ANSWERS)
+    targets = torch.zeros(4, ANSWERS)
+    targets[:, 3] = 1.0
+    targets[0, 5] = 0.3
+    out = model(*inputs(), targets=targets)
+    assert out.logits.shape == (4, ANSWERS) and torch.isfinite(out.loss)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets, reduction="sum") / 4
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_loads_pretraining_encoders_and_resamples_position_embeddings():
+    pretrain_config = load_config(REPO / "configs/pretrain_tiny.yaml")
+    torch.manual_seed(1)
+    pretrained = TCLPretrainModel(pretrain_config.model, pretrain_config.loss, VOCAB)
+    model = TCLVQAModel(config("model.image_size=96").model, VOCAB, ANSWERS)
+    left = model.load_pretrained_encoders(pretrained.state_dict())
+    assert left and all(name.startswith("answer_head.") for name in left)
+    assert model.vision_encoder.pos_embed.shape[1] == 1 + (96 // 8) ** 2
+    assert torch.equal(model.vision_encoder.pos_embed[:, 0], pretrained.vision_encoder.pos_embed[:, 0])
+    assert torch.equal(model.fusion_encoder.layer[0].crossattention.self.key.weight,
+                       pretrained.fusion_encoder.layer[0].crossattention.self.key.weight)
+    assert model(*inputs(size=96)).logits.shape == (4, ANSWERS)
+
+
+def test_mismatched_checkpoint_is_refused():
+    model = TCLVQAModel(config().model, VOCAB, ANSWERS)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("fusion_encoder.layer.1.")}
+    with pytest.raises(ValueError, match="does not fit this model"):
+        model.load_pretrained_encoders(state)
+
+
+def test_freeze_vision():
+    model = TCLVQAModel(config().model, VOCAB, ANSWERS)
+    model.freeze_vision()
+    assert not any(p.requires_grad for p in model.vision_encoder.parameters())
+    assert all(p.requires_grad for p in model.answer_head.parameters())

@@ -102,7 +102,7 @@ def evaluate_model(config: Config, model, tokenizer, vocabulary: AnswerVocabular
     write_results(results, output_dir / f"vqa_results_{suffix}.json")
     questions_path, annotations_path = _split_files(config)
     if annotations_path is None:
-        if config.eval.max_questions is None:
+        if questions_path is not None and config.eval.max_questions is None:
             check_complete(results, questions_path)
         logger.info("%s has no annotations: wrote the results file for EvalAI only", split)
         return None

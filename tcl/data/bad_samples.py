@@ -23,9 +23,11 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
                      ) -> dict[str, Any]:
     """Calls ``load(index)``; on a BadSampleError skips forward (``skip``) or re-raises (``error``).
 
-    The returned sample carries ``skipped``: the reasons of the samples passed over to reach it.
+    The returned sample carries ``skipped``: the reason why sample ``index`` itself was replaced, or nothing. Bad
+    samples passed over on the way to a replacement are counted when they are requested themselves, so an epoch
+    counts each bad sample once, however many bad neighbours it has.
     """
-    skipped: list[str] = []
+    reasons: list[str] = []
     for offset in range(MAX_CONSECUTIVE_BAD):
         position = (index + offset) % size
         try:
@@ -34,13 +36,15 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
             if on_bad_sample == "error":
                 raise BadSampleError(f"{error} (sample {position}; set data.on_bad_sample=skip to skip and count "
                                      f"such samples)", error.reason) from None
-            logger.warning("skipping sample %d: %s", position, error)
-            skipped.append(error.reason)
+            if offset == 0:
+                logger.warning("skipping sample %d: %s", position, error)
+            reasons.append(error.reason)
             continue
-        sample["skipped"] = skipped
+        sample["skipped"] = reasons[:1]
         return sample
-    raise DataError(f"{MAX_CONSECUTIVE_BAD} unreadable samples in a row from index {index} (last reasons: "
-                    f"{Counter(skipped).most_common(3)}). Check data.root and data.image_root.")
+    raise DataError(f"{MAX_CONSECUTIVE_BAD} unreadable samples in a row from index {index} (reasons: "
+                    f"{Counter(reasons).most_common(3)}): the data is probably misconfigured. Check data.root and "
+                    f"data.image_root.")
 
 
 def merge_skipped(samples: list[dict[str, Any]]) -> dict[str, int]:

@@ -48,7 +48,9 @@ def coco_caption_table(caption_files: Sequence[str | Path], image_root: str | Pa
     are empty are bad samples: counted and left out (``skip``) or reported as an error (``error``).
     """
     image_root = Path(image_root)
-    key = source_key([*caption_files, image_root], extra=f"coco|{on_bad_sample}")
+    # Which rows are left out depends on the listings of the split folders, so an added or deleted image re-indexes.
+    folders = sorted(entry for entry in image_root.iterdir() if entry.is_dir()) if image_root.is_dir() else []
+    key = source_key([*caption_files, image_root, *folders], extra=f"coco|{on_bad_sample}")
 
     def rows(skipped: Counter) -> Iterator[dict]:
         for path in caption_files:

@@ -114,8 +114,15 @@ def test_gradient_accumulation_advances_queue_once_per_optimizer_step(shapes_roo
     assert pretrain(shapes_root, out, "train.grad_accum_steps=2", "train.max_steps=3") == 0
     state = weights(out / "checkpoint-00000003")
     assert int(state["image_queue.ptr"]) == 3 * 8 % 32
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and json.loads(lines[-1])["samples_per_s"] > 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and lines[-1]["samples_per_s"] > 0
+    # The schedule advances once per optimizer step: the same lr sequence as a run without accumulation.
+    from tcl.config import load_config
+    from tcl.engine.optim import learning_rate
+
+    config = load_config(REPO / "configs/pretrain_tiny.yaml", FAST)
+    total = (120 // 16) * config.train.epochs
+    assert [r["lr"] for r in lines] == pytest.approx([learning_rate(s, total, config.train) for s in (1, 2, 3)])
 
 
 def test_bf16_autocast_and_clipping_run(shapes_root, tmp_path):

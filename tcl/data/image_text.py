@@ -18,13 +18,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import datasets
 import torch
-from torch.utils.data import Dataset
 
-from tcl.data.bad_samples import load_with_policy, merge_skipped
+from tcl.data.bad_samples import merge_skipped
+from tcl.data.base import TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
 from tcl.data.json_io import load_json
-from tcl.data.sampling import seeded_sample
 from tcl.data.text import pre_caption
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
@@ -171,7 +170,7 @@ def hf_table(name_or_path: str, image_column: str, caption_column: str, split: s
 # Dataset
 
 
-class ImageTextDataset(Dataset):
+class ImageTextDataset(TableDataset):
     """Yields ``{"image", "image_aug", "caption"}``: two augmented views and one normalised caption.
 
     Args:
@@ -185,28 +184,12 @@ class ImageTextDataset(Dataset):
     def __init__(self, table: datasets.Dataset, image_root: str | Path, transform: Callable, on_bad_sample: str = "skip",
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0):
-        if len(table) == 0:
-            raise DataError("no usable image-text pairs found. Check data.root, data.pretrain_files and "
-                            "data.image_root (and the skipped-row counts logged while indexing).")
-        self.table = table
+        super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
+                         "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
+                         "(and the skipped-row counts logged while indexing).")
         self.image_root = Path(image_root)
-        self.transform = transform
-        self.on_bad_sample = on_bad_sample
-        self.max_words = max_words
-        self.max_image_pixels = max_image_pixels
         self.image_column = image_column
         self.caption_column = caption_column
-        self.skipped_at_indexing = skipped_at_indexing or Counter()
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, key: int) -> dict[str, Any]:
-        """``key`` is an index, or a ``ShardedEpochSampler`` key (epoch * len + index) that also seeds the sample's
-        augmentation, so the same key always gives the same tensors."""
-        with seeded_sample(self.seed, key):
-            return load_with_policy(self._load, int(key) % len(self), len(self), self.on_bad_sample)
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]

@@ -14,13 +14,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import datasets
 import torch
-from torch.utils.data import Dataset
 
-from tcl.data.bad_samples import load_with_policy, merge_skipped
+from tcl.data.bad_samples import merge_skipped
+from tcl.data.base import TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
 from tcl.data.json_io import load_json
-from tcl.data.sampling import seeded_sample
 from tcl.data.text import pre_question
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
@@ -193,7 +192,7 @@ def answer_weights(answers: list[str], dataset: str) -> tuple[list[str], list[fl
     return list(counts), [count / len(answers) for count in counts.values()]
 
 
-class VQADataset(Dataset):
+class VQADataset(TableDataset):
     """Yields ``{"image", "question", "question_id", "answers", "weights", "human_answers"}``: unique answers with
     TCL's weights, and the raw annotator answers for the official soft scores (all empty for test splits).
 
@@ -208,26 +207,10 @@ class VQADataset(Dataset):
     def __init__(self, table: datasets.Dataset, image_roots: dict[str, str | Path], transform: Callable,
                  on_bad_sample: str = "skip", max_words: int = 30, max_image_pixels: int | None = None,
                  skipped_at_indexing: Counter | None = None, seed: int = 0):
-        if len(table) == 0:
-            raise DataError("no usable VQA questions found. Check data.root, data.vqa_train / data.vqa_eval and the "
-                            "skipped-row counts logged while indexing.")
-        self.table = table
+        super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
+                         "no usable VQA questions found. Check data.root, data.vqa_train / data.vqa_eval and the "
+                         "skipped-row counts logged while indexing.")
         self.image_roots = {name: Path(path) for name, path in image_roots.items()}
-        self.transform = transform
-        self.on_bad_sample = on_bad_sample
-        self.max_words = max_words
-        self.max_image_pixels = max_image_pixels
-        self.skipped_at_indexing = skipped_at_indexing or Counter()
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, key: int) -> dict[str, Any]:
-        """``key`` is an index, or a ``ShardedEpochSampler`` key (epoch * len + index) that also seeds the sample's
-        augmentation, so the same key always gives the same tensors."""
-        with seeded_sample(self.seed, key):
-            return load_with_policy(self._load, int(key) % len(self), len(self), self.on_bad_sample)
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]

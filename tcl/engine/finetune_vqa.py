@@ -22,7 +22,7 @@ from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, 
 from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.runtime import build_accelerator, check_distributed_setup
-from tcl.engine.trainer import Trainer
+from tcl.engine.trainer import Trainer, training_parser
 from tcl.engine.weights import read_model_state
 from tcl.errors import ConfigError, TclError, run_command
 from tcl.evaluation.answers import AnswerVocabulary, soft_target_matrix
@@ -33,13 +33,9 @@ ANSWER_LIST = "answer_list.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tcl finetune-vqa", description="VQA fine-tuning (classifier head)")
-    parser.add_argument("--config", default="configs/vqa_tiny.yaml", help="YAML config")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
+    parser = training_parser("tcl finetune-vqa", "VQA fine-tuning (classifier head)", "configs/vqa_tiny.yaml")
     parser.add_argument("--freeze-vision", action="store_true", help="keep the image encoder fixed (vqa.freeze_vision)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser.parse_intermixed_args(argv)
 
 

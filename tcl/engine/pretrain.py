@@ -24,7 +24,7 @@ from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokeni
 from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, feature_gather, unwrap
-from tcl.engine.trainer import Trainer
+from tcl.engine.trainer import Trainer, training_parser
 from tcl.errors import TclError, run_command
 from tcl.models import SpecialTokens, TCLPretrainModel
 
@@ -32,14 +32,10 @@ logger = logging.getLogger("tcl.pretrain")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tcl pretrain", description="TCL pretraining")
-    parser.add_argument("--config", default="configs/pretrain_tiny.yaml", help="YAML config")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
+    parser = training_parser("tcl pretrain", "TCL pretraining", "configs/pretrain_tiny.yaml")
     parser.add_argument("--init", default=None, help="checkpoint folder of ours to start from (continued pretraining)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--dump-rank-states", action="store_true",
                         help="also write every rank's final model state (tests of distributed consistency)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser.parse_intermixed_args(argv)
 
 

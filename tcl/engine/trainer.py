@@ -7,6 +7,7 @@ of each optimizer step (momentum updates and enqueues happen then).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import time
@@ -25,6 +26,17 @@ from tcl.engine.runtime import peak_memory_mb
 logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Any, dict, float, bool, Any], Any]
+
+
+def training_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
+    """The arguments every training script takes: --config, --resume, --debug and ``section.key=value`` overrides
+    (parse with ``parse_intermixed_args`` so overrides may follow flags)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=default_config, help="YAML config")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser
 
 
 class _StopRequest:
@@ -115,8 +127,9 @@ class Trainer:
             self.accelerator.backward(output.loss)
             if self.accelerator.sync_gradients and self.config.train.grad_clip:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimizer.step()  # accelerate skips it inside an accumulation window
+            if self.accelerator.sync_gradients:  # the schedule counts optimizer steps, not micro-batches
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return output
 

@@ -1,0 +1,52 @@
+"""What every dataset of the project shares: an Arrow table of rows, the bad-sample policy, per-key seeding."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+import datasets
+from torch.utils.data import Dataset
+
+from tcl.data.bad_samples import load_with_policy
+from tcl.data.sampling import seeded_sample
+from tcl.errors import DataError
+
+
+class TableDataset(Dataset):
+    """A dataset over ``table`` whose subclasses implement ``_load(index) -> sample`` and may raise BadSampleError.
+
+    Args:
+        table: the rows (a memory-mapped index, or a Hugging Face table).
+        transform: image transform.
+        on_bad_sample: ``skip`` (replace the sample by the next readable one and record why) or ``error``.
+        max_words: text length cap in words.
+        max_image_pixels: decompression-bomb guard.
+        skipped_at_indexing: rows left out when the table was built, by reason (reported with the skips).
+        seed: base seed of the per-sample augmentation.
+        empty_message: the error raised when the table has no row.
+    """
+
+    def __init__(self, table: datasets.Dataset, transform: Callable, on_bad_sample: str, max_words: int,
+                 max_image_pixels: int | None, skipped_at_indexing: Counter | None, seed: int, empty_message: str):
+        if len(table) == 0:
+            raise DataError(empty_message)
+        self.table = table
+        self.transform = transform
+        self.on_bad_sample = on_bad_sample
+        self.max_words = max_words
+        self.max_image_pixels = max_image_pixels
+        self.skipped_at_indexing = skipped_at_indexing or Counter()
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        """``key`` is an index, or a ``ShardedEpochSampler`` key (epoch * len + index) that also seeds the sample's
+        augmentation, so the same key always gives the same tensors."""
+        with seeded_sample(self.seed, key):
+            return load_with_policy(self._load, int(key) % len(self), len(self), self.on_bad_sample)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError

@@ -17,11 +17,16 @@ logger = logging.getLogger(__name__)
 
 
 def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
-    """ViT with a class token, qkv bias, LayerNorm eps 1e-6, no head and no pooling (keys match timm/DeiT)."""
+    """ViT with a class token, qkv bias, LayerNorm eps 1e-6, no head and no pooling (keys match timm/DeiT).
+
+    ``model.init_scheme: xavier`` selects timm's "jax" initialisation (Xavier-uniform linear layers) instead of its
+    N(0, 0.02) default, for the same reason as in the text encoder: a small model trained from scratch.
+    """
     return VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
                              depth=model.vision_depth, num_heads=model.vision_heads, mlp_ratio=model.vision_mlp_ratio,
                              qkv_bias=True, num_classes=0, global_pool="", class_token=True,
-                             norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                             weight_init="jax" if model.init_scheme == "xavier" else "")
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from tcl.engine.trainer import Trainer, training_parser
 from tcl.engine.weights import read_model_state
 from tcl.errors import ConfigError, TclError, run_command
 from tcl.evaluation.answers import AnswerVocabulary, soft_target_matrix
+from tcl.models.pretrained import initialise_from_pretrained
 from tcl.models.vqa import TCLVQAModel
 
 logger = logging.getLogger("tcl.finetune_vqa")
@@ -107,6 +108,8 @@ def answer_vocabulary(dataset, config: Config, output_dir: Path, accelerator) ->
 def build_vqa_model(config: Config, vocab_size: int, num_answers: int) -> TCLVQAModel:
     """The VQA model, initialised from ``vqa.init`` (a pretraining run or checkpoint) when given."""
     model = TCLVQAModel(config.model, config.model.vocab_size or vocab_size, num_answers, config.vqa.classifier_hidden)
+    if not config.vqa.init:
+        initialise_from_pretrained(model, config.model)
     if config.vqa.init:
         model.load_pretrained_encoders(read_model_state(config.vqa.init))
         logger.info("encoders initialised from %s", config.vqa.init)

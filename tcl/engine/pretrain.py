@@ -27,6 +27,7 @@ from tcl.engine.runtime import build_accelerator, check_distributed_setup, featu
 from tcl.engine.trainer import Trainer, training_parser
 from tcl.errors import TclError, run_command
 from tcl.models import SpecialTokens, TCLPretrainModel
+from tcl.models.pretrained import initialise_from_pretrained
 
 logger = logging.getLogger("tcl.pretrain")
 
@@ -112,6 +113,7 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
     special = SpecialTokens(pad=tokenizer.pad_id, cls=tokenizer.cls_id, mask=tokenizer.mask_id)
     vocab_size = config.model.vocab_size or len(tokenizer)
     model = TCLPretrainModel(config.model, config.loss, vocab_size, special)
+    initialise_from_pretrained(model, config.model)
     if init:
         from tcl.engine.weights import load_model_weights
 

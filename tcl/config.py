@@ -245,7 +245,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML ({getattr(error, 'problem', error)}). Fix the syntax there.") from None
+        problem = getattr(error, "problem", error)
+        raise ConfigError(f"{where}: invalid YAML ({problem}). Fix the syntax there.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

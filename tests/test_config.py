@@ -53,7 +53,8 @@ def _write(tmp_path, text):
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     path = _write(tmp_path, "train:\n  batch_sise: 8\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'train\.batch_sise'.*Did you mean 'train\.batch_size'"):
+    expected = r"bad\.yaml: unknown key 'train\.batch_sise'.*Did you mean 'train\.batch_size'"
+    with pytest.raises(ConfigError, match=expected):
         load_config(path)
 
 

@@ -22,7 +22,8 @@ def test_bert_directory_and_vit_file_initialise_the_model(tmp_path):
     vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=4, num_heads=4, num_classes=10)
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     config = load_config(REPO / "configs/pretrain_tiny.yaml",
-                         [f"model.text_pretrained={tmp_path / 'bert'}", f"model.vision_pretrained={tmp_path / 'vit.pth'}"])
+                         [f"model.text_pretrained={tmp_path / 'bert'}",
+                          f"model.vision_pretrained={tmp_path / 'vit.pth'}"])
     model = TCLPretrainModel(config.model, config.loss, VOCAB)
     initialise_from_pretrained(model, config.model)
 
@@ -31,7 +32,8 @@ def test_bert_directory_and_vit_file_initialise_the_model(tmp_path):
                        source["bert.encoder.layer.1.attention.self.query.weight"])
     assert torch.equal(model.fusion_encoder.layer[0].attention.self.query.weight,
                        source["bert.encoder.layer.2.attention.self.query.weight"])
-    assert torch.equal(model.fusion_encoder.layer[1].output.dense.weight, source["bert.encoder.layer.3.output.dense.weight"])
+    assert torch.equal(model.fusion_encoder.layer[1].output.dense.weight,
+                       source["bert.encoder.layer.3.output.dense.weight"])
     assert torch.equal(model.text_encoder.embeddings.word_embeddings.weight,
                        source["bert.embeddings.word_embeddings.weight"])
     assert model.mlm_head.predictions.decoder.weight is model.text_encoder.embeddings.word_embeddings.weight

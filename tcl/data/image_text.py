@@ -181,7 +181,8 @@ class ImageTextDataset(TableDataset):
         image_column / caption_column: column names in ``table``.
     """
 
-    def __init__(self, table: datasets.Dataset, image_root: str | Path, transform: Callable, on_bad_sample: str = "skip",
+    def __init__(self, table: datasets.Dataset, image_root: str | Path, transform: Callable,
+                 on_bad_sample: str = "skip",
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,

@@ -44,3 +44,13 @@ def tiny_config():
         return load_config(REPO / config, [f"data.root={root}", "data.num_workers=0", *overrides])
 
     return make
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps its state in process-wide singletons; each in-process run starts from a clean one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

@@ -9,17 +9,9 @@ from tcl.engine import evaluate_vqa, finetune_vqa, pretrain
 from tcl.evaluation.answers import AnswerVocabulary
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 FAST = ["train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "train.warmup_steps=2",
         "eval.batch_size=16"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def finetune(root, out, *extra):

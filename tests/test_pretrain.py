@@ -16,18 +16,9 @@ from safetensors.torch import load_file
 from tcl.engine.pretrain import main
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 FAST = ["train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "train.warmup_steps=2",
         "train.log_every=1", "train.epochs=2", "train.deterministic=true"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate keeps its state in process-wide singletons; each in-process run starts from a clean one."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def pretrain(root, out, *extra):

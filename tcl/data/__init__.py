@@ -1,0 +1,1 @@
+"""Data: the generated shapes world, COCO/VQA/ALBEF/HF loaders, tokenizer, transforms, bad-sample policy."""

@@ -86,18 +86,10 @@ def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
     """The first ``count`` val questions with the model's top-3 answers and the human majority answer."""
     import torch
 
-    from tcl.data.builders import build_tokenizer, build_vqa_dataset, vqa_collator
-    from tcl.engine.finetune_vqa import ANSWER_LIST
-    from tcl.engine.weights import read_model_state
-    from tcl.evaluation.answers import AnswerVocabulary
-    from tcl.models.vqa import TCLVQAModel
+    from tcl.data.builders import build_vqa_dataset, vqa_collator
+    from tcl.engine.evaluate_vqa import load_vqa_run
 
-    run_config = load_config(run_dir / "config.yaml")
-    vocabulary = AnswerVocabulary.from_json(run_dir / ANSWER_LIST)
-    tokenizer = build_tokenizer(run_config)
-    model = TCLVQAModel(run_config.model, run_config.model.vocab_size or len(tokenizer), len(vocabulary),
-                        run_config.vqa.classifier_hidden)
-    model.load_state_dict(read_model_state(run_dir))
+    run_config, model, tokenizer, vocabulary = load_vqa_run(run_dir)
     model.eval()
     dataset = build_vqa_dataset(run_config, train=False)
     picks = [dataset[i] for i in range(0, count * 97, 97)][:count]  # spread over different images

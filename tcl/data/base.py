@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections import Counter
 from typing import Any, Callable
 
@@ -13,7 +14,7 @@ from tcl.data.sampling import seeded_sample
 from tcl.errors import DataError
 
 
-class TableDataset(Dataset):
+class TableDataset(Dataset, abc.ABC):
     """A dataset over ``table`` whose subclasses implement ``_load(index) -> sample`` and may raise BadSampleError.
 
     Args:
@@ -48,5 +49,6 @@ class TableDataset(Dataset):
         with seeded_sample(self.seed, key):
             return load_with_policy(self._load, int(key) % len(self), len(self), self.on_bad_sample)
 
+    @abc.abstractmethod
     def _load(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The sample at ``index``; raises BadSampleError when it cannot be read."""

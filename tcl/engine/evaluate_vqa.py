@@ -49,24 +49,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcl.engine.finetune_vqa import ANSWER_LIST
     from tcl.engine.runtime import build_accelerator
-    from tcl.engine.weights import read_model_state
-    from tcl.models.vqa import TCLVQAModel
 
     run_dir = Path(args.run)
     overrides = [f"data.vqa_eval={args.split}"] if args.split else []
     if args.max_questions is not None:
         overrides.append(f"eval.max_questions={args.max_questions}")
-    config = load_config(run_dir / "config.yaml", overrides)
-    vocabulary = AnswerVocabulary.from_json(run_dir / ANSWER_LIST)
+    config, model, tokenizer, vocabulary = load_vqa_run(run_dir, overrides)
+    accelerator = build_accelerator(config)
+    evaluate_model(config, model.to(accelerator.device), tokenizer, vocabulary, run_dir, accelerator, args.blind)
+    return 0
+
+
+def load_vqa_run(run_dir: Path, overrides: list[str] | None = None):
+    """(config, model with its latest weights, tokenizer, answer vocabulary) of a fine-tuning run folder."""
+    from tcl.engine.finetune_vqa import ANSWER_LIST
+    from tcl.engine.weights import read_model_state
+    from tcl.models.vqa import TCLVQAModel
+
+    config = load_config(Path(run_dir) / "config.yaml", overrides)
+    vocabulary = AnswerVocabulary.from_json(Path(run_dir) / ANSWER_LIST)
     tokenizer = build_tokenizer(config)
     model = TCLVQAModel(config.model, config.model.vocab_size or len(tokenizer), len(vocabulary),
                         config.vqa.classifier_hidden)
     model.load_state_dict(read_model_state(run_dir))
-    accelerator = build_accelerator(config)
-    evaluate_model(config, model.to(accelerator.device), tokenizer, vocabulary, run_dir, accelerator, args.blind)
-    return 0
+    return config, model, tokenizer, vocabulary
 
 
 @torch.no_grad()

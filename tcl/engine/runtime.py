@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from tcl.config import Config
+from tcl.config import Config, validate
 from tcl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,8 @@ def check_distributed_setup(accelerator, config: Config) -> None:
     if plugin is not None and config.train.mixed_precision != "no":
         logger.warning("DeepSpeed casts the whole module, momentum copy included, to %s; the EMA then runs in that "
                        "precision", config.train.mixed_precision)
-    per_step = config.train.batch_size * accelerator.num_processes
-    if config.model.queue_size % per_step:
-        raise ConfigError(f"model.queue_size = {config.model.queue_size} is not divisible by train.batch_size x "
-                          f"processes = {config.train.batch_size} x {accelerator.num_processes}. Change one of them.")
+    # The config was validated for WORLD_SIZE; the launcher's real process count is known only now.
+    validate(config, "the launched run", accelerator.num_processes)
 
 
 def feature_gather(accelerator):

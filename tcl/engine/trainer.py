@@ -135,7 +135,7 @@ class Trainer:
 
     def _should_save(self) -> bool:
         every = self.config.train.save_every
-        return bool(every) and self.state["step"] % every == 0 or self.stop.requested
+        return self.stop.requested or (bool(every) and self.state["step"] % every == 0)
 
     def _checkpoint(self) -> None:
         text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)

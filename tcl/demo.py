@@ -84,26 +84,18 @@ def _scores(run_dir: Path, suffix: str) -> dict[str, Any]:
 
 def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
     """The first ``count`` val questions with the model's top-3 answers and the human majority answer."""
-    import torch
-
     from tcl.data.builders import build_vqa_dataset, vqa_collator
-    from tcl.engine.evaluate_vqa import load_vqa_run
+    from tcl.engine.evaluate_vqa import AnswerPredictor, load_vqa_run
 
     run_config, model, tokenizer, vocabulary = load_vqa_run(run_dir)
     model.eval()
     dataset = build_vqa_dataset(run_config, train=False)
     picks = [dataset[i] for i in range(0, count * 97, 97)][:count]  # spread over different images
     batch = vqa_collator(run_config, tokenizer, train=False)(picks)
-    with torch.no_grad():
-        probabilities = model(batch["image"], batch["input_ids"], batch["attention_mask"]).logits.sigmoid()
-    examples = []
-    for row, sample in enumerate(picks):
-        top = probabilities[row].topk(3)
-        examples.append({"question_id": sample["question_id"], "question": sample["question"],
-                         "human_answers": sample["human_answers"],
-                         "top3": [{"answer": vocabulary.answers[i], "score": round(float(p), 4)}
-                                  for p, i in zip(top.values.tolist(), top.indices.tolist())]})
-    return examples
+    predictor = AnswerPredictor.from_config(run_config, model, tokenizer, vocabulary)
+    tops = predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k=3)
+    return [{"question_id": sample["question_id"], "question": sample["question"],
+             "human_answers": sample["human_answers"], "top3": top} for sample, top in zip(picks, tops)]
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
-"""VQA fine-tuning and evaluation end to end on the generated data (classifier head)."""
+"""VQA fine-tuning and evaluation end to end on the generated data (classifier and decoder heads)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,29 @@ def test_test_split_results_cover_every_question(shapes_copy, tmp_path):
     assert len(results) == len(questions["questions"])
 
 
-def test_decoder_head_is_refused_with_a_clear_message(shapes_root, tmp_path, capsys):
-    assert finetune(shapes_root, tmp_path / "d", "vqa.head=decoder") == 2
-    assert "vqa.head = decoder is not available yet" in capsys.readouterr().err
+def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_root, tmp_path, capsys):
+    from accelerate.state import AcceleratorState
+
+    from tcl.engine.weights import read_model_state
+
+    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+                          f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=2"]) == 0
+    AcceleratorState._reset_state(True)
+    out = tmp_path / "vqa"
+    assert finetune(shapes_root, out, f"vqa.init={tmp_path / 'pre'}", "vqa.head=decoder", "loss.alpha=0.4",
+                    "train.max_steps=3", "eval.max_questions=24", "eval.k_test=4") == 0
+    state = read_model_state(out)
+    assert any(name.startswith("momentum.models.text_decoder.") for name in state)  # the distillation teacher
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(math.isfinite(m["loss/answer_nll"]) for m in metrics)
+    assert metrics[-1]["alpha"] > 0  # the teacher was used
+    vocabulary = AnswerVocabulary.from_json(out / "answer_list.json")
+    results = json.loads((out / "vqa_results_val2014.json").read_text())
+    assert len(results) == 24 and all(r["answer"] in vocabulary for r in results)
+    scores = json.loads((out / "vqa_scores_val2014.json").read_text())
+    assert scores["num_questions"] == 24 and 0.0 <= scores["overall"] <= 100.0
+    AcceleratorState._reset_state(True)
+    # evaluation of the saved run (no momentum teacher needed)
+    capsys.readouterr()
+    assert evaluate_vqa.main(["--run", str(out), "--max-questions", "8"]) == 0
+    assert "VQA accuracy on val2014 (8 questions)" in capsys.readouterr().out

@@ -63,29 +63,62 @@ def run(args: argparse.Namespace) -> int:
 
 def load_vqa_run(run_dir: Path, overrides: list[str] | None = None):
     """(config, model with its latest weights, tokenizer, answer vocabulary) of a fine-tuning run folder."""
-    from tcl.engine.finetune_vqa import ANSWER_LIST
-    from tcl.engine.weights import read_model_state
-    from tcl.models.vqa import TCLVQAModel
+    from tcl.engine.finetune_vqa import ANSWER_LIST, vqa_model
+    from tcl.engine.weights import load_model_weights
 
     config = load_config(Path(run_dir) / "config.yaml", overrides)
     vocabulary = AnswerVocabulary.from_json(Path(run_dir) / ANSWER_LIST)
     tokenizer = build_tokenizer(config)
-    model = TCLVQAModel(config.model, config.model.vocab_size or len(tokenizer), len(vocabulary),
-                        config.vqa.classifier_hidden)
-    model.load_state_dict(read_model_state(run_dir))
+    model = vqa_model(config, len(tokenizer), len(vocabulary))
+    # The decoder head's momentum teacher only matters for training.
+    load_model_weights(model, run_dir, skip_prefixes=("momentum.",))
     return config, model, tokenizer, vocabulary
 
 
+class AnswerPredictor:
+    """Scores every listed answer for a batch of questions with either head (the decoder ranks the top ``k``)."""
+
+    def __init__(self, model, tokenizer, vocabulary: AnswerVocabulary, k: int = 128, rank_score: str = "sequence"):
+        self.model, self.vocabulary, self.k, self.rank_score = model, vocabulary, k, rank_score
+        self.candidates = None
+        if model.head == "decoder":
+            tokens = tokenizer.encode_answers(vocabulary.answers)
+            self.candidates = (tokens.input_ids, tokens.attention_mask)
+
+    @classmethod
+    def from_config(cls, config: Config, model, tokenizer, vocabulary: AnswerVocabulary) -> AnswerPredictor:
+        return cls(model, tokenizer, vocabulary, config.eval.k_test, config.vqa.rank_score)
+
+    @torch.no_grad()
+    def scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, A] answer scores (higher is better) on the model's device."""
+        device = next(self.model.parameters()).device
+        candidates = None if self.candidates is None else tuple(t.to(device) for t in self.candidates)
+        return self.model.answer_scores(image.to(device), input_ids.to(device), attention_mask.to(device),
+                                        candidates, self.k, self.rank_score)
+
+    def top_answers(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    top_k: int = 5) -> list[list[dict]]:
+        """The ``top_k`` answers of each question with a confidence in [0, 1]: the classifier's sigmoid per answer;
+        for the decoder, the softmax over its ranked candidates (TCL)."""
+        scores = self.scores(image, input_ids, attention_mask)
+        confidence = scores.sigmoid() if self.candidates is None else scores.softmax(dim=1)
+        top = confidence.topk(min(top_k, confidence.shape[1]), dim=1)
+        return [[{"answer": self.vocabulary.answers[i], "score": round(float(c), 4)}
+                 for c, i in zip(values, indices) if c > 0]
+                for values, indices in zip(top.values.tolist(), top.indices.tolist())]
+
+
 @torch.no_grad()
-def predict(model, loader, vocabulary: AnswerVocabulary, device, blind: bool = False, show_progress: bool = True
-            ) -> list[dict]:
-    """Argmax answers ``[{"question_id", "answer"}]`` for every question the loader yields."""
-    model.eval()
+def predict(predictor: AnswerPredictor, loader, vocabulary: AnswerVocabulary, blind: bool = False,
+            show_progress: bool = True) -> list[dict]:
+    """Best answers ``[{"question_id", "answer"}]`` for every question the loader yields."""
+    predictor.model.eval()
     results = []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not show_progress):
         image = torch.zeros_like(batch["image"]) if blind else batch["image"]
-        logits = model(image.to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device)).logits
-        for question_id, index in zip(batch["question_ids"].tolist(), logits.argmax(dim=1).tolist()):
+        scores = predictor.scores(image, batch["input_ids"], batch["attention_mask"])
+        for question_id, index in zip(batch["question_ids"].tolist(), scores.argmax(dim=1).tolist()):
             results.append({"question_id": question_id, "answer": vocabulary.answers[index]})
     return results
 
@@ -99,7 +132,8 @@ def evaluate_model(config: Config, model, tokenizer, vocabulary: AnswerVocabular
     loader = build_loader(dataset, vqa_collator(config, tokenizer, train=False), config.eval.batch_size,
                           shuffle=False, num_workers=config.data.num_workers, drop_last=False,
                           rank=accelerator.process_index, world_size=accelerator.num_processes)
-    mine = predict(model, loader, vocabulary, accelerator.device, blind, accelerator.is_main_process)
+    predictor = AnswerPredictor.from_config(config, model, tokenizer, vocabulary)
+    mine = predict(predictor, loader, vocabulary, blind, accelerator.is_main_process)
     parts = _gather_lists(mine, accelerator)
     if not accelerator.is_main_process:
         return None

@@ -1,4 +1,4 @@
-"""VQA fine-tuning with the classifier answer head, then evaluation on ``data.vqa_eval``.
+"""VQA fine-tuning with the classifier or decoder answer head (``vqa.head``), then evaluation on ``data.vqa_eval``.
 
     python scripts/finetune_vqa.py --config configs/vqa_tiny.yaml [vqa.init=runs/pretrain_tiny] [overrides]
     tcl finetune-vqa --config configs/vqa_tiny.yaml --freeze-vision
@@ -24,8 +24,9 @@ from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.runtime import build_accelerator, check_distributed_setup
 from tcl.engine.trainer import Trainer, training_parser
 from tcl.engine.weights import read_model_state
-from tcl.errors import ConfigError, TclError, run_command
-from tcl.evaluation.answers import AnswerVocabulary, soft_target_matrix
+from tcl.errors import TclError, run_command
+from tcl.evaluation.answers import AnswerVocabulary, merge_normalized, soft_target_matrix
+from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
 from tcl.models.vqa import TCLVQAModel
 
@@ -34,7 +35,8 @@ ANSWER_LIST = "answer_list.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = training_parser("tcl finetune-vqa", "VQA fine-tuning (classifier head)", "configs/vqa_tiny.yaml")
+    parser = training_parser("tcl finetune-vqa", "VQA fine-tuning (classifier or decoder head)",
+                             "configs/vqa_tiny.yaml")
     parser.add_argument("--freeze-vision", action="store_true", help="keep the image encoder fixed (vqa.freeze_vision)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     return parser.parse_intermixed_args(argv)
@@ -48,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["vqa.freeze_vision=true"] if args.freeze_vision else [])
     config = load_config(args.config, overrides)
-    if config.vqa.head != "classifier":
-        raise ConfigError(f"{args.config}: vqa.head = {config.vqa.head} is not available yet; use vqa.head=classifier.")
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
     check_data_root(config)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     limit_questions(dataset, config.vqa.max_train_questions, config.train.seed)
     output_dir = Path(config.train.output_dir)
     vocabulary = answer_vocabulary(dataset, config, output_dir, accelerator)
-    collate = TargetCollator(vqa_collator(config, tokenizer, train=True), vocabulary)
+    collate = target_collator(config, tokenizer, vocabulary)
     loader = build_loader(dataset, collate, config.train.batch_size, shuffle=True, num_workers=config.data.num_workers,
                           seed=config.train.seed, drop_last=True, rank=accelerator.process_index,
                           world_size=accelerator.num_processes)
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if steps_per_epoch == 0:
         raise TclError(f"{len(dataset)} questions are fewer than one optimizer step; use a smaller train.batch_size.")
     torch.manual_seed(config.train.seed)
-    model = build_vqa_model(config, len(tokenizer), len(vocabulary))
+    model = build_vqa_model(config, len(tokenizer), len(vocabulary), training=True)
     torch.manual_seed(config.train.seed + accelerator.process_index)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
@@ -105,17 +105,35 @@ def answer_vocabulary(dataset, config: Config, output_dir: Path, accelerator) ->
     return vocabulary
 
 
-def build_vqa_model(config: Config, vocab_size: int, num_answers: int) -> TCLVQAModel:
+def vqa_model(config: Config, vocab_size: int, num_answers: int, training: bool = False) -> TCLVQAModel:
+    """A randomly initialised VQA model of the config's architecture and head; the decoder head gets its momentum
+    teacher only for training with distillation (``loss.distill`` and ``loss.alpha`` > 0)."""
+    distill = training and config.vqa.head == "decoder" and config.loss.distill and config.loss.alpha > 0
+    return TCLVQAModel(config.model, config.model.vocab_size or vocab_size, num_answers, config.vqa.classifier_hidden,
+                       head=config.vqa.head, distill=distill)
+
+
+def build_vqa_model(config: Config, vocab_size: int, num_answers: int, training: bool = True) -> TCLVQAModel:
     """The VQA model, initialised from ``vqa.init`` (a pretraining run or checkpoint) when given."""
-    model = TCLVQAModel(config.model, config.model.vocab_size or vocab_size, num_answers, config.vqa.classifier_hidden)
+    model = vqa_model(config, vocab_size, num_answers, training)
     if not config.vqa.init:
         initialise_from_pretrained(model, config.model)
+        model.sync_momentum()
     if config.vqa.init:
         model.load_pretrained_encoders(read_model_state(config.vqa.init))
-        logger.info("encoders initialised from %s", config.vqa.init)
+        logger.info("encoders%s initialised from %s", " and answer decoder" if config.vqa.head == "decoder" else "",
+                    config.vqa.init)
     if config.vqa.freeze_vision:
         model.freeze_vision()
     return model
+
+
+def target_collator(config: Config, tokenizer, vocabulary: AnswerVocabulary):
+    """The training collator of the configured head."""
+    collate = vqa_collator(config, tokenizer, train=True)
+    if config.vqa.head == "decoder":
+        return AnswerSequenceCollator(collate, tokenizer)
+    return TargetCollator(collate, vocabulary)
 
 
 class TargetCollator:
@@ -130,10 +148,34 @@ class TargetCollator:
         return batch
 
 
+class AnswerSequenceCollator:
+    """Adds the decoder head's training answers (``AnswerTargets``): every question's unique answers in normal form
+    with TCL's weights, tokenised ``[CLS] a [SEP]``."""
+
+    def __init__(self, collate, tokenizer):
+        self.collate, self.tokenizer = collate, tokenizer
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = self.collate(samples)
+        answers, weights, counts = [], [], []
+        for question_answers, question_weights in zip(batch["answers"], batch["weights"]):
+            merged, merged_weights = merge_normalized(question_answers, question_weights)
+            answers += merged
+            weights += merged_weights
+            counts.append(len(merged))
+        if not answers:  # only test questions: nothing to learn from
+            raise TclError("a VQA training batch has no answers; fine-tune on an annotated split.")
+        tokens = self.tokenizer.encode_answers(answers)
+        batch["targets"] = AnswerTargets(tokens.input_ids, tokens.attention_mask,
+                                         torch.tensor(weights, dtype=torch.float32),
+                                         torch.tensor(counts, dtype=torch.long))
+        return batch
+
+
 def vqa_step(model, batch: dict, alpha: float, boundary: bool, device):
-    """One forward of the VQA model with its BCE loss."""
+    """One forward of the VQA model with its loss (BCE for the classifier, weighted sequence NLL for the decoder)."""
     return model(batch["image"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                 targets=batch["targets"].to(device))
+                 targets=batch["targets"].to(device), alpha=alpha, step_boundary=boundary)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from torch import nn
 
 from tcl.engine.checkpoint import TRAINER_STATE, find_checkpoint
 from tcl.errors import TclError
+from tcl.models.bert import TIED_DECODER_SUFFIX
 
 DEEPSPEED_MODEL_STATES = Path("pytorch_model") / "mp_rank_00_model_states.pt"
 
@@ -36,13 +37,13 @@ def read_model_state(folder: str | Path) -> dict[str, torch.Tensor]:
     raise TclError(f"{folder}: no model.safetensors or {DEEPSPEED_MODEL_STATES} in this checkpoint.")
 
 
-def load_model_weights(model: nn.Module, folder: str | Path) -> None:
-    """Loads a checkpoint's weights strictly (momentum copy and queues included); tied weights may be stored once."""
-    state = read_model_state(folder)
+def load_model_weights(model: nn.Module, folder: str | Path, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Loads a checkpoint's weights strictly (momentum copy and queues included, unless their prefixes are in
+    ``skip_prefixes``); tied weights may be stored once."""
+    state = {name: value for name, value in read_model_state(folder).items() if not name.startswith(skip_prefixes)}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {name for name in missing if name.endswith("predictions.decoder.weight")}
-    missing = [name for name in missing if name not in tied]
+    missing = [name for name in missing if not name.endswith(TIED_DECODER_SUFFIX)]
     if missing or unexpected:
-        raise TclError(f"--init {folder}: weights do not match the configured model (missing {sorted(missing)[:5]}, "
+        raise TclError(f"{folder}: weights do not match the configured model (missing {sorted(missing)[:5]}, "
                        f"unexpected {sorted(unexpected)[:5]}). Use the same model section as the checkpoint's "
                        f"config.yaml.")

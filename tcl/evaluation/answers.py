@@ -180,3 +180,14 @@ def soft_target_matrix(batch_humans: Sequence[Sequence[str]], vocabulary: Answer
         if indices:
             targets[row, indices] = torch.tensor(scores, dtype=torch.float32)
     return targets
+
+
+def merge_normalized(answers: Sequence[str], weights: Sequence[float]) -> tuple[list[str], list[float]]:
+    """Training answers of the decoder head: answers with the same official normal form become one, their weights
+    summed ("Yes", "yes." and "yes" are one target, as the metric counts them as one answer). Order: first seen."""
+    merged: dict[str, float] = {}
+    for answer, weight in zip(answers, weights):
+        form = normalize_answer(answer)
+        if form:
+            merged[form] = merged.get(form, 0.0) + float(weight)
+    return list(merged), list(merged.values())

@@ -123,6 +123,11 @@ class FusionEncoder(nn.Module):
         return hidden
 
 
+# The tied LM decoder's parameter name ends so; safetensors stores a shared tensor under one name only, so a saved
+# state dict may lack it.
+TIED_DECODER_SUFFIX = "predictions.decoder.weight"
+
+
 class MLMHead(nn.Module):
     """BERT's ``cls.predictions``: transform (dense, GELU, LayerNorm), decoder tied to the word embeddings, bias."""
 

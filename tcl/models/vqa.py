@@ -1,8 +1,13 @@
-"""The VQA model with the classifier answer head (TCL.md Part A §A.1 (8), Part B §4.7).
+"""The VQA model with either answer head (TCL.md Part A §A.1 (8), Part B §4).
 
 The image encoder, text encoder and fusion encoder keep the pretraining model's names, so a pretraining checkpoint
-loads by name (``load_pretrained_encoders``); the answer head is an MLP over the fused [CLS] state trained with
-binary cross-entropy on the official soft scores, and answers with one forward pass.
+loads by name (``load_pretrained_encoders``). Two heads, chosen by ``vqa.head``:
+
+- ``classifier``: an MLP over the fused [CLS] state trained with binary cross-entropy on the official soft scores;
+  one forward pass per question at test time (Part B §4.7).
+- ``decoder``: TCL/ALBEF's answer decoder over the fused question states (``tcl.models.answer_decoder``), initialised
+  from the pretrained fusion layers, trained with the answer-weighted sequence NLL distilled from a momentum copy of
+  the whole model, answering by top-k ranking over the answer list (Part B §4.1-§4.4).
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcl.config import ModelConfig
-from tcl.models.bert import FusionEncoder, TextEncoder, bert_config, init_bert_weights
+from tcl.models.answer_decoder import (AnswerDecoder, AnswerTargets, RankScore, decoder_state_from_pretrain,
+                                       rank_candidates, weighted_answer_loss)
+from tcl.models.bert import TIED_DECODER_SUFFIX, FusionEncoder, TextEncoder, bert_config, init_bert_weights
+from tcl.models.momentum import MomentumEncoders
 from tcl.models.vision import build_vision_encoder, resample_pos_embed
 
 # Prefixes of a pretraining state dict that the VQA model uses; everything else (momentum copies, queues,
 # projections, ITM/MLM heads, temperature) is pretraining-only.
 ENCODER_PREFIXES = ("vision_encoder.", "text_encoder.", "fusion_encoder.")
+# Modules with a momentum copy when the decoder head distils (TCL: visual_encoder_m, text_encoder_m, text_decoder_m).
+DECODER_MOMENTUM_MODULES = ("vision_encoder", "text_encoder", "fusion_encoder", "text_decoder")
 
 
 @dataclass
@@ -46,33 +56,65 @@ class AnswerClassifier(nn.Module):
 
 
 class TCLVQAModel(nn.Module):
-    """Image encoder → text encoder → fusion encoder → answer classifier.
+    """Image encoder → text encoder → fusion encoder → answer head.
 
     Args:
         model: architecture (the same section as pretraining; ``image_size`` may differ).
         vocab_size: tokenizer vocabulary size.
         num_answers: size of the answer vocabulary.
-        classifier_hidden: hidden width of the head (default 2 x hidden size).
+        classifier_hidden: hidden width of the classifier head (default 2 x hidden size).
+        head: ``classifier`` or ``decoder``.
+        distill: (decoder head) keep a momentum copy of the model as distillation teacher.
     """
 
-    def __init__(self, model: ModelConfig, vocab_size: int, num_answers: int, classifier_hidden: int | None = None):
+    def __init__(self, model: ModelConfig, vocab_size: int, num_answers: int, classifier_hidden: int | None = None,
+                 head: str = "classifier", distill: bool = False):
         super().__init__()
-        self.model_config = model
+        if head not in ("classifier", "decoder"):
+            raise ValueError(f"unknown VQA head {head!r}; use 'classifier' or 'decoder'")
+        self.model_config, self.head, self.num_answers = model, head, num_answers
         config = bert_config(model, vocab_size)
         self.vision_encoder = build_vision_encoder(model)
         self.text_encoder = TextEncoder(config, model.fusion_layer)
         self.fusion_encoder = FusionEncoder(config, model.num_hidden_layers - model.fusion_layer, model.vision_width)
-        self.answer_head = AnswerClassifier(model.hidden_size, classifier_hidden or 2 * model.hidden_size, num_answers)
-        for module in (self.text_encoder, self.fusion_encoder, self.answer_head):
+        modules: list[nn.Module] = [self.text_encoder, self.fusion_encoder]
+        if head == "classifier":
+            self.answer_head = AnswerClassifier(model.hidden_size, classifier_hidden or 2 * model.hidden_size,
+                                                num_answers)
+            modules.append(self.answer_head)
+        else:
+            self.text_decoder = AnswerDecoder(config, model.num_hidden_layers - model.fusion_layer)
+            # The LM decoder is the (tied) word-embedding matrix: initialise everything but it.
+            modules += [self.text_decoder.bert, self.text_decoder.cls.predictions.transform]
+        for module in modules:
             init_bert_weights(module, xavier=model.init_scheme == "xavier")
+        self.momentum = MomentumEncoders(self._momentum_sources(), model.momentum) if distill and head == "decoder" \
+            else None
+
+    def _momentum_sources(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: getattr(self, name) for name in DECODER_MOMENTUM_MODULES})
+
+    def question_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        encoders: nn.Module | None = None) -> torch.Tensor:
+        """Fusion-encoder states [B, L, D] of the questions attending to their images (``encoders``: another set of
+        encoders with the same names, e.g. the momentum copy)."""
+        encoders = encoders or self
+        image_embeds = encoders.vision_encoder.forward_features(image)
+        text = encoders.text_encoder(input_ids, attention_mask)
+        return encoders.fusion_encoder(text, attention_mask, image_embeds)
 
     def fused_cls(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        image_embeds = self.vision_encoder.forward_features(image)
-        text = self.text_encoder(input_ids, attention_mask)
-        return self.fusion_encoder(text, attention_mask, image_embeds)[:, 0]
+        return self.question_states(image, input_ids, attention_mask)[:, 0]
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                targets: torch.Tensor | None = None) -> VQAOutput:
+                targets: torch.Tensor | AnswerTargets | None = None, alpha: float = 0.0,
+                step_boundary: bool = True) -> VQAOutput:
+        """Classifier head: logits [B, A] and, with soft-score ``targets`` [B, A], the BCE loss. Decoder head:
+        the weighted sequence loss of ``targets`` (an ``AnswerTargets``); use ``answer_scores`` to answer."""
+        if self.head == "decoder":
+            if not isinstance(targets, AnswerTargets):
+                raise TypeError("the decoder head trains on AnswerTargets; call answer_scores() to answer questions")
+            return self._decoder_loss(image, input_ids, attention_mask, targets, alpha, step_boundary)
         logits = self.answer_head(self.fused_cls(image, input_ids, attention_mask))
         if targets is None:
             return VQAOutput(logits)
@@ -81,15 +123,57 @@ class TCLVQAModel(nn.Module):
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / logits.shape[0]
         return VQAOutput(logits, loss, {"bce": loss.detach()})
 
+    def _decoder_loss(self, image, input_ids, attention_mask, targets: AnswerTargets, alpha: float,
+                      step_boundary: bool) -> VQAOutput:
+        states = self.question_states(image, input_ids, attention_mask)
+        # One copy of the question states per answer of that question.
+        states_rep = states.repeat_interleave(targets.counts, dim=0)
+        mask_rep = attention_mask.repeat_interleave(targets.counts, dim=0)
+        logits = self.text_decoder(targets.ids, targets.mask, states_rep, mask_rep)
+        teacher_logits = None
+        if self.momentum is not None and alpha > 0:
+            teacher_logits = self._teacher_logits(image, input_ids, attention_mask, targets, step_boundary)
+        loss = weighted_answer_loss(logits, targets, image.shape[0], teacher_logits, alpha)
+        return VQAOutput(logits.new_zeros(0), loss, {"answer_nll": loss.detach()})
+
+    @torch.no_grad()
+    def _teacher_logits(self, image, input_ids, attention_mask, targets: AnswerTargets, step_boundary: bool):
+        """The momentum model's answer logits on the same image (updated first, once per optimizer step)."""
+        if step_boundary and self.training:
+            self.momentum.update(self._momentum_sources())
+        teacher = self.momentum.models
+        states = self.question_states(image, input_ids, attention_mask, teacher)
+        return teacher.text_decoder(targets.ids, targets.mask, states.repeat_interleave(targets.counts, dim=0),
+                                    attention_mask.repeat_interleave(targets.counts, dim=0))
+
+    @torch.no_grad()
+    def answer_scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      candidates: tuple[torch.Tensor, torch.Tensor] | None = None, k: int = 128,
+                      rank_score: RankScore = "sequence") -> torch.Tensor:
+        """A score [B, A] for every answer of the list; higher is better, argmax is the prediction.
+
+        Classifier: the logits. Decoder: the ranking scores of the top ``k`` candidates, −inf elsewhere;
+        ``candidates`` is the tokenised answer list (ids, mask) [A, La].
+        """
+        if self.head == "classifier":
+            return self.answer_head(self.fused_cls(image, input_ids, attention_mask)).float()
+        if candidates is None:
+            raise ValueError("the decoder head ranks the tokenised answer list: pass candidates=(ids, mask)")
+        states = self.question_states(image, input_ids, attention_mask)
+        top, scores = rank_candidates(self.text_decoder, states, attention_mask, *candidates, k, rank_score)
+        full = scores.new_full((image.shape[0], candidates[0].shape[0]), float("-inf"))
+        return full.scatter_(1, top, scores)
+
     def freeze_vision(self) -> None:
         for parameter in self.vision_encoder.parameters():
             parameter.requires_grad_(False)
 
     def load_pretrained_encoders(self, state: dict[str, torch.Tensor]) -> list[str]:
-        """Loads the encoders from a pretraining state dict, resampling position embeddings to this resolution.
+        """Loads the encoders (and, for the decoder head, the decoder: TCL.md Part B §6.4) from a pretraining state
+        dict, resampling position embeddings to this resolution; the momentum copy then starts equal to them.
 
         Returns:
-            The names left at their initial values (the answer head).
+            The names left at their initial values (the classifier head; decoder weights whose shapes differ).
 
         Raises:
             ValueError: an encoder weight is missing or has another shape.
@@ -98,9 +182,20 @@ class TCLVQAModel(nn.Module):
         key = "vision_encoder.pos_embed"
         if key in encoders:
             encoders[key] = resample_pos_embed(encoders[key], self.vision_encoder.patch_embed.num_patches)
+        if self.head == "decoder":
+            own = {k: v for k, v in self.state_dict().items() if k.startswith("text_decoder.")}
+            encoders.update(decoder_state_from_pretrain(state, own))
         missing, unexpected = self.load_state_dict(encoders, strict=False)
-        not_head = [name for name in missing if not name.startswith("answer_head.")]
+        expected = ("answer_head.", "text_decoder.", "momentum.")
+        not_head = [name for name in missing if not name.startswith(expected)]
         if not_head or unexpected:
             raise ValueError(f"the pretraining checkpoint does not fit this model: missing {not_head[:5]}, "
                              f"unexpected {unexpected[:5]}. Use the model section of the pretraining run.")
-        return missing
+        self.sync_momentum()
+        # A tied LM decoder is stored once (under the word embeddings), so it is not really missing.
+        return [name for name in missing if not name.startswith("momentum.") and not name.endswith(TIED_DECODER_SUFFIX)]
+
+    def sync_momentum(self) -> None:
+        """Makes the momentum copy equal to the online weights (after loading them)."""
+        if self.momentum is not None:
+            self.momentum.copy_from(self._momentum_sources())

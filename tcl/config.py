@@ -97,6 +97,9 @@ class DataConfig:
     vqa_eval: str = "val2014"
     # Image root for Visual Genome entries ("dataset": "vg") of ALBEF-style lists.
     vg_root: Optional[str] = None
+    # Extra VQA training data: ALBEF-style lists (e.g. vg_qa.json, entries with "dataset": "vg"), added to the
+    # training questions of either vqa_source (TCL trains on VQA v2 + Visual Genome QA).
+    vqa_extra_train: list[str] = field(default_factory=list)
     max_caption_words: int = 30
     max_question_words: int = 30
     crop_scale_min: float = 0.2

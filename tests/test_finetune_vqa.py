@@ -79,3 +79,52 @@ def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_ro
     capsys.readouterr()
     assert evaluate_vqa.main(["--run", str(out), "--max-questions", "8"]) == 0
     assert "VQA accuracy on val2014 (8 questions)" in capsys.readouterr().out
+
+
+def write_vg_qa(folder: Path, shapes_root: Path, answer: str = "Circle.") -> Path:
+    """An ALBEF-style vg_qa.json whose "Visual Genome" images are generated val images under their own root."""
+    vg_root = folder / "vg_images"
+    vg_root.mkdir()
+    entries = []
+    for k, image_id in enumerate(range(500_001, 500_005)):
+        name = f"{image_id}.jpg"
+        (vg_root / name).write_bytes((shapes_root / f"images/val2014/COCO_val2014_{image_id:012d}.jpg").read_bytes())
+        entries.append({"question_id": 9_000_000 + k, "question": "what shape is on the left?", "answer": answer,
+                        "image": name, "dataset": "vg"})
+    path = folder / "vg_qa.json"
+    path.write_text(json.dumps(entries))
+    return vg_root
+
+
+def test_visual_genome_questions_join_training_with_tcl_weights(shapes_root, tmp_path, tiny_config):
+    from tcl.data.builders import build_tokenizer, build_vqa_dataset, vqa_collator
+
+    vg_root = write_vg_qa(tmp_path, shapes_root)
+    base = tiny_config(shapes_root, config="configs/vqa_tiny.yaml")
+    config = tiny_config(shapes_root, f"data.vqa_extra_train=[{tmp_path / 'vg_qa.json'}]", f"data.vg_root={vg_root}",
+                         config="configs/vqa_tiny.yaml")
+    plain, dataset = build_vqa_dataset(base, train=True), build_vqa_dataset(config, train=True)
+    assert len(dataset) == len(plain) + 4
+    assert build_vqa_dataset(config, train=False).table.num_rows == build_vqa_dataset(base, train=False).table.num_rows
+    tokenizer = build_tokenizer(config)
+    vocabulary = AnswerVocabulary(["circle", "square", "yes"])
+    vqa_sample, vg_sample = dataset[0], dataset[len(plain)]
+    assert vg_sample["answers"] == ["Circle."] and vg_sample["weights"] == [0.5]
+    classifier = finetune_vqa.TargetCollator(vqa_collator(config, tokenizer, train=True), vocabulary)
+    targets = classifier([vqa_sample, vg_sample])["targets"]
+    assert targets[1].tolist() == [0.5, 0.0, 0.0]  # the single VG answer gets TCL's weight, in normal form
+    decoder = finetune_vqa.AnswerSequenceCollator(vqa_collator(config, tokenizer, train=True), tokenizer)
+    answers = decoder([vqa_sample, vg_sample])["targets"]
+    assert answers.weights[-1].item() == 0.5 and tokenizer.decode(answers.ids[-1]) == "circle"
+    assert answers.counts.sum().item() == len(answers.weights) and answers.counts[1].item() == 1
+
+
+def test_finetune_with_visual_genome_extra_data(shapes_root, tmp_path):
+    vg_root = write_vg_qa(tmp_path, shapes_root, answer="hexagon")
+    out = tmp_path / "vqa"
+    assert finetune(shapes_root, out, "vqa.init=null", "vqa.head=decoder", "loss.alpha=0.0",
+                    f"data.vqa_extra_train=[{tmp_path / 'vg_qa.json'}]", f"data.vg_root={vg_root}",
+                    "train.max_steps=2", "--no-eval") == 0
+    # single-answer VG questions are trained but never enter the answer list (TCL)
+    assert "hexagon" not in AnswerVocabulary.from_json(out / "answer_list.json")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -76,6 +76,11 @@ def build_vqa_dataset(config: Config, train: bool) -> VQADataset:
             table, dropped = albef_vqa_table([_resolve(config, name)], data.on_bad_sample, data.cache_dir)
         tables.append(table)
         skipped.update(dropped)
+    if train and data.vqa_extra_train:
+        table, dropped = albef_vqa_table([_resolve(config, name) for name in data.vqa_extra_train],
+                                         data.on_bad_sample, data.cache_dir)
+        tables.append(table)
+        skipped.update(dropped)
     _log_index_skips("VQA questions", skipped)
     import datasets
 

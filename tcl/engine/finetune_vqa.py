@@ -144,7 +144,15 @@ class TargetCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.collate(samples)
-        batch["targets"] = soft_target_matrix(batch["human_answers"], self.vocabulary)
+        targets = soft_target_matrix(batch["human_answers"], self.vocabulary)
+        for row, (humans, answers, weights) in enumerate(zip(batch["human_answers"], batch["answers"],
+                                                             batch["weights"])):
+            if len(humans) == 1:
+                # A single answer (Visual Genome) never earns an official score: its target is TCL's weight.
+                for answer, weight in zip(*merge_normalized(answers, weights)):
+                    for class_id in self.vocabulary.candidates(answer):
+                        targets[row, class_id] = weight
+        batch["targets"] = targets
         return batch
 
 

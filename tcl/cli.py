@@ -45,6 +45,23 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from tcl.inference.predict_cli import run
+
+    return run(args)
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="saved model folder, hub name, or fine-tuning run folder")
+    parser.add_argument("--image", help="one image file")
+    parser.add_argument("--question", help="one question")
+    parser.add_argument("--input", help="JSON-lines file of {\"image\", \"question\"} (batch mode)")
+    parser.add_argument("--output", help="JSON-lines file for the answers (batch mode; default: standard output)")
+    parser.add_argument("--top-k", type=int, default=5, help="answers per question (default 5)")
+    parser.add_argument("--batch-size", type=int, default=32, help="questions per forward pass in batch mode")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcl", description="TCL vision-language pretraining and VQA.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -71,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("pretrain", help="TCL pretraining: same arguments as scripts/pretrain.py (--help there)")
     commands.add_parser("finetune-vqa", help="VQA fine-tuning: same arguments as scripts/finetune_vqa.py")
     commands.add_parser("evaluate-vqa", help="VQA evaluation: same arguments as scripts/evaluate_vqa.py")
+
+    predict = commands.add_parser("predict", help="answer questions about images with a VQA model (JSON out)")
+    _predict_arguments(predict)
+    predict.set_defaults(run=_predict)
 
     check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
     check.add_argument("config", help="YAML config file")

@@ -257,6 +257,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def section_from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """Builds one config dataclass (e.g. ``ModelConfig``) from a mapping with the same checks as ``load_config``."""
+    return _build(cls, raw, source, prefix)
+
+
 def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     """Builds dataclass ``cls`` from a mapping, checking every key and value type."""
     if not isinstance(raw, dict):

@@ -85,7 +85,8 @@ def _scores(run_dir: Path, suffix: str) -> dict[str, Any]:
 def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
     """The first ``count`` val questions with the model's top-3 answers and the human majority answer."""
     from tcl.data.builders import build_vqa_dataset, vqa_collator
-    from tcl.engine.evaluate_vqa import AnswerPredictor, load_vqa_run
+    from tcl.engine.evaluate_vqa import load_vqa_run
+    from tcl.inference.answering import AnswerPredictor
 
     run_config, model, tokenizer, vocabulary = load_vqa_run(run_dir)
     model.eval()

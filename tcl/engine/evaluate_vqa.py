@@ -29,6 +29,7 @@ from tcl.errors import run_command
 from tcl.evaluation.answers import AnswerVocabulary
 from tcl.evaluation.results import check_complete, merge_results, write_results
 from tcl.evaluation.vqa_metric import VQAScores, score_results
+from tcl.inference.answering import AnswerPredictor
 
 logger = logging.getLogger("tcl.evaluate_vqa")
 
@@ -73,40 +74,6 @@ def load_vqa_run(run_dir: Path, overrides: list[str] | None = None):
     # The decoder head's momentum teacher only matters for training.
     load_model_weights(model, run_dir, skip_prefixes=("momentum.",))
     return config, model, tokenizer, vocabulary
-
-
-class AnswerPredictor:
-    """Scores every listed answer for a batch of questions with either head (the decoder ranks the top ``k``)."""
-
-    def __init__(self, model, tokenizer, vocabulary: AnswerVocabulary, k: int = 128, rank_score: str = "sequence"):
-        self.model, self.vocabulary, self.k, self.rank_score = model, vocabulary, k, rank_score
-        self.candidates = None
-        if model.head == "decoder":
-            tokens = tokenizer.encode_answers(vocabulary.answers)
-            self.candidates = (tokens.input_ids, tokens.attention_mask)
-
-    @classmethod
-    def from_config(cls, config: Config, model, tokenizer, vocabulary: AnswerVocabulary) -> AnswerPredictor:
-        return cls(model, tokenizer, vocabulary, config.eval.k_test, config.vqa.rank_score)
-
-    @torch.no_grad()
-    def scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, A] answer scores (higher is better) on the model's device."""
-        device = next(self.model.parameters()).device
-        candidates = None if self.candidates is None else tuple(t.to(device) for t in self.candidates)
-        return self.model.answer_scores(image.to(device), input_ids.to(device), attention_mask.to(device),
-                                        candidates, self.k, self.rank_score)
-
-    def top_answers(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    top_k: int = 5) -> list[list[dict]]:
-        """The ``top_k`` answers of each question with a confidence in [0, 1]: the classifier's sigmoid per answer;
-        for the decoder, the softmax over its ranked candidates (TCL)."""
-        scores = self.scores(image, input_ids, attention_mask)
-        confidence = scores.sigmoid() if self.candidates is None else scores.softmax(dim=1)
-        top = confidence.topk(min(top_k, confidence.shape[1]), dim=1)
-        return [[{"answer": self.vocabulary.answers[i], "score": round(float(c), 4)}
-                 for c, i in zip(values, indices) if c > 0]
-                for values, indices in zip(top.values.tolist(), top.indices.tolist())]
 
 
 @torch.no_grad()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcl.config import LossConfig, ModelConfig
+from tcl.config import LossConfig, ModelConfig, section_from_dict
 from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
 from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
 from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
 from tcl.models.momentum import FeatureQueue, GatherFn, MomentumEncoders, identity_gather
+from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
+                               save_weights, write_model_config)
 from tcl.models.vision import build_vision_encoder
 
 # Modules that have a momentum copy, in a fixed order (TCL: no copy of itm_head or temp).
@@ -107,6 +110,19 @@ class TCLPretrainModel(nn.Module):
         self.vision_encoder.set_grad_checkpointing(enabled)
         self.text_encoder.grad_checkpointing = enabled
         self.fusion_encoder.grad_checkpointing = enabled
+
+    @torch.no_grad()
+    def image_text_scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image against every text: cosine similarity of the projected features and the ITM probability that
+        the pair matches, both [B_images, B_texts] (what retrieval ranks and re-ranks by)."""
+        image_embeds, image_feat = self.encode_image(image)
+        text_embeds, text_feat = self.encode_text(input_ids, attention_mask)
+        num_images, num_texts = image.shape[0], input_ids.shape[0]
+        fused = self.fuse(text_embeds.repeat(num_images, 1, 1), attention_mask.repeat(num_images, 1),
+                          image_embeds.repeat_interleave(num_texts, dim=0))[:, 0]
+        itm = self.itm_head(fused).float().softmax(dim=-1)[:, 1].view(num_images, num_texts)
+        return (image_feat @ text_feat.T).float(), itm
 
     @torch.no_grad()
     def clamp_temperature(self) -> None:
@@ -210,3 +226,28 @@ class TCLPretrainModel(nn.Module):
                                                image_embeds_m)
                 teacher_logits = m["mlm_head"](hidden_m[keep])
         return mlm_loss(logits, labels[keep], teacher_logits, alpha)
+
+    # -- saving and loading ----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` (momentum encoders and queues included, so pretraining
+        can continue from the folder)."""
+        directory = Path(directory)
+        write_model_config(directory, {"architecture": type(self).__name__, "model": asdict(self.model_config),
+                                       "loss": asdict(self.loss_config), "vocab_size": self.vocab_size,
+                                       "special_tokens": asdict(self.special)})
+        save_weights(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path) -> TCLPretrainModel:
+        """A model saved by ``save_pretrained`` or ``tcl convert`` (local folder or hub name), on the CPU in eval
+        mode."""
+        directory = resolve_model_dir(name_or_path)
+        payload = read_model_config(directory, cls.__name__)
+        source = str(directory / CONFIG_FILE)
+        model_config = section_from_dict(ModelConfig, config_field(payload, "model", directory), source, "model.")
+        loss_config = section_from_dict(LossConfig, payload.get("loss", {}), source, "loss.")
+        special = SpecialTokens(**payload.get("special_tokens", {}))
+        model = cls(model_config, loss_config, config_field(payload, "vocab_size", directory), special)
+        load_weights(model, directory)
+        return on_cpu(model)

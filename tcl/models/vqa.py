@@ -12,17 +12,20 @@ loads by name (``load_pretrained_encoders``). Two heads, chosen by ``vqa.head``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcl.config import ModelConfig
+from tcl.config import ModelConfig, section_from_dict
 from tcl.models.answer_decoder import (AnswerDecoder, AnswerTargets, RankScore, decoder_state_from_pretrain,
                                        rank_candidates, weighted_answer_loss)
 from tcl.models.bert import TIED_DECODER_SUFFIX, FusionEncoder, TextEncoder, bert_config, init_bert_weights
 from tcl.models.momentum import MomentumEncoders
+from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
+                               save_weights, vocab_size_of, write_model_config)
 from tcl.models.vision import build_vision_encoder, resample_pos_embed
 
 # Prefixes of a pretraining state dict that the VQA model uses; everything else (momentum copies, queues,
@@ -199,3 +202,27 @@ class TCLVQAModel(nn.Module):
         """Makes the momentum copy equal to the online weights (after loading them)."""
         if self.momentum is not None:
             self.momentum.copy_from(self._momentum_sources())
+
+    # -- saving and loading ----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` (without the momentum teacher, a training-only part)."""
+        directory = Path(directory)
+        hidden = self.answer_head.dense.out_features if self.head == "classifier" else None
+        write_model_config(directory, {"architecture": type(self).__name__, "model": asdict(self.model_config),
+                                       "vocab_size": vocab_size_of(self), "num_answers": self.num_answers,
+                                       "head": self.head, "classifier_hidden": hidden})
+        save_weights(self, directory, skip_prefixes=("momentum.",))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path) -> TCLVQAModel:
+        """A model saved by ``save_pretrained`` (local folder or hub name), on the CPU in eval mode."""
+        directory = resolve_model_dir(name_or_path)
+        payload = read_model_config(directory, cls.__name__)
+        model_config = section_from_dict(ModelConfig, config_field(payload, "model", directory),
+                                         str(directory / CONFIG_FILE), "model.")
+        model = cls(model_config, config_field(payload, "vocab_size", directory),
+                    config_field(payload, "num_answers", directory), payload.get("classifier_hidden"),
+                    head=config_field(payload, "head", directory))
+        load_weights(model, directory)
+        return on_cpu(model)

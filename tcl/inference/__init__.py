@@ -1,0 +1,12 @@
+"""Inference for users: processors, the VQA pipeline, image–text scoring, saving and loading."""
+
+from tcl.inference.image_text import load_pretrained, score_image_text
+from tcl.inference.pipeline import VQAPipeline
+from tcl.inference.processor import TCLProcessor
+
+__all__ = ["TCLProcessor", "VQAPipeline", "load_pretrained", "load_vqa", "score_image_text"]
+
+
+def load_vqa(name_or_path) -> VQAPipeline:
+    """The VQA pipeline of a saved model folder, a hub name, or a fine-tuning run folder."""
+    return VQAPipeline.from_pretrained(name_or_path)

@@ -1,0 +1,67 @@
+"""The pretraining model for users: ``tcl.load_pretrained(path)`` and ``tcl.score_image_text(model, images, texts)``.
+
+``load_pretrained`` takes a folder written by ``save_pretrained`` or ``tcl convert`` (or a hub name), or a
+pretraining run folder, and attaches the processor as ``model.processor`` when the folder has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tcl.inference.processor import PROCESSOR_CONFIG, ImageSettings, TCLProcessor
+from tcl.models.pretrain import TCLPretrainModel
+from tcl.models.saving import CONFIG_FILE, resolve_model_dir
+
+RUN_CONFIG = "config.yaml"
+
+
+def load_pretrained(name_or_path: str | Path) -> TCLPretrainModel:
+    """The pretraining model (CPU, eval mode) with ``model.processor`` (None if the folder has no processor)."""
+    directory = resolve_model_dir(name_or_path)
+    if not (directory / CONFIG_FILE).is_file() and (directory / RUN_CONFIG).is_file():
+        return _from_run(directory)
+    model = TCLPretrainModel.from_pretrained(directory)
+    model.processor = TCLProcessor.from_pretrained(directory) if (directory / PROCESSOR_CONFIG).is_file() else None
+    return model
+
+
+def _from_run(run_dir: Path) -> TCLPretrainModel:
+    from tcl.config import load_config
+    from tcl.data.builders import build_tokenizer
+    from tcl.engine.weights import load_model_weights
+
+    config = load_config(run_dir / RUN_CONFIG)
+    tokenizer = build_tokenizer(config)
+    model = TCLPretrainModel(config.model, config.loss, config.model.vocab_size or len(tokenizer))
+    load_model_weights(model, run_dir)
+    model.processor = TCLProcessor(tokenizer, ImageSettings(image_size=config.model.image_size,
+                                                            max_image_pixels=config.data.max_image_pixels,
+                                                            max_caption_words=config.data.max_caption_words,
+                                                            max_text_len=config.model.max_text_len))
+    return model.eval()
+
+
+def score_image_text(model: TCLPretrainModel, images: Any | Sequence[Any], texts: str | Sequence[str],
+                     processor: TCLProcessor | None = None) -> dict[str, list[list[float]]]:
+    """Similarity and ITM match probability of every image against every text.
+
+    Args:
+        model: a pretraining model (``load_pretrained``).
+        images: one image or a list (paths, bytes, PIL images, numpy arrays).
+        texts: one caption or a list.
+        processor: defaults to ``model.processor``.
+
+    Returns:
+        ``{"similarity": [[...]], "itm": [[...]]}``, rows = images, columns = texts; similarity is the cosine of the
+        contrastive features (-1..1), itm the probability that the pair matches (0..1).
+    """
+    processor = processor or getattr(model, "processor", None)
+    if processor is None:
+        raise ValueError("this model has no processor; pass processor=TCLProcessor.from_pretrained(folder)")
+    device = next(model.parameters()).device
+    image = processor.images(images).to(device)
+    input_ids, attention_mask = processor.captions(texts)
+    similarity, itm = model.eval().image_text_scores(image, input_ids.to(device), attention_mask.to(device))
+    return {"similarity": similarity.tolist(), "itm": itm.tolist()}

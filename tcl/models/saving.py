@@ -1,0 +1,104 @@
+"""Hugging Face–style ``save_pretrained`` / ``from_pretrained`` for the pretraining and VQA models.
+
+A saved model is a folder with ``config.json`` (the architecture, enough to rebuild the model without any other
+file), ``model.safetensors`` (the weights; a tied LM decoder is stored once, under the word embeddings) and, written
+by the processor or pipeline beside them, the tokenizer files, ``preprocessor_config.json`` and, for VQA,
+``answer_list.json``. Loading reads local folders; a name that is not a local folder is fetched from the Hugging Face
+hub by ``from_pretrained`` itself (never inside a constructor), which needs the hub to be reachable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tcl.errors import TclError
+from tcl.models.bert import TIED_DECODER_SUFFIX
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub repository name, downloaded (or taken from the cache)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).count("/") != 1:
+        raise TclError(f"{name_or_path}: not a model folder. Pass a folder written by save_pretrained / "
+                       f"`tcl convert`, or a Hugging Face hub name such as 'user/tcl-vqa'.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path)))
+    except Exception as error:  # offline, unknown repository, no permission: all end the same way for the user
+        raise TclError(f"{name_or_path}: no such local folder, and the Hugging Face hub could not provide it "
+                       f"({type(error).__name__}: {error}). Download the model folder and pass its path.") from None
+
+
+def read_model_config(directory: Path, architecture: str) -> dict[str, Any]:
+    """``config.json`` of a saved model, checked to describe ``architecture``."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise TclError(f"{directory}: no {CONFIG_FILE}; not a folder written by save_pretrained or `tcl convert`.")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TclError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}.") from None
+    found = payload.get("architecture") if isinstance(payload, dict) else None
+    if found != architecture:
+        raise TclError(f"{path}: holds a {found or 'unknown'} model, not a {architecture}. Use "
+                       f"{'tcl.load_vqa' if found == 'TCLVQAModel' else 'tcl.load_pretrained'} for it.")
+    return payload
+
+
+def save_weights(model: nn.Module, directory: Path, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Writes ``model.safetensors`` atomically (tied LM decoders once; ``skip_prefixes`` left out)."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()
+             if not name.endswith(TIED_DECODER_SUFFIX) and not name.startswith(skip_prefixes)}
+    tmp = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / WEIGHTS_FILE)
+
+
+def load_weights(model: nn.Module, directory: Path, allowed_missing: tuple[str, ...] = ()) -> None:
+    """Loads ``model.safetensors`` strictly (a tied LM decoder and names starting with ``allowed_missing`` may be
+    absent), with a message naming what does not fit."""
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise TclError(f"{directory}: no {WEIGHTS_FILE}.")
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = [name for name in missing if not name.endswith(TIED_DECODER_SUFFIX)
+               and not name.startswith(allowed_missing)]
+    if missing or unexpected:
+        raise TclError(f"{path}: weights do not fit the model described by {CONFIG_FILE} (missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}).")
+
+
+def write_model_config(directory: Path, payload: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **payload}, indent=2))
+
+
+def vocab_size_of(model: nn.Module) -> int:
+    return int(model.text_encoder.embeddings.word_embeddings.num_embeddings)
+
+
+def on_cpu(model: nn.Module) -> nn.Module:
+    """Loaded models start on the CPU in eval mode; move them with ``.to(device)``."""
+    return model.to(torch.device("cpu")).eval()
+
+
+def config_field(payload: dict[str, Any], key: str, directory: Path) -> Any:
+    if key not in payload:
+        raise TclError(f"{directory / CONFIG_FILE}: missing '{key}'; the file is incomplete or from another tool.")
+    return payload[key]

@@ -62,6 +62,28 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from tcl.inference.convert_cli import run
+
+    return run(args)
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source", choices=("tcl", "albef"), required=True,
+                        help="which project the checkpoint comes from (both use the same key set)")
+    parser.add_argument("checkpoint", help="the official .pth file")
+    parser.add_argument("--out", required=True, help="output model folder")
+    parser.add_argument("--task", choices=("pretrain", "vqa"), default="pretrain")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="resample position embeddings to this resolution (default: the checkpoint's)")
+    parser.add_argument("--tokenizer", default=None, help="BERT tokenizer folder or hub name (bert-base-uncased)")
+    parser.add_argument("--answer-list", default=None, help="answer_list.json (needed for --task vqa)")
+    parser.add_argument("--k-test", type=int, default=128, help="decoder candidates ranked per question")
+    parser.add_argument("--rank-score", choices=("sequence", "tcl"), default="sequence")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow a checkpoint whose unpickling runs code (only for files you trust)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcl", description="TCL vision-language pretraining and VQA.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -92,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="answer questions about images with a VQA model (JSON out)")
     _predict_arguments(predict)
     predict.set_defaults(run=_predict)
+
+    convert = commands.add_parser("convert", help="import an official TCL/ALBEF checkpoint as a model folder")
+    _convert_arguments(convert)
+    convert.set_defaults(run=_convert)
 
     check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
     check.add_argument("config", help="YAML config file")

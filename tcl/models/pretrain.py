@@ -240,8 +240,12 @@ class TCLPretrainModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> TCLPretrainModel:
-        """A model saved by ``save_pretrained`` or ``tcl convert`` (local folder or hub name), on the CPU in eval
-        mode."""
+        """A model saved by ``save_pretrained`` or ``tcl convert`` (local folder or hub name), or an official TCL/ALBEF
+        ``.pth`` checkpoint converted on the fly; on the CPU in eval mode."""
+        if Path(name_or_path).is_file():
+            from tcl.models.convert import load_official_pretrain
+
+            return on_cpu(load_official_pretrain(name_or_path))
         directory = resolve_model_dir(name_or_path)
         payload = read_model_config(directory, cls.__name__)
         source = str(directory / CONFIG_FILE)

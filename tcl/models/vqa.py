@@ -215,8 +215,16 @@ class TCLVQAModel(nn.Module):
         save_weights(self, directory, skip_prefixes=("momentum.",))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path) -> TCLVQAModel:
-        """A model saved by ``save_pretrained`` (local folder or hub name), on the CPU in eval mode."""
+    def from_pretrained(cls, name_or_path: str | Path, num_answers: int | None = None) -> TCLVQAModel:
+        """A model saved by ``save_pretrained`` (local folder or hub name), or an official TCL/ALBEF ``.pth`` converted
+        on the fly to the decoder head (then ``num_answers``, the length of its answer list, is needed); on the CPU
+        in eval mode."""
+        if Path(name_or_path).is_file():
+            from tcl.models.convert import load_official_vqa
+
+            if num_answers is None:
+                raise ValueError("loading an official .pth needs num_answers (the length of its answer list)")
+            return on_cpu(load_official_vqa(name_or_path, num_answers))
         directory = resolve_model_dir(name_or_path)
         payload = read_model_config(directory, cls.__name__)
         model_config = section_from_dict(ModelConfig, config_field(payload, "model", directory),

@@ -2,7 +2,8 @@
 
 Generates the shapes data if absent, pretrains the tiny model, fine-tunes it on VQA, fine-tunes the same model from
 scratch with the same budget, evaluates both on the held-out val split next to the blind baselines, answers three
-example questions, and writes ``demo_results.json`` and plots to the output folder.
+example questions, and writes ``demo_results.json`` and plots to the output folder, and the fine-tuned model as a
+ready-to-use folder (``model/``, for ``tcl.load_vqa`` and ``tcl predict``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
         "minutes": (time.perf_counter() - start) / 60.0,
     }
     out.mkdir(parents=True, exist_ok=True)
+    from tcl.inference import VQAPipeline
+
+    VQAPipeline.from_run(out / "vqa").save_pretrained(out / "model")
+    results["model_dir"] = str(out / "model")
     (out / "demo_results.json").write_text(json.dumps(results, indent=2))
     _plot(results, out / "demo_accuracy.png")
     print(format_results(results))
@@ -91,7 +96,8 @@ def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
     run_config, model, tokenizer, vocabulary = load_vqa_run(run_dir)
     model.eval()
     dataset = build_vqa_dataset(run_config, train=False)
-    picks = [dataset[i] for i in range(0, count * 97, 97)][:count]  # spread over different images
+    step = 97 if len(dataset) >= count * 97 else max(len(dataset) // count, 1)  # spread over different images
+    picks = [dataset[i] for i in range(0, min(count * step, len(dataset)), step)][:count]
     batch = vqa_collator(run_config, tokenizer, train=False)(picks)
     predictor = AnswerPredictor.from_config(run_config, model, tokenizer, vocabulary)
     tops = predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k=3)
@@ -112,6 +118,9 @@ def format_results(results: dict[str, Any]) -> str:
     for example in results["examples"]:
         answers = ", ".join(f"{a['answer']} ({a['score']:.2f})" for a in example["top3"])
         lines.append(f"  Q{example['question_id']}: {example['question']}? -> {answers}")
+    if "model_dir" in results:
+        lines += ["", f"the fine-tuned model is saved in {results['model_dir']}; ask it yourself:",
+                  f"  tcl predict --model {results['model_dir']} --image IMAGE --question \"what color is the circle?\""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,30 @@
+"""The demo end to end on a very small budget: every stage runs, the results file has its keys, the saved model
+answers questions."""
+
+import json
+
+import pytest
+
+import tcl
+from tcl.demo import format_results, run_demo
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
+
+
+def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path):
+    out = tmp_path / "demo"
+    results = run_demo(out, [f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
+                             "data.num_workers=0", "train.max_steps=2", "train.warmup_steps=1", "eval.batch_size=16"])
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert saved == results
+    for key in ("vqa_accuracy", "blind_accuracy", "scratch_accuracy", "hit_rate", "per_answer_type", "minutes",
+                "model_blind_accuracy", "examples", "model_dir"):
+        assert key in saved, key
+    assert all(0.0 <= saved[k] <= 100.0 for k in ("vqa_accuracy", "blind_accuracy", "scratch_accuracy", "hit_rate"))
+    assert set(saved["per_answer_type"]) == {"yes/no", "number", "other"}
+    assert len(saved["examples"]) == 3 and all(len(e["top3"]) == 3 for e in saved["examples"])
+    assert (out / "demo_accuracy.png").stat().st_size > 0
+    assert "fine-tuning from scratch" in format_results(saved)
+    vqa = tcl.load_vqa(saved["model_dir"])
+    image = shapes_root / "images/val2014/COCO_val2014_000000500001.jpg"
+    assert vqa(image, saved["examples"][0]["question"], top_k=3) == saved["examples"][0]["top3"]

@@ -35,6 +35,9 @@ class ModelConfig:
     vision_mlp_ratio: float = 4.0
     # timm model name (loaded from the hub when the user has access) or a local checkpoint file; null = random init.
     vision_pretrained: Optional[str] = None
+    # Patch embedding: linear patches (ViT, the official checkpoints) or a small convolutional stem with the same token
+    # grid, which learns far faster from scratch on little data (the tiny configs).
+    vision_stem: Literal["patch", "conv"] = "patch"
     hidden_size: int = 64
     num_hidden_layers: int = 4
     num_attention_heads: int = 2

@@ -98,7 +98,8 @@ def test_values_land_where_they_belong(tmp_path):
     model = tiny_pretrain_model()
     official = official_layout(model, model.model_config.fusion_layer)
     torch.save({"model": official, "epoch": 3, "config": {"lr": 1e-4}}, tmp_path / "tcl.pth")
-    loaded = TCLPretrainModel.from_pretrained(tmp_path / "tcl.pth")  # converted on the fly
+    loaded = tcl.load_pretrained(tmp_path / "tcl.pth")  # converted on the fly
+    assert isinstance(loaded, TCLPretrainModel) and loaded.processor is None
     ours = model.state_dict()
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, ours[key]), key

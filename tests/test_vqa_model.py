@@ -67,3 +67,24 @@ def test_freeze_vision():
     model.freeze_vision()
     assert not any(p.requires_grad for p in model.vision_encoder.parameters())
     assert all(p.requires_grad for p in model.answer_head.parameters())
+
+
+def test_convolutional_stem_keeps_the_token_grid_and_loads_across_resolutions():
+    from tcl.models.vision import ConvStemPatchEmbed
+
+    pretrain_config = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.vision_stem=conv"])
+    torch.manual_seed(2)
+    pretrained = TCLPretrainModel(pretrain_config.model, pretrain_config.loss, VOCAB)
+    assert isinstance(pretrained.vision_encoder.patch_embed, ConvStemPatchEmbed)
+    model = TCLVQAModel(config("model.vision_stem=conv", "model.image_size=96").model, VOCAB, ANSWERS)
+    model.load_pretrained_encoders(pretrained.state_dict())
+    stem = model.vision_encoder.patch_embed.proj
+    assert torch.equal(stem[0].weight, pretrained.vision_encoder.patch_embed.proj[0].weight)
+    assert torch.equal(stem[1].running_var, pretrained.vision_encoder.patch_embed.proj[1].running_var)
+    out = model(*inputs(size=96), targets=torch.zeros(4, ANSWERS))
+    assert out.logits.shape == (4, ANSWERS)
+    out.loss.backward()
+    assert stem[0].weight.grad is not None
+    with pytest.raises(ValueError, match="power-of-two"):
+        TCLVQAModel(config("model.vision_stem=conv", "model.patch_size=6", "model.image_size=60").model, VOCAB,
+                    ANSWERS)

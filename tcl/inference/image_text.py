@@ -18,7 +18,12 @@ RUN_CONFIG = "config.yaml"
 
 
 def load_pretrained(name_or_path: str | Path) -> TCLPretrainModel:
-    """The pretraining model (CPU, eval mode) with ``model.processor`` (None if the folder has no processor)."""
+    """The pretraining model (CPU, eval mode) with ``model.processor`` (None if the folder has no processor, and for
+    an official ``.pth``, which is converted on the fly)."""
+    if Path(name_or_path).is_file():
+        model = TCLPretrainModel.from_pretrained(name_or_path)
+        model.processor = None
+        return model
     directory = resolve_model_dir(name_or_path)
     if not (directory / CONFIG_FILE).is_file() and (directory / RUN_CONFIG).is_file():
         return _from_run(directory)

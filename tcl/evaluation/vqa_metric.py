@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,16 +127,38 @@ def normalize_answer(text: str) -> str:
     return _process_digits_and_articles(_process_punctuation(_clean_whitespace(text)))
 
 
+_cleaned = functools.lru_cache(maxsize=_CACHE_SIZE)(_clean_whitespace)
+
+
 def _comparable_forms(prediction: str, answers: Sequence[str]) -> tuple[str, list[str]]:
     """The prediction and human answers in the form the official code compares them (module docstring, step 2)."""
-    humans = [_clean_whitespace(answer) for answer in answers]
+    humans = [_cleaned(answer) for answer in answers]
     if len(set(humans)) > 1:
         return normalize_answer(prediction), [normalize_answer(answer) for answer in humans]
-    return _clean_whitespace(prediction), humans
+    return _cleaned(prediction), humans
 
 
-def _leave_one_out_mean(matches: Sequence[bool]) -> float:
-    """Mean over positions i of min(1, matches among the others / 3); closed form, O(n)."""
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _forms(answer: str) -> tuple[str, str]:
+    """(whitespace-cleaned, fully normalised) forms of one answer."""
+    return _clean_whitespace(answer), normalize_answer(answer)
+
+
+def _accuracy_and_hit(prediction: str, answers: Sequence[str]) -> tuple[float, bool]:
+    """``vqa_accuracy`` and ``_is_hit`` of one question, sharing the (cached) normalisation work."""
+    cleaned, normals = zip(*map(_forms, answers))
+    cleaned_prediction, predicted = _forms(prediction)
+    if cleaned.count(cleaned[0]) == len(cleaned):  # unanimous humans: compared verbatim (step 2)
+        matches = tuple(map(cleaned_prediction.__eq__, cleaned))
+    else:
+        matches = tuple(map(predicted.__eq__, normals))
+    return _leave_one_out_mean(matches), predicted in normals
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _leave_one_out_mean(matches: tuple[bool, ...]) -> float:
+    """Mean over positions i of min(1, matches among the others / 3), summed in position order as the official code
+    does (so the floating-point result is the same); cached, as ten humans give only 1,024 match patterns."""
     total_matches = sum(matches)
     scores = (min(1.0, (total_matches - is_match) / 3.0) for is_match in matches)
     return sum(scores) / len(matches)
@@ -160,7 +183,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     if not answers:
         raise ValueError("vqa_accuracy needs at least one human answer; got none (a test-split question?)")
     predicted, humans = _comparable_forms(prediction, answers)
-    return _leave_one_out_mean([human == predicted for human in humans])
+    return _leave_one_out_mean(tuple(human == predicted for human in humans))
 
 
 def _is_hit(prediction: str, answers: Iterable[str]) -> bool:
@@ -202,9 +225,12 @@ def _check_predictions_cover(predictions: Mapping[int, str], annotations: Sequen
         logger.info("ignoring %d predictions for questions not in the annotations", unused)
 
 
+_ANSWER_TEXT = operator.itemgetter("answer")
+
+
 def _human_answers(annotation: Mapping[str, Any]) -> list[str]:
     """The answer strings of one official annotation record, naming the question if it has none."""
-    answers = [record["answer"] for record in annotation["answers"]]
+    answers = list(map(_ANSWER_TEXT, annotation["answers"]))
     if not answers:
         raise ValueError(f"question {annotation['question_id']} has no human answers to score against")
     return answers
@@ -216,9 +242,9 @@ def _percent(total: float, count: int, ndigits: int | None) -> float:
     return value if ndigits is None else round(value, ndigits)
 
 
-def _group_percents(groups: Mapping[str, Sequence[float]], ndigits: int | None) -> dict[str, float]:
-    """Mean accuracy in percent of each group, keys sorted for a stable report."""
-    return {key: _percent(sum(values), len(values), ndigits) for key, values in sorted(groups.items())}
+def _group_percents(groups: Mapping[str, Sequence], ndigits: int | None) -> dict[str, float]:
+    """Mean accuracy in percent of each group (``[sum, count]``), keys sorted for a stable report."""
+    return {key: _percent(total, count, ndigits) for key, (total, count) in sorted(groups.items())}
 
 
 def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[str, Any]],
@@ -240,19 +266,19 @@ def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[
             or a question without human answers.
     """
     _check_predictions_cover(predictions, annotations)
-    accuracies: list[float] = []
-    by_answer_type: dict[str, list[float]] = defaultdict(list)
-    by_question_type: dict[str, list[float]] = defaultdict(list)
-    hits = 0
+    # Running sums add in question order, exactly as summing the per-question lists would.
+    total, hits = 0.0, 0
+    by_answer_type: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    by_question_type: dict[str, list] = defaultdict(lambda: [0.0, 0])
     for annotation in annotations:
-        prediction, answers = predictions[annotation["question_id"]], _human_answers(annotation)
-        accuracy = vqa_accuracy(prediction, answers)
-        accuracies.append(accuracy)
-        by_answer_type[annotation["answer_type"]].append(accuracy)
-        by_question_type[annotation["question_type"]].append(accuracy)
-        hits += _is_hit(prediction, answers)
-    count = len(accuracies)
-    scores = VQAScores(overall=_percent(sum(accuracies), count, ndigits),
+        accuracy, hit = _accuracy_and_hit(predictions[annotation["question_id"]], _human_answers(annotation))
+        total += accuracy
+        hits += hit
+        for group in (by_answer_type[annotation["answer_type"]], by_question_type[annotation["question_type"]]):
+            group[0] += accuracy
+            group[1] += 1
+    count = len(annotations)
+    scores = VQAScores(overall=_percent(total, count, ndigits),
                        per_answer_type=_group_percents(by_answer_type, ndigits),
                        per_question_type=_group_percents(by_question_type, ndigits),
                        hit_rate=_percent(hits, count, ndigits), num_questions=count)

@@ -184,3 +184,27 @@ def test_unused_predictions_are_logged(annotations, caplog):
     with caplog.at_level(logging.INFO, logger="tcl.evaluation.vqa_metric"):
         score_results({1: "yes", 2: "no", 3: "2", 4: "yes", 5: "x", 6: "y"}, annotations)
     assert "ignoring 2 predictions" in caplog.text
+
+
+def test_score_results_fast_path_equals_the_per_question_functions():
+    """score_results shares normalisation work between accuracy and hit; it must equal vqa_accuracy / _is_hit."""
+    import random
+
+    from tcl.evaluation.vqa_metric import _is_hit
+
+    rng = random.Random(0)
+    pool = ["yes", "Yes", "yes.", "no", "two", "2", "2.", "the dog", "dog", "dogs", "x-ray", "x ray", "1,000",
+            "1000", "dont", "don't", " red\t", "Red", "none", "0", "10:30", "3.5"]
+    predictions, annotations, expected, hits = {}, [], [], 0
+    for question_id in range(2000):
+        base = rng.choice(pool)
+        humans = [base if rng.random() < rng.random() else rng.choice(pool) for _ in range(rng.choice([1, 3, 10]))]
+        prediction = rng.choice(pool)
+        predictions[question_id] = prediction
+        annotations.append({"question_id": question_id, "question_type": "t", "answer_type": "other",
+                            "answers": [{"answer": h, "answer_id": i + 1} for i, h in enumerate(humans)]})
+        expected.append(vqa_accuracy(prediction, humans))
+        hits += _is_hit(prediction, humans)
+    scores = score_results(predictions, annotations, ndigits=None)
+    assert scores.overall == 100.0 * sum(expected) / len(expected)
+    assert scores.hit_rate == 100.0 * hits / len(expected)

@@ -1,0 +1,156 @@
+"""Pretraining speed: step time, samples/s, peak memory, FLOPs per step and MFU, and the cost of the objectives.
+
+    python scripts/bench_train.py                       # tiny and base configurations (fp32; add --dtypes fp32 bf16)
+    python scripts/bench_train.py --configs tiny --steps 10 --json out.json
+
+Each run builds the TCL pretraining model with random weights and random inputs (so no data or downloads are
+needed), times ``--steps`` full optimizer steps (forward with every loss, backward, AdamW, momentum update) after
+``--warmup`` steps, and reports the median. FLOPs per step come from torch's FLOP counter over one step (forward and
+backward; the optimizer and the EMA, which are not matmuls, are not counted). MFU = (FLOPs per step / median step
+time) ÷ the FLOP/s of a dense square matmul of the same dtype measured in the same process, so the ratio does not
+depend on how fast this particular machine happens to be. The objective part times the base configuration with a
+65,536 queue under ``infonce``, ``debiased_neg`` and ``debiased_pos`` and reports the extra step time of the debiased
+objectives over InfoNCE. Writes JSON and prints one markdown row per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "tiny": ("configs/pretrain_tiny.yaml", [], 32),
+    # ViT-B/16 + BERT-base at 224 px, a small batch that fits a CPU machine
+    "base": ("configs/pretrain_4m.yaml", ["model.image_size=224", "model.vision_pretrained=null",
+                                          "model.text_pretrained=null"], 4),
+}
+
+
+def matmul_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Dense square matmul throughput (the denominator of MFU), best of ``repeats``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def build(config_name: str, overrides: list[str], objective: str):
+    from tcl.config import load_config
+    from tcl.engine.optim import build_optimizer
+    from tcl.models import TCLPretrainModel
+
+    path, base_overrides, batch = CONFIGS[config_name]
+    config = load_config(REPO / path, [*base_overrides, f"loss.objective={objective}", *overrides], world_size=1)
+    vocab = config.model.vocab_size or 1000
+    torch.manual_seed(0)
+    model = TCLPretrainModel(config.model, config.loss, vocab).train()
+    optimizer = build_optimizer(model, config.train)
+    size, length = config.model.image_size, config.model.max_text_len
+    inputs = (torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size),
+              torch.randint(5, vocab, (batch, length)), torch.ones(batch, length, dtype=torch.long))
+    return model, optimizer, inputs, batch
+
+
+def train_step(model, optimizer, inputs, bf16: bool) -> None:
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        loss = model(*inputs, alpha=0.4).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def count_flops(model, optimizer, inputs, bf16: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(model, optimizer, inputs, bf16)
+    return float(counter.get_total_flops())
+
+
+def peak_memory_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def bench(config_name: str, objective: str, bf16: bool, steps: int, warmup: int, peak: dict) -> dict:
+    model, optimizer, inputs, batch = build(config_name, [], objective)
+    for _ in range(warmup):
+        train_step(model, optimizer, inputs, bf16)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        train_step(model, optimizer, inputs, bf16)
+        times.append(time.perf_counter() - start)
+    flops = count_flops(model, optimizer, inputs, bf16)
+    median = statistics.median(times)
+    dtype = "bf16" if bf16 else "fp32"
+    achieved = flops / median
+    return {"config": config_name, "objective": objective, "dtype": dtype, "batch": batch, "steps": steps,
+            "median_step_s": median, "samples_per_s": batch / median, "flops_per_step": flops,
+            "achieved_flops_per_s": achieved, "matmul_flops_per_s": peak[dtype], "mfu": achieved / peak[dtype],
+            "peak_rss_mb": peak_memory_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=sorted(CONFIGS))
+    # bf16 is opt-in: CPUs without AVX-512 BF16 / AMX (e.g. this project's AVX2 machines) run bf16 matmuls through a
+    # slow fallback, tens of times slower than fp32; the matmul peak printed first shows which case a machine is.
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-objectives", action="store_true", help="skip the objective-overhead part")
+    parser.add_argument("--json", default="benchmarks/results/bench_train.json")
+    args = parser.parse_args(argv)
+    peak = {"fp32": matmul_flops_per_s(torch.float32)}
+    if "bf16" in args.dtypes:
+        peak["bf16"] = matmul_flops_per_s(torch.bfloat16, size=1024, repeats=3)
+    print("dense matmul peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()), flush=True)
+    runs = [bench(name, "infonce", dtype == "bf16", args.steps, args.warmup, peak)
+            for name in args.configs for dtype in args.dtypes]
+    rows = [f"| {r['config']} | {r['dtype']} | {r['batch']} | {r['median_step_s']:.3f} s | {r['samples_per_s']:.1f} | "
+            f"{r['flops_per_step'] / 1e9:.1f} GFLOP | {r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s | "
+            f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s | {100 * r['mfu']:.1f} % | {r['peak_rss_mb']:.0f} MB |"
+            for r in runs]
+    result = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(["python scripts/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
+              "matmul_flops_per_s": peak, "runs": runs}
+    if not args.no_objectives:
+        dtype = "bf16" if "bf16" in args.dtypes else "fp32"
+        objectives = [bench("base", objective, dtype == "bf16", args.steps, args.warmup, peak)
+                      for objective in ("infonce", "debiased_neg", "debiased_pos")]
+        reference = objectives[0]["median_step_s"]
+        for run in objectives:
+            run["overhead_vs_infonce"] = run["median_step_s"] / reference - 1.0
+            rows.append(f"| base, queue 65,536, {run['objective']} | {dtype} | {run['batch']} | "
+                        f"{run['median_step_s']:.3f} s | overhead vs InfoNCE {100 * run['overhead_vs_infonce']:+.1f} % |")
+        result["objectives"] = objectives
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print("| config | dtype | batch | median step | samples/s | FLOPs/step | achieved | matmul peak | MFU | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

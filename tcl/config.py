@@ -152,6 +152,9 @@ class TrainConfig:
     weight_decay: float = 0.02
     warmup_steps: int = 100
     grad_clip: Optional[float] = None
+    # An optimizer step whose loss (or, with grad_clip, gradient norm) is NaN/Inf on any process is skipped with a
+    # warning; this many skipped steps in a row stop the run with a message (the weights stay the last good ones).
+    max_nonfinite_steps: int = 5
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     grad_checkpointing: bool = False
     # Deterministic kernels: bit-identical reruns and resumes on CPU (some multi-threaded backward kernels, such as
@@ -419,7 +422,7 @@ def _check_train(config: Config, world_size: int) -> str | None:
         return (f"model.queue_size = {queue} is not divisible by train.batch_size x processes = "
                 f"{train.batch_size} x {world_size} = {per_step} (every step enqueues that many features). "
                 f"Change train.batch_size (e.g. to one of {fits}) or set model.queue_size to a multiple of {per_step}.")
-    for name in ("epochs", "grad_accum_steps", "keep_last", "log_every"):
+    for name in ("epochs", "grad_accum_steps", "keep_last", "log_every", "max_nonfinite_steps"):
         if getattr(train, name) <= 0:
             return f"train.{name} = {getattr(train, name)} must be positive."
     for name in ("max_steps", "save_every"):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import yaml
 
 from tcl.config import Config
@@ -22,6 +23,7 @@ from tcl.engine.checkpoint import save_checkpoint
 from tcl.engine.metrics import MetricsLogger, plot_losses
 from tcl.engine.optim import alpha_at
 from tcl.engine.runtime import peak_memory_mb
+from tcl.errors import TclError
 
 logger = logging.getLogger(__name__)
 
@@ -70,23 +72,26 @@ class Trainer:
         self.metrics = MetricsLogger(accelerator, self.output_dir)
         self.stop = _StopRequest()
         self.last_checkpoint: Path | None = None
+        self.window_nonfinite, self.nonfinite_in_a_row, self.nonfinite_skipped = False, 0, 0
 
     def fit(self) -> int:
         start = time.perf_counter()
         samples_before = self.state["step"]
         bar = self.metrics.progress(self.max_steps, self.state["step"])
-        while self.state["step"] < self.max_steps and self.state["epoch"] < self.config.train.epochs:
-            finished_epoch = self._epoch(bar)
-            if self.stop.requested:
-                break
-            if finished_epoch:
-                logger.info("epoch %d done: %s", self.state["epoch"], self.skips.format())
-                self.state.update(epoch=self.state["epoch"] + 1, batch=0)
+        try:
+            while self.state["step"] < self.max_steps and self.state["epoch"] < self.config.train.epochs:
+                finished_epoch = self._epoch(bar)
+                if self.stop.requested:
+                    break
+                if finished_epoch:
+                    logger.info("epoch %d done: %s", self.state["epoch"], self.skips.format())
+                    self.state.update(epoch=self.state["epoch"] + 1, batch=0)
+                    self._checkpoint()
+            if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
                 self._checkpoint()
-        if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
-            self._checkpoint()
-        bar.close()
-        self.stop.restore()
+        finally:
+            bar.close()
+            self.stop.restore()
         elapsed = time.perf_counter() - start
         self._finish(elapsed, self.state["step"] - samples_before)
         return 0
@@ -124,14 +129,48 @@ class Trainer:
     def _micro_step(self, batch: dict, alpha: float, boundary: bool):
         with self.accelerator.accumulate(self.model):
             output = self.step_fn(self.model, batch, alpha, boundary, self.accelerator.device)
-            self.accelerator.backward(output.loss)
-            if self.accelerator.sync_gradients and self.config.train.grad_clip:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-            self.optimizer.step()  # accelerate skips it inside an accumulation window
-            if self.accelerator.sync_gradients:  # the schedule counts optimizer steps, not micro-batches
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if self._finite_on_every_process(output.loss):
+                self.accelerator.backward(output.loss)
+            else:  # every process skips together, so no collective is left waiting
+                self.window_nonfinite = True
+            if self.accelerator.sync_gradients:
+                self._end_of_window()
+            self.optimizer.zero_grad(set_to_none=True)  # accelerate makes it a no-op inside an accumulation window
         return output
+
+    def _end_of_window(self) -> None:
+        """Steps the optimizer and schedule, or skips the step when a loss or the gradient norm was not finite."""
+        bad = self.window_nonfinite
+        if not bad and self.config.train.grad_clip:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            bad = norm is not None and not self._finite_on_every_process(norm)
+        self.window_nonfinite = False
+        if bad:
+            self._skip_nonfinite_step()
+            return
+        self.nonfinite_in_a_row = 0
+        self.optimizer.step()
+        self.scheduler.step()  # the schedule counts optimizer steps, not micro-batches
+
+    def _finite_on_every_process(self, value) -> bool:
+        bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(value)).all() else 1.0],
+                           device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        return bool(bad.item() == 0)
+
+    def _skip_nonfinite_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_skipped += 1
+        step, limit = self.state["step"] + 1, self.config.train.max_nonfinite_steps
+        logger.warning("step %d: non-finite loss or gradient norm; the step is skipped (%d in a row, %d in total)",
+                       step, self.nonfinite_in_a_row, self.nonfinite_skipped)
+        if self.nonfinite_in_a_row >= limit:
+            last = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+            raise TclError(f"{limit} optimizer steps in a row had a NaN/Inf loss or gradient (up to step {step}); "
+                           f"stopping with the weights of the last good step ({last}). Lower train.lr, set "
+                           f"train.grad_clip, check the data, or resume with --resume latest after a fix.")
 
     def _should_save(self) -> bool:
         every = self.config.train.save_every
@@ -153,4 +192,4 @@ class Trainer:
         print(f"{self.name} done: {self.state['step']} steps on {self.accelerator.num_processes} process(es), "
               f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
               f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "
-              f"plot {plot}, {self.skips.format()}")
+              f"plot {plot}, {self.skips.format()}, {self.nonfinite_skipped} non-finite steps skipped")

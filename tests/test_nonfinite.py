@@ -1,0 +1,105 @@
+"""A NaN/Inf loss or gradient skips that optimizer step (weights untouched, warning, counter) and K in a row stop the
+run with a message, leaving the last checkpoint as it was."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcl.config import load_config
+from tcl.data.bad_samples import SkipReport
+from tcl.engine.runtime import build_accelerator
+from tcl.engine.trainer import Trainer
+from tcl.errors import TclError
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+
+@dataclass
+class Output:
+    loss: torch.Tensor
+    losses: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+
+
+class Loader:
+    """Ten fixed batches; the sampler interface the trainer uses (set_epoch with a start batch)."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.batches = [{"x": torch.randn(4, 3, generator=g), "index": i} for i in range(10)]
+        self.sampler, self.start = self, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.start = start
+
+    def __iter__(self):
+        return iter(self.batches[self.start:])
+
+
+def run(tmp_path, bad_batches, *overrides, snapshots=None):
+    config = load_config(REPO / "configs/vqa_tiny.yaml", [f"train.output_dir={tmp_path}", "train.epochs=1",
+                                                          "train.save_every=2", *overrides])
+    accelerator = build_accelerator(config)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    def step_fn(model, batch, alpha, boundary, device):
+        if snapshots is not None:
+            snapshots[batch["index"]] = model.weight.detach().clone()
+        loss = model(batch["x"]).pow(2).mean()
+        if batch["index"] in bad_batches:
+            loss = loss * float("nan") if batch["index"] % 2 else loss * float("inf")
+        return Output(loss)
+
+    state = {"epoch": 0, "batch": 0, "step": 0}
+    trainer = Trainer(config, accelerator, model, optimizer, scheduler, Loader(), 10, state, SkipReport(), step_fn)
+    return trainer, model
+
+
+def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, caplog, capsys):
+    snapshots = {}
+    trainer, model = run(tmp_path, {3, 6}, snapshots=snapshots)
+    assert trainer.fit() == 0
+    assert torch.equal(snapshots[4], snapshots[3])  # the NaN step left the weights as they were
+    assert torch.equal(snapshots[7], snapshots[6])  # and so did the Inf step
+    assert not torch.equal(snapshots[3], snapshots[2])  # good steps do update
+    assert trainer.nonfinite_skipped == 2 and torch.isfinite(model.weight).all()
+    assert "non-finite loss or gradient norm; the step is skipped (1 in a row, 2 in total)" in caplog.text
+    assert "2 non-finite steps skipped" in capsys.readouterr().out
+
+
+def test_a_nonfinite_gradient_is_caught_by_the_clipping_norm(tmp_path):
+    snapshots = {}
+    trainer, model = run(tmp_path, set(), "train.grad_clip=1.0", snapshots=snapshots)
+    original = trainer.step_fn
+
+    def huge_gradient(model, batch, alpha, boundary, device):
+        out = original(model, batch, alpha, boundary, device)
+        if batch["index"] == 5:  # a finite loss whose gradient is not: d sqrt(u)/du at u = 0
+            out.loss = out.loss + torch.sqrt((model.weight - model.weight.detach()).abs().sum())
+            assert torch.isfinite(out.loss)
+        return out
+
+    trainer.step_fn = huge_gradient
+    assert trainer.fit() == 0
+    assert trainer.nonfinite_skipped == 1 and torch.equal(snapshots[6], snapshots[5])
+
+
+def test_too_many_in_a_row_stop_with_the_last_good_weights(tmp_path):
+    trainer, model = run(tmp_path, {4, 5, 6}, "train.max_nonfinite_steps=3")
+    with pytest.raises(TclError, match="3 optimizer steps in a row had a NaN/Inf loss or gradient"):
+        trainer.fit()
+    assert torch.isfinite(model.weight).all()
+    from safetensors.torch import load_file
+
+    checkpoints = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-00000004", "checkpoint-00000006"]  # keep_last 2; none after the stop
+    # the checkpoint written between the skipped steps holds the last good weights, not corrupted ones
+    good, later = (load_file(str(tmp_path / name / "model.safetensors")) for name in checkpoints)
+    assert all(torch.equal(good[k], later[k]) for k in good)

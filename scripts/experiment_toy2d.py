@@ -12,8 +12,9 @@ Adam lr 1e-3, for InfoNCE, L_Neg and L_Pos (``tcl.losses.objectives``). Metrics 
 thesis's numbers. Writes ``toy2d.json``, ``toy2d.md`` and ``toy2d_embeddings.png`` (embeddings coloured by the
 angle of their latent z).
 
-Not stated in the thesis, chosen here: 4,096 training pairs and 1,024 test pairs, hidden width 64, temperature 0.5,
-τ⁺ = 0.1, flows of 6 affine coupling layers trained for 2,000 steps.
+Not stated in the thesis, chosen here: 4,096 training pairs and 1,024 test pairs, hidden width 64, temperature 0.5
+(``--temperature``), τ⁺ = 0.1 (``--tau-plus``), L_Pos with its e_self term (``--no-self`` drops it), flows of 6
+affine coupling layers trained for 2,000 steps (``--flow-steps``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def metrics(f: nn.Module, g: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tup
     return float((x - y).norm(dim=1).mean()), float(F.cosine_similarity(x, y, dim=1).mean())
 
 
-def train(objective: str, pairs: tuple, seed: int, epochs: int = 50, batch: int = 32, temperature: float = 0.5):
+def train(objective: str, pairs: tuple, seed: int, epochs: int = 50, batch: int = 32, temperature: float = 0.5,
+          tau_plus: float = 0.1, include_self: bool = True):
     a_train, b_train, a_test, b_test = pairs
     torch.manual_seed(seed)
     f, g = encoder(), encoder()
@@ -138,8 +140,9 @@ def train(objective: str, pairs: tuple, seed: int, epochs: int = 50, batch: int 
                 continue
             x, y = f(a_train[index]), g(b_train[index])
             sim = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
-            contrastive = 0.5 * (contrastive_loss(sim, labels, temperature, objective) +
-                                 contrastive_loss(sim.T, labels, temperature, objective))
+            options = dict(objective=objective, tau_plus=tau_plus, include_self=include_self)
+            contrastive = 0.5 * (contrastive_loss(sim, labels, temperature, **options) +
+                                 contrastive_loss(sim.T, labels, temperature, **options))
             loss = contrastive + kl_to_standard_normal(x) + kl_to_standard_normal(y)
             optimizer.zero_grad()
             loss.backward()
@@ -187,9 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--flow-steps", type=int, default=2000)
+    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--tau-plus", type=float, default=0.1)
+    parser.add_argument("--no-self", action="store_true", help="L_Pos without the e_self term (loss.include_self)")
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--out", default="benchmarks/results/toy2d")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: threads only add overhead
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,24 +212,26 @@ def main(argv: list[str] | None = None) -> int:
     pairs, z_test = make_pairs(0, flows)
     results: dict[str, dict] = {}
     examples = {}
-    for objective in OBJECTIVES:
-        runs = [train(objective, pairs, seed, args.epochs) for seed in range(args.seeds)]
+    for objective in args.objectives:
+        runs = [train(objective, pairs, seed, args.epochs, temperature=args.temperature, tau_plus=args.tau_plus,
+                      include_self=not args.no_self) for seed in range(args.seeds)]
         examples[objective] = runs[0][2]
         results[objective] = {"mae": [r[1][0] for r in runs], "cosine": [r[1][1] for r in runs],
                               "before_mae": [r[0][0] for r in runs], "before_cosine": [r[0][1] for r in runs]}
     rows = ["| | MAE (ours, mean ± std over seeds) | cosine (ours) | MAE (thesis) | cosine (thesis) |",
             "|---|---|---|---|---|"]
-    before = results["infonce"]
+    before = results[args.objectives[0]]
     rows.append(f"| before training | {_pm(before['before_mae'])} | {_pm(before['before_cosine'])} | "
                 f"{THESIS['before'][0]} | {THESIS['before'][1]} |")
     names = {"infonce": "InfoNCE", "debiased_neg": "L_Neg", "debiased_pos": "L_Pos"}
-    for objective in OBJECTIVES:
+    for objective in args.objectives:
         thesis = THESIS.get(objective, ("–", "–"))
         rows.append(f"| {names[objective]} | {_pm(results[objective]['mae'])} | {_pm(results[objective]['cosine'])} |"
                     f" {thesis[0]} | {thesis[1]} |")
     minutes = (time.perf_counter() - start) / 60
     payload = {"command": " ".join(["python scripts/experiment_toy2d.py", *(argv or sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%d"), "minutes": minutes, "seeds": args.seeds, "results": results,
+               "settings": {"temperature": args.temperature, "tau_plus": args.tau_plus, "include_self": not args.no_self},
                "thesis": THESIS}
     (out / "toy2d.json").write_text(json.dumps(payload, indent=2))
     (out / "toy2d.md").write_text("\n".join(rows) + "\n")

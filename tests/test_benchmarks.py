@@ -29,3 +29,14 @@ def test_bench_train_tiny_reports_mfu(tmp_path):
                                             "--json", str(out)]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["config"] == "tiny" and run["flops_per_step"] > 1e9 and 0 < run["mfu"] < 1.5
+
+
+def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
+    out = tmp_path / "toy"
+    assert load_script("experiment_toy2d").main(["--seeds", "2", "--epochs", "1", "--flow-steps", "20",
+                                                 "--objectives", "infonce", "debiased_pos", "--no-self",
+                                                 "--out", str(out)]) == 0
+    result = json.loads((out / "toy2d.json").read_text())
+    assert set(result["results"]) == {"infonce", "debiased_pos"} and result["settings"]["include_self"] is False
+    assert len(result["results"]["infonce"]["cosine"]) == 2
+    assert (out / "toy2d_embeddings.png").stat().st_size > 0 and "L_Pos" in (out / "toy2d.md").read_text()

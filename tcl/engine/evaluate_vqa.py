@@ -26,7 +26,7 @@ from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, 
 from tcl.data.json_io import load_json
 from tcl.data.vqa import official_paths
 from tcl.errors import run_command
-from tcl.evaluation.answers import AnswerVocabulary
+from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
 from tcl.evaluation.results import check_complete, merge_results, write_results
 from tcl.evaluation.vqa_metric import VQAScores, score_results
 from tcl.inference.answering import AnswerPredictor
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 def load_vqa_run(run_dir: Path, overrides: list[str] | None = None):
     """(config, model with its latest weights, tokenizer, answer vocabulary) of a fine-tuning run folder."""
-    from tcl.engine.finetune_vqa import ANSWER_LIST, vqa_model
+    from tcl.engine.finetune_vqa import vqa_model
     from tcl.engine.weights import load_model_weights
 
     config = load_config(Path(run_dir) / "config.yaml", overrides)

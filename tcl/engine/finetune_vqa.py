@@ -25,13 +25,12 @@ from tcl.engine.runtime import build_accelerator, check_distributed_setup
 from tcl.engine.trainer import Trainer, training_parser
 from tcl.engine.weights import read_model_state
 from tcl.errors import TclError, run_command
-from tcl.evaluation.answers import AnswerVocabulary, merge_normalized, soft_target_matrix
+from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
 from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
 from tcl.models.vqa import TCLVQAModel
 
 logger = logging.getLogger("tcl.finetune_vqa")
-ANSWER_LIST = "answer_list.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

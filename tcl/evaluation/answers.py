@@ -23,6 +23,8 @@ from tcl.evaluation.vqa_metric import normalize_answer, vqa_accuracy
 
 logger = logging.getLogger(__name__)
 
+# File name of a saved answer list (ALBEF's name and format), in fine-tuning runs and saved models.
+ANSWER_LIST = "answer_list.json"
 # The standard VQA v2 threshold: answers seen at least 9 times give the usual 3,129 classes.
 STANDARD_MIN_COUNT = 9
 

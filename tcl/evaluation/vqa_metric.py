@@ -127,17 +127,6 @@ def normalize_answer(text: str) -> str:
     return _process_digits_and_articles(_process_punctuation(_clean_whitespace(text)))
 
 
-_cleaned = functools.lru_cache(maxsize=_CACHE_SIZE)(_clean_whitespace)
-
-
-def _comparable_forms(prediction: str, answers: Sequence[str]) -> tuple[str, list[str]]:
-    """The prediction and human answers in the form the official code compares them (module docstring, step 2)."""
-    humans = [_cleaned(answer) for answer in answers]
-    if len(set(humans)) > 1:
-        return normalize_answer(prediction), [normalize_answer(answer) for answer in humans]
-    return _cleaned(prediction), humans
-
-
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _forms(answer: str) -> tuple[str, str]:
     """(whitespace-cleaned, fully normalised) forms of one answer."""
@@ -182,8 +171,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """
     if not answers:
         raise ValueError("vqa_accuracy needs at least one human answer; got none (a test-split question?)")
-    predicted, humans = _comparable_forms(prediction, answers)
-    return _leave_one_out_mean(tuple(human == predicted for human in humans))
+    return _accuracy_and_hit(prediction, answers)[0]
 
 
 def _is_hit(prediction: str, answers: Iterable[str]) -> bool:

@@ -23,7 +23,7 @@ logger = logging.getLogger("tcl.convert")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcl.evaluation.answers import AnswerVocabulary
+    from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
     from tcl.models.convert import load_official_pretrain, load_official_vqa
 
     out = Path(args.out)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     processor = _processor(args.tokenizer, size, model.model_config.max_text_len, answers)
     if processor is None:
         if answers is not None:
-            answers.to_json(out / "answer_list.json")
+            answers.to_json(out / ANSWER_LIST)
         print(f"no processor written: pass --tokenizer (e.g. a local bert-base-uncased folder) to make {out} "
               f"usable by tcl.load_vqa / tcl predict.")
         return 0

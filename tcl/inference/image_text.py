@@ -12,9 +12,7 @@ from typing import Any
 
 from tcl.inference.processor import PROCESSOR_CONFIG, ImageSettings, TCLProcessor
 from tcl.models.pretrain import TCLPretrainModel
-from tcl.models.saving import CONFIG_FILE, resolve_model_dir
-
-RUN_CONFIG = "config.yaml"
+from tcl.models.saving import CONFIG_FILE, RUN_CONFIG, resolve_model_dir
 
 
 def load_pretrained(name_or_path: str | Path) -> TCLPretrainModel:

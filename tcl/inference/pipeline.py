@@ -16,10 +16,8 @@ import torch
 
 from tcl.inference.answering import AnswerPredictor
 from tcl.inference.processor import ImageSettings, TCLProcessor
-from tcl.models.saving import CONFIG_FILE, resolve_model_dir
+from tcl.models.saving import CONFIG_FILE, RUN_CONFIG, resolve_model_dir
 from tcl.models.vqa import TCLVQAModel
-
-RUN_CONFIG = "config.yaml"
 
 
 class VQAPipeline:

@@ -21,10 +21,9 @@ from tcl.data.text import pre_caption, pre_question
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import CLIP_MEAN, CLIP_STD, test_transform
 from tcl.errors import DataError
-from tcl.evaluation.answers import AnswerVocabulary
+from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
-ANSWER_LIST = "answer_list.json"
 
 
 @dataclass

@@ -21,6 +21,8 @@ from tcl.models.bert import TIED_DECODER_SUFFIX
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+# The resolved config of a training run folder (``tcl pretrain`` / ``tcl finetune-vqa``), which loaders also accept.
+RUN_CONFIG = "config.yaml"
 FORMAT_VERSION = 1
 
 

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from tcl.errors import run_command
+from tcl.serving.serve_cli import add_arguments as serve_arguments
 
 logger = logging.getLogger("tcl")
 
@@ -84,6 +85,12 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow a checkpoint whose unpickling runs code (only for files you trust)")
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from tcl.serving.serve_cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcl", description="TCL vision-language pretraining and VQA.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -118,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="import an official TCL/ALBEF checkpoint as a model folder")
     _convert_arguments(convert)
     convert.set_defaults(run=_convert)
+
+    serve = commands.add_parser("serve", help="a web page and JSON API for asking questions about images")
+    serve_arguments(serve)
+    serve.set_defaults(run=_serve)
 
     check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
     check.add_argument("config", help="YAML config file")

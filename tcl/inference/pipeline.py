@@ -68,6 +68,20 @@ class VQAPipeline:
             answers += self.predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k)
         return answers[0] if single else answers
 
+    def explain(self, image: Any, question: str, top_k: int = 5) -> tuple[list[dict], torch.Tensor]:
+        """The ``top_k`` answers of one question and where the model looked: the fusion encoder's cross-attention
+        over the image patches as a [G, G] grid (maximum 1), from the same forward pass (``tcl.inference.attention``).
+        """
+        from tcl.inference.attention import attention_grid, capture_cross_attention
+
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        batch = self.processor([image], [question])
+        with capture_cross_attention(self.model) as maps:
+            answers = self.predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k)
+        # The decoder head runs the question through the fusion encoder once; its own layers are not hooked.
+        return answers[0], attention_grid(maps[:len(self.model.fusion_encoder.layer)], batch["attention_mask"])[0]
+
     def save_pretrained(self, directory: str | Path) -> None:
         """Model, processor and answering settings in one folder, loadable with ``tcl.load_vqa``."""
         self.model.save_pretrained(directory)

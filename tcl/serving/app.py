@@ -1,0 +1,235 @@
+"""The web app behind ``tcl serve``: one page for asking questions about images, and a JSON API.
+
+Routes:
+    ``GET /``                      the page (plain HTML and JavaScript, no front-end build).
+    ``POST /api/vqa``              multipart ``image`` (a file) or ``example`` (an id), ``question``, ``top_k`` →
+                                   the top answers with scores and the cross-attention heat map.
+    ``GET /api/examples``          the example images the server offers; ``GET /api/examples/{id}`` one of them.
+    ``GET /api/health``            the model's head, answer count and image size.
+    ``GET /openapi.json``          the API's OpenAPI description (FastAPI writes it from the code below).
+
+Safety: requests never name files (examples are chosen by number from a list the server made at start); request
+bodies are capped before they are read; images are decoded with a pixel limit; every error is JSON
+``{"error": {"status", "code", "message"}}`` with a fitting status code; the model runs one request at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tcl.data.images import as_rgb_image
+from tcl.errors import BadSampleError, DataError
+from tcl.inference.attention import heatmap_overlay, png_bytes
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+@dataclass
+class ServeSettings:
+    """Limits of the server (``tcl serve`` sets them from its options)."""
+
+    max_upload_bytes: int = 10 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_question_chars: int = 500
+    max_top_k: int = 20
+    examples: list[Path] = field(default_factory=list)
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float
+
+
+class Attention(BaseModel):
+    grid: list[list[float]]
+    overlay_png: str
+
+
+class VQAResponse(BaseModel):
+    question: str
+    answers: list[Answer]
+    attention: Attention
+    elapsed_ms: float
+
+
+class Example(BaseModel):
+    id: int
+    name: str
+    url: str
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status)
+
+
+def find_examples(folder: str | Path, limit: int = 12) -> list[Path]:
+    """The first ``limit`` images of a folder, by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+
+
+def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
+    """The app for a loaded ``VQAPipeline``."""
+    settings = settings or ServeSettings()
+    app = FastAPI(title="tcl VQA", version="1", description="Ask questions about images with a TCL VQA model.")
+    model_lock = threading.Lock()
+    _install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)  # room for the form fields
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("tcl.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "head": pipeline.model.head, "answers": len(pipeline.processor.answers),
+                "image_size": pipeline.processor.settings.image_size}
+
+    @app.get("/api/examples", response_model=list[Example])
+    def examples() -> list[Example]:
+        return [Example(id=i, name=path.stem, url=f"/api/examples/{i}") for i, path in enumerate(settings.examples)]
+
+    @app.get("/api/examples/{example_id}", response_class=FileResponse)
+    def example_image(example_id: int) -> FileResponse:
+        return FileResponse(_example_path(settings, example_id))
+
+    @app.post("/api/vqa", response_model=VQAResponse, responses={400: {}, 404: {}, 413: {}, 422: {}})
+    def answer(question: str = Form("", description="the question, in English"),
+               image: UploadFile | None = File(None, description="an image file (JPEG, PNG, ...)"),
+               example: int | None = Form(None, description="the id of an example image instead of a file"),
+               top_k: int = Form(5, description="how many answers to return")) -> VQAResponse:
+        question = _check_question(question, settings)
+        if not 1 <= top_k <= settings.max_top_k:
+            raise ApiError(400, "bad_top_k", f"top_k must be between 1 and {settings.max_top_k}, got {top_k}.")
+        picture = _read_image(image, example, settings)
+        start = time.perf_counter()
+        with model_lock:
+            answers, grid = pipeline.explain(picture, question, top_k)
+        overlay = base64.b64encode(png_bytes(heatmap_overlay(picture, grid.numpy()))).decode("ascii")
+        return VQAResponse(question=question, answers=[Answer(**a) for a in answers],
+                           attention=Attention(grid=[[round(float(v), 4) for v in row] for row in grid.tolist()],
+                                               overlay_png=f"data:image/png;base64,{overlay}"),
+                           elapsed_ms=round((time.perf_counter() - start) * 1000, 1))
+
+    return app
+
+
+def _check_question(question: str, settings: ServeSettings) -> str:
+    question = question.strip()
+    if not question:
+        raise ApiError(400, "empty_question", "the question is empty; type a question about the image.")
+    if len(question) > settings.max_question_chars:
+        raise ApiError(400, "question_too_long", f"the question has {len(question)} characters; the limit is "
+                                                 f"{settings.max_question_chars}.")
+    return question
+
+
+def _example_path(settings: ServeSettings, example_id: int) -> Path:
+    if not 0 <= example_id < len(settings.examples):
+        raise ApiError(404, "unknown_example", f"there is no example {example_id}; GET /api/examples lists "
+                                               f"{len(settings.examples)}.")
+    return settings.examples[example_id]
+
+
+def _read_image(upload: UploadFile | None, example: int | None, settings: ServeSettings):
+    """The request's image as upright RGB: the uploaded file or the chosen example, never both."""
+    if (upload is None) == (example is None):
+        raise ApiError(400, "image_required", "send exactly one of 'image' (a file) and 'example' (an id).")
+    source = _example_path(settings, example) if upload is None else upload.file.read()
+    if isinstance(source, bytes) and not source:
+        raise ApiError(400, "bad_image", "the uploaded image file is empty.")
+    try:
+        return as_rgb_image(source, settings.max_image_pixels)
+    except BadSampleError as error:
+        if error.reason == "image too large":
+            raise ApiError(413, "image_too_large", f"the image has more than {settings.max_image_pixels:,} pixels; "
+                                                   "send a smaller one.") from None
+        raise ApiError(400, "bad_image", "the file is not an image that can be decoded (send a JPEG, PNG, WebP, "
+                                         f"BMP or GIF file): {error.reason}.") from None
+    except DataError as error:
+        raise ApiError(400, "bad_image", str(error)) from None
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
+                             for e in error.errors())
+        return error_response(422, "invalid_request", f"the request is not valid: {problems}.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(error.status_code, "http_error", str(error.detail))
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Refuses request bodies over ``max_bytes`` with 413 — at once from Content-Length, or as soon as a streamed
+    body passes the limit — so an oversized upload is never read in full."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        received, exceeded, started = 0, False, False
+
+        async def counting_receive():
+            nonlocal received, exceeded
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                exceeded = True
+                raise BodyTooLarge
+            return message
+
+        async def guarded_send(message):
+            # Form parsing turns any error while reading into its own 400 reply; over the limit, ours replaces it.
+            nonlocal started
+            if exceeded and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if exceeded and not started:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        limit_mb = self.max_bytes / 2**20
+        await error_response(413, "too_large", f"the request body is larger than {limit_mb:.1f} MB; send a smaller "
+                                               "image.")(scope, receive, send)
+

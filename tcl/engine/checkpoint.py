@@ -3,7 +3,8 @@
 A checkpoint folder holds accelerate's state (model with its momentum copy and queues, optimizer, scheduler, RNG
 states of every process) plus ``trainer_state.json`` (epoch, batch position, step) and the resolved config. It is
 written under a temporary name and renamed when complete, so a crash half-way leaves the previous checkpoint as
-the latest one; ``latest`` names the newest complete checkpoint.
+the latest one; ``latest`` names the newest complete checkpoint. A write that fails (disk full, permissions) removes
+its partial folder and stops the run with a message naming the checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -32,18 +33,31 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+            (tmp / "config.yaml").write_text(config_yaml)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_atomic(output_dir / "latest", final.name)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TclError(f"writing checkpoint {final} failed: {error}. {_previous(output_dir)} Free some space (or fix "
+                       "the folder's permissions) and continue with --resume latest.") from error
     if accelerator.is_main_process:
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
-        (tmp / "config.yaml").write_text(config_yaml)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_atomic(output_dir / "latest", final.name)
         _prune(output_dir, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+def _previous(output_dir: Path) -> str:
+    try:
+        return f"The previous checkpoint {find_checkpoint(output_dir, 'latest')} is intact."
+    except TclError:
+        return "No earlier checkpoint exists."
 
 
 def _write_atomic(path: Path, text: str) -> None:

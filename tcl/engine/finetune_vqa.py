@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = build_vqa_dataset(config, train=True)
     limit_questions(dataset, config.vqa.max_train_questions, config.train.seed)
     output_dir = Path(config.train.output_dir)
-    vocabulary = answer_vocabulary(dataset, config, output_dir, accelerator)
+    vocabulary = answer_vocabulary(dataset, config)
     collate = target_collator(config, tokenizer, vocabulary)
     loader = build_loader(dataset, collate, config.train.batch_size, shuffle=True, num_workers=config.data.num_workers,
                           seed=config.train.seed, drop_last=True, rank=accelerator.process_index,
@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # written only once everything is known to fit
         save_config(config, output_dir / "config.yaml")
+        vocabulary.to_json(output_dir / ANSWER_LIST)
     state = {"epoch": 0, "batch": 0, "step": 0}
     if args.resume:
         state = load_checkpoint(accelerator, find_checkpoint(output_dir, args.resume))
@@ -91,15 +92,12 @@ def limit_questions(dataset, limit: int | None, seed: int) -> None:
         dataset.table = dataset.table.shuffle(seed=seed).select(range(limit))
 
 
-def answer_vocabulary(dataset, config: Config, output_dir: Path, accelerator) -> AnswerVocabulary:
-    """Builds the answer list from the training annotations and saves it beside the run."""
+def answer_vocabulary(dataset, config: Config) -> AnswerVocabulary:
+    """Builds the answer list from the training annotations."""
     records = dataset.table.select_columns(["multiple_choice_answer", "answers"]).to_list()
     vocabulary = AnswerVocabulary.build(records, min_count=config.vqa.min_answer_count)
     if len(vocabulary) == 0:
         raise TclError("no answer reaches vqa.min_answer_count in the training annotations; lower it.")
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        vocabulary.to_json(output_dir / ANSWER_LIST)
     logger.info("answer vocabulary: %d answers (min count %d)", len(vocabulary), config.vqa.min_answer_count)
     return vocabulary
 
@@ -119,7 +117,10 @@ def build_vqa_model(config: Config, vocab_size: int, num_answers: int, training:
         initialise_from_pretrained(model, config.model)
         model.sync_momentum()
     if config.vqa.init:
-        model.load_pretrained_encoders(read_model_state(config.vqa.init))
+        try:
+            model.load_pretrained_encoders(read_model_state(config.vqa.init))
+        except ValueError as error:
+            raise TclError(f"vqa.init {config.vqa.init}: {error}") from None
         logger.info("encoders%s initialised from %s", " and answer decoder" if config.vqa.head == "decoder" else "",
                     config.vqa.init)
     if config.vqa.freeze_vision:

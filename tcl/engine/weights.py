@@ -10,6 +10,7 @@ from torch import nn
 from tcl.engine.checkpoint import TRAINER_STATE, find_checkpoint
 from tcl.errors import TclError
 from tcl.models.bert import TIED_DECODER_SUFFIX
+from tcl.models.saving import shape_mismatches
 
 DEEPSPEED_MODEL_STATES = Path("pytorch_model") / "mp_rank_00_model_states.pt"
 
@@ -41,6 +42,10 @@ def load_model_weights(model: nn.Module, folder: str | Path, skip_prefixes: tupl
     """Loads a checkpoint's weights strictly (momentum copy and queues included, unless their prefixes are in
     ``skip_prefixes``); tied weights may be stored once."""
     state = {name: value for name, value in read_model_state(folder).items() if not name.startswith(skip_prefixes)}
+    wrong = shape_mismatches(model, state)
+    if wrong:
+        raise TclError(f"{folder}: weights have another architecture than the configured model: {wrong}. Use the "
+                       f"same model section as the checkpoint's config.yaml.")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.endswith(TIED_DECODER_SUFFIX)]
     if missing or unexpected:

@@ -78,12 +78,28 @@ def load_weights(model: nn.Module, directory: Path, allowed_missing: tuple[str, 
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise TclError(f"{directory}: no {WEIGHTS_FILE}.")
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    state = load_file(str(path))
+    wrong = shape_mismatches(model, state)
+    if wrong:
+        raise TclError(f"{path}: weights do not fit the model described by {CONFIG_FILE}: {wrong}.")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.endswith(TIED_DECODER_SUFFIX)
                and not name.startswith(allowed_missing)]
     if missing or unexpected:
         raise TclError(f"{path}: weights do not fit the model described by {CONFIG_FILE} (missing {missing[:5]}, "
                        f"unexpected {unexpected[:5]}).")
+
+
+def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """A readable list of the weights whose shapes differ between ``state`` and ``model`` (None if all fit);
+    ``load_state_dict`` would otherwise stop with a bare size-mismatch error."""
+    own = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    wrong = [f"{name} is {list(value.shape)} there but {list(own[name])} here"
+             for name, value in state.items() if name in own and tuple(value.shape) != own[name]]
+    if not wrong:
+        return None
+    more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+    return "; ".join(wrong[:3]) + more
 
 
 def write_model_config(directory: Path, payload: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from tcl.models.answer_decoder import (AnswerDecoder, AnswerTargets, RankScore, 
 from tcl.models.bert import TIED_DECODER_SUFFIX, FusionEncoder, TextEncoder, bert_config, init_bert_weights
 from tcl.models.momentum import MomentumEncoders
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
-                               save_weights, vocab_size_of, write_model_config)
+                               save_weights, shape_mismatches, vocab_size_of, write_model_config)
 from tcl.models.vision import build_vision_encoder, resample_pos_embed
 
 # Prefixes of a pretraining state dict that the VQA model uses; everything else (momentum copies, queues,
@@ -188,6 +188,10 @@ class TCLVQAModel(nn.Module):
         if self.head == "decoder":
             own = {k: v for k, v in self.state_dict().items() if k.startswith("text_decoder.")}
             encoders.update(decoder_state_from_pretrain(state, own))
+        wrong = shape_mismatches(self, encoders)
+        if wrong:
+            raise ValueError(f"the pretraining checkpoint has another architecture: {wrong}. Use the model settings "
+                             "of the pretraining run (its config.yaml).")
         missing, unexpected = self.load_state_dict(encoders, strict=False)
         expected = ("answer_head.", "text_decoder.", "momentum.")
         not_head = [name for name in missing if not name.startswith(expected)]

@@ -13,7 +13,7 @@ from tcl.engine.runtime import build_accelerator
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 

@@ -1,0 +1,163 @@
+"""Interrupted training loses nothing it promised to keep: SIGKILL costs at most the steps since the last
+checkpoint, SIGTERM/SIGINT write a final checkpoint and exit cleanly, and a checkpoint write that fails half-way
+(disk full, or the process killed while writing) leaves the previous checkpoint intact and loadable."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tcl.engine.pretrain import main
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+FAST = ["train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "train.warmup_steps=2",
+        "train.log_every=1", "train.epochs=2", "train.deterministic=true"]
+
+
+def pretrain(root, out, *extra):
+    return main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={root}", f"train.output_dir={out}",
+                 *FAST, *extra])
+
+
+def command(root, out, *extra, script=None):
+    return [sys.executable, *(["-c", script] if script else [str(REPO / "scripts/pretrain.py")]),
+            "--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={root}", f"train.output_dir={out}",
+            *FAST, *extra]
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path.name} appeared"
+        assert time.time() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
+
+
+def max_difference(a: Path, b: Path) -> float:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert x.keys() == y.keys()
+    return max((x[k].float() - y[k].float()).abs().max().item() for k in x)
+
+
+def latest(out: Path) -> str:
+    return (out / "latest").read_text()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(shapes_root, tmp_path):
+    """A real process killed with SIGKILL after a checkpoint, resumed with --resume latest, ends where an
+    uninterrupted run ends."""
+    steps = ["train.max_steps=12", "train.save_every=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert pretrain(shapes_root, straight, *steps) == 0
+    process = subprocess.Popen(command(shapes_root, killed, *steps), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for(killed / "checkpoint-00000004" / "trainer_state.json", process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert latest(killed) != "checkpoint-00000012"
+    resumed = subprocess.run(command(shapes_root, killed, *steps, "--resume", "latest"), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert max_difference(straight / "checkpoint-00000012", killed / "checkpoint-00000012") <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_write_a_checkpoint_and_exit_cleanly(shapes_root, tmp_path, signum):
+    out = tmp_path / "stopped"
+    process = subprocess.Popen(command(shapes_root, out, "train.max_steps=200", "train.save_every=2"), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "checkpoint-00000002" / "trainer_state.json", process)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    assert f"received {signal.Signals(signum).name}: saving a checkpoint and stopping" in stderr
+    assert "Traceback" not in stderr
+    step = json.loads((out / latest(out) / "trainer_state.json").read_text())["step"]
+    assert 2 <= step < 200 and latest(out) == f"checkpoint-{step:08d}"
+    assert f"pretraining done: {step} steps" in stdout
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(shapes_root, tmp_path, monkeypatch, capsys):
+    """The second checkpoint's weights fail to write (ENOSPC): the run stops with a message naming the intact
+    checkpoint, the partial folder is removed, and resuming from it finishes the run."""
+    import accelerate.utils.other as accelerate_io
+
+    real_save = accelerate_io.safe_save_file
+    calls = []
+
+    def failing_save(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"\0" * 1000)  # half a file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate_io, "safe_save_file", failing_save)
+    out = tmp_path / "full"
+    assert pretrain(shapes_root, out, "train.max_steps=6", "train.save_every=2") == 2
+    error = capsys.readouterr().err
+    assert f"writing checkpoint {out / 'checkpoint-00000004'} failed: [Errno 28] No space left on device" in error
+    assert f"The previous checkpoint {out / 'checkpoint-00000002'} is intact" in error
+    assert "--resume latest" in error and "Traceback" not in error
+    assert latest(out) == "checkpoint-00000002"
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-00000002"]
+
+    monkeypatch.setattr(accelerate_io, "safe_save_file", real_save)
+    assert pretrain(shapes_root, out, "train.max_steps=6", "train.save_every=2", "--resume", "latest") == 0
+    assert latest(out) == "checkpoint-00000006"
+
+
+# Runs pretraining with the weights writer of the 2nd checkpoint stopping half-way, so the test can kill it there.
+HALF_WRITE_DRIVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import accelerate.utils.other as accelerate_io
+    real_save, calls = accelerate_io.safe_save_file, []
+    def half_save(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        real_save(tensors, filename, *args, **kwargs)
+        if len(calls) == 2:
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[: len(data) // 2])
+            Path(filename).with_name("HALF_WRITTEN").touch()
+            time.sleep(600)
+    accelerate_io.safe_save_file = half_save
+    from tcl.engine.pretrain import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(shapes_root, tmp_path):
+    steps = ["train.max_steps=6", "train.save_every=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert pretrain(shapes_root, straight, *steps) == 0
+    process = subprocess.Popen(command(shapes_root, killed, *steps, script=HALF_WRITE_DRIVER), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(killed / ".tmp-checkpoint-00000004" / "HALF_WRITTEN", process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert latest(killed) == "checkpoint-00000002"
+    assert not (killed / "checkpoint-00000004").exists()
+    # The previous checkpoint still loads: its weights are those of an uninterrupted run at step 2.
+    state = load_file(str(killed / "checkpoint-00000002" / "model.safetensors"))
+    assert all(torch.isfinite(t.float()).all() for t in state.values())
+    resumed = subprocess.run(command(shapes_root, killed, *steps, "--resume", "latest"), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not (killed / ".tmp-checkpoint-00000004").exists()
+    assert max_difference(straight / "checkpoint-00000006", killed / "checkpoint-00000006") <= 1e-6

@@ -13,8 +13,7 @@ from tcl import cli
 from tcl.config import LossConfig, load_config
 from tcl.errors import TclError
 from tcl.models import TCLPretrainModel
-from tcl.models.convert import (convert_pretrain_state, convert_vqa_state, infer_model_config,
-                                read_foreign_checkpoint)
+from tcl.models.convert import convert_pretrain_state, convert_vqa_state, infer_model_config
 from tcl.models.vqa import TCLVQAModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,24 +148,6 @@ def test_official_vqa_checkpoint_imports(tmp_path):
     loaded.load_state_dict(converted, strict=True)
     for key, value in ours.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
-
-
-class Exploit:
-    def __reduce__(self):
-        return (print, ("code ran",))
-
-
-def test_a_pickle_that_runs_code_is_refused_unless_trusted(tmp_path, capsys):
-    path = tmp_path / "evil.pth"
-    torch.save({"model": {"x": torch.zeros(1)}, "extra": Exploit()}, path)
-    with pytest.raises(TclError, match="--trust-checkpoint"):
-        read_foreign_checkpoint(path)
-    assert "code ran" not in capsys.readouterr().out
-    assert set(read_foreign_checkpoint(path, trust=True)) == {"x"}
-    assert "code ran" in capsys.readouterr().out
-    (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(TclError, match="not a readable PyTorch checkpoint"):
-        read_foreign_checkpoint(tmp_path / "text.pth")
 
 
 def test_convert_command_writes_a_loadable_pipeline(shapes_root, tmp_path, capsys):

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import tcl
 from tcl import cli
@@ -86,33 +85,6 @@ def test_decoder_head_round_trips_without_its_momentum_teacher(vqa_run, tmp_path
     assert sum(a["score"] for a in before) <= 1.0 + 1e-6  # a softmax over the ranked candidates
 
 
-def test_pipeline_takes_every_kind_of_image(vqa_run, shapes_root):
-    vqa = tcl.load_vqa(vqa_run)
-    path = val_image(shapes_root)
-    pil = Image.open(path)
-    kinds = [path, str(path), path.read_bytes(), pil, np.asarray(pil), np.asarray(pil.convert("L")),
-             np.asarray(pil.convert("RGBA")), pil.convert("P"), np.asarray(pil).astype(np.float32) / 255.0]
-    results = vqa(kinds, ["what color is the circle?"] * len(kinds), top_k=1)
-    assert len({r[0]["answer"] for r in results[:5]}) == 1  # the same pixels give the same answer
-    huge = Image.new("RGB", (1500, 20), "white")  # any size is resized
-    assert len(vqa(huge, "how many shapes are there?", top_k=2)) == 2
-
-
-def test_pipeline_input_errors_say_what_to_fix(vqa_run, shapes_root):
-    vqa = tcl.load_vqa(vqa_run)
-    image = val_image(shapes_root)
-    with pytest.raises(ValueError, match="2 images but 1 questions"):
-        vqa([image, image], ["what color is the circle?"])
-    with pytest.raises(ValueError, match="empty after normalisation"):
-        vqa(image, "?!")
-    with pytest.raises(ValueError, match="top_k"):
-        vqa(image, "what?", top_k=0)
-    from tcl.errors import BadSampleError
-
-    with pytest.raises(BadSampleError, match="cannot use a dict"):
-        vqa({"not": "an image"}, "what color is it?")
-
-
 def test_pretraining_model_round_trip_and_image_text_scores(shapes_root, tmp_path):
     config = load_config(REPO / "configs/pretrain_tiny.yaml", [f"data.root={shapes_root}", "model.queue_size=32"])
     tokenizer = build_tokenizer(config)
@@ -175,34 +147,3 @@ def test_predict_command_single_question(vqa_run, shapes_root, capsys):
     assert record["question"] == "what color is the circle?" and len(record["answers"]) == 2
     assert cli.main(["predict", "--model", str(vqa_run), "--image", "nowhere.jpg", "--question", "what?"]) == 2
     assert "nowhere.jpg" in capsys.readouterr().err
-
-
-def test_predict_command_batch_with_bad_lines(vqa_run, shapes_root, tmp_path, capsys):
-    (tmp_path / "not_an_image.jpg").write_text("hello")
-    (tmp_path / "img.jpg").write_bytes(val_image(shapes_root, 1).read_bytes())
-    lines = [json.dumps({"id": "a", "image": "img.jpg", "question": "how many shapes are there?"}),  # beside input
-             "{not json",
-             json.dumps({"image": "missing.jpg", "question": "what color is the circle?"}),
-             json.dumps({"image": "not_an_image.jpg", "question": "what color is the circle?"}),
-             json.dumps({"image": "img.jpg", "question": "   "}),
-             json.dumps({"question": "no image?"}),
-             json.dumps(["a", "list"]),
-             json.dumps({"id": "b", "image": str(val_image(shapes_root, 2)), "question": "où est le cercle? 🟥"})]
-    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "a.jsonl"
-    code = cli.main(["predict", "--model", str(vqa_run), "--input", str(tmp_path / "q.jsonl"), "--output", str(out),
-                     "--batch-size", "3"])
-    assert code == 1  # some lines failed
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["line"] for r in records] == list(range(1, 9))
-    assert records[0]["id"] == "a" and len(records[0]["answers"]) == 5 and "error" not in records[0]
-    assert records[7]["id"] == "b" and "answers" in records[7]
-    errors = {r["line"]: r["error"] for r in records if "error" in r}
-    assert set(errors) == {2, 3, 4, 5, 6, 7}
-    assert "invalid JSON" in errors[2] and "missing.jpg" in errors[3] and "not_an_image.jpg" in errors[4]
-    assert "empty" in errors[5] and "missing \"image\"" in errors[6] and "JSON object" in errors[7]
-    assert "answered 2 of 8 lines; 6 failed" in capsys.readouterr().err
-    good = tmp_path / "good.jsonl"
-    good.write_text(lines[0] + "\n")
-    assert cli.main(["predict", "--model", str(vqa_run), "--input", str(good), "--output", str(tmp_path / "g.jsonl")]) \
-        == 0

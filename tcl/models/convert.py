@@ -33,8 +33,10 @@ REDUNDANT = re.compile(r"(^|\.)embeddings\.position_ids$|cls\.predictions\.decod
 TRUST_HINT = "pass --trust-checkpoint (Python: trust=True) only if you trust where the file comes from"
 
 
-def read_foreign_checkpoint(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
+def read_foreign_checkpoint(path: str | Path, trust: bool = False, hint: str = TRUST_HINT) -> dict[str, torch.Tensor]:
     """The state dict of an official ``.pth`` (its ``model`` entry, or the file itself if it is a state dict).
+
+    ``hint`` says how to opt in when the file is refused (the caller's own option).
 
     Raises:
         TclError: the file is missing, is not a checkpoint, or needs code execution to unpickle and ``trust`` is off.
@@ -48,7 +50,7 @@ def read_foreign_checkpoint(path: str | Path, trust: bool = False) -> dict[str, 
         global_name = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if not trust and global_name:
             raise TclError(f"{path}: refused to unpickle: the file refers to {global_name.group(1)}, and loading it "
-                           f"would run code from it. {TRUST_HINT}.") from None
+                           f"would run code from it. {hint}.") from None
         raise TclError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error}).") from None
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

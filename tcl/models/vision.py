@@ -76,8 +76,10 @@ def load_vision_pretrained(encoder: VisionTransformer, name_or_path: str) -> Non
     """
     path = Path(name_or_path)
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("model", state)
+        from tcl.models.convert import read_foreign_checkpoint
+
+        state = read_foreign_checkpoint(path, hint="model.vision_pretrained takes plain weights only: re-save them "
+                                                   "where you trust the file (torch.save(state_dict) or safetensors)")
     else:
         import timm
 

@@ -1,0 +1,122 @@
+"""How fast the VQA model learns each kind of question: a diagnostic for the embedded data.
+
+Trains the VQA model (classifier head, from scratch) on the generated train split with every image decoded once
+into memory (no augmentation, no DataLoader: only the model's own learning speed is measured) and prints, after each
+epoch, the official VQA accuracy on val per question kind (colour, shape, count, existence, position, relation) and
+on 2,000 train questions. Config overrides select the arm:
+
+    python scripts/probe_vqa_learning.py --epochs 2                                   # the tiny config
+    python scripts/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
+    python scripts/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from tcl.config import load_config
+from tcl.data.builders import build_tokenizer, build_vqa_dataset
+from tcl.data.transforms import test_transform
+from tcl.engine.finetune_vqa import answer_vocabulary, vqa_model
+from tcl.engine.optim import build_optimizer, learning_rate
+from tcl.evaluation import vqa_accuracy
+from tcl.evaluation.answers import soft_target_matrix
+from tcl.models.pretrained import initialise_from_pretrained
+
+
+def question_kind(question: str) -> str:
+    """The generator's question family, read from the wording (tcl.data.shapes)."""
+    words = question.split()
+    if words[0] == "where":
+        return "position"
+    if words[0] == "how":
+        return "count"
+    if words[:2] == ["is", "the"]:
+        return "relation"
+    if words[0] in ("is", "are"):
+        return "existence"
+    return {"color": "colour", "shape": "shape"}.get(words[1], "other")
+
+
+def load_split(config, train: bool) -> list[dict]:
+    dataset = build_vqa_dataset(config, train=train)
+    dataset.transform = test_transform(config.model.image_size)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def tensors(rows: list[dict], tokenizer, vocabulary) -> tuple[torch.Tensor, ...]:
+    text = tokenizer.encode_texts([r["question"] for r in rows], 25)
+    return (torch.stack([r["image"] for r in rows]), text.input_ids, text.attention_mask,
+            soft_target_matrix([r["human_answers"] for r in rows], vocabulary))
+
+
+@torch.no_grad()
+def accuracy_by_kind(model, data, rows, vocabulary) -> dict[str, float]:
+    model.eval()
+    images, ids, mask, _ = data
+    predictions = torch.cat([model(images[s:s + 256], ids[s:s + 256], mask[s:s + 256]).logits.argmax(-1)
+                             for s in range(0, len(rows), 256)])
+    model.train()
+    scores = defaultdict(list)
+    for row, prediction in zip(rows, predictions.tolist()):
+        score = vqa_accuracy(vocabulary.answers[prediction], row["human_answers"])
+        scores[question_kind(row["question"])].append(score)
+        scores["all"].append(score)
+    return {kind: round(100 * sum(v) / len(v), 2) for kind, v in sorted(scores.items())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/vqa_tiny.yaml")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--json", default=None, help="write the per-epoch results here")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides (the arm)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, ["vqa.init=null", *args.overrides])
+    torch.manual_seed(config.train.seed)
+    tokenizer = build_tokenizer(config)
+    start = time.perf_counter()
+    train_rows, val_rows = load_split(config, True), load_split(config, False)
+    vocabulary = answer_vocabulary(build_vqa_dataset(config, train=True), config)
+    train, val = tensors(train_rows, tokenizer, vocabulary), tensors(val_rows, tokenizer, vocabulary)
+    probe = slice(0, len(train_rows), max(1, len(train_rows) // 2000))
+    probe_rows, probe_data = train_rows[probe][:2000], tuple(t[probe][:2000] for t in train)
+    print(f"loaded {len(train_rows)} train / {len(val_rows)} val questions in {time.perf_counter() - start:.0f} s")
+
+    model = vqa_model(config, len(tokenizer), len(vocabulary), training=True)
+    initialise_from_pretrained(model, config.model)
+    optimizer = build_optimizer(model, config.train)
+    batch, steps_per_epoch = config.train.batch_size, len(train_rows) // config.train.batch_size
+    total, step, history = steps_per_epoch * args.epochs, 0, []
+    order = torch.Generator().manual_seed(config.train.seed)
+    for epoch in range(args.epochs):
+        permutation, start, loss_sum = torch.randperm(len(train_rows), generator=order), time.perf_counter(), 0.0
+        for b in range(steps_per_epoch):
+            index = permutation[b * batch:(b + 1) * batch]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, config.train)
+            loss = model(*(t[index] for t in train[:3]), targets=train[3][index]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, loss_sum = step + 1, loss_sum + loss.item()
+        result = {"epoch": epoch + 1, "loss": round(loss_sum / steps_per_epoch, 4),
+                  "seconds": round(time.perf_counter() - start, 1),
+                  "val": accuracy_by_kind(model, val, val_rows, vocabulary),
+                  "train": accuracy_by_kind(model, probe_data, probe_rows, vocabulary)["all"]}
+        history.append(result)
+        print(json.dumps(result), flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"overrides": args.overrides, "epochs": history}, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

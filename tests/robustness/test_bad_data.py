@@ -113,16 +113,23 @@ DAMAGES = {
 # 1-2. Missing and damaged image files met while loading
 
 
+def _damaged(shapes_copy, tiny_config, source: str, mode: str, damage: str):
+    """The dataset of ``source`` with one of its images damaged (a train image for pretraining, a val image for
+    VQA): (dataset, image, the rows that use it)."""
+    if source == "pretrain":
+        dataset, image = _pretrain(shapes_copy, tiny_config, mode), _image(shapes_copy, "train2014", 3)
+    else:
+        dataset, image = _vqa_eval(shapes_copy, tiny_config, mode), _image(shapes_copy, "val2014", 500_003)
+    rows = _rows(dataset, image)
+    DAMAGES[damage][0](image)
+    return dataset, image, rows
+
+
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("source", ["pretrain", "vqa"])
 def test_damaged_image_is_skipped_with_its_reason(shapes_copy, tiny_config, damage, source):
-    if source == "pretrain":
-        dataset, image = _pretrain(shapes_copy, tiny_config, "skip"), _image(shapes_copy, "train2014", 3)
-    else:
-        dataset, image = _vqa_eval(shapes_copy, tiny_config, "skip"), _image(shapes_copy, "val2014", 500_003)
-    damage_file, reason, _ = DAMAGES[damage]
-    rows = _rows(dataset, image)
-    damage_file(image)
+    dataset, _image_path, rows = _damaged(shapes_copy, tiny_config, source, "skip", damage)
+    reason = DAMAGES[damage][1]
 
     # Each bad row is replaced by the next readable one, the first row of the following image, and counted once.
     replacement = rows[-1] + 1
@@ -140,13 +147,8 @@ def test_damaged_image_is_skipped_with_its_reason(shapes_copy, tiny_config, dama
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("source", ["pretrain", "vqa"])
 def test_damaged_image_raises_naming_the_file(shapes_copy, tiny_config, damage, source):
-    if source == "pretrain":
-        dataset, image = _pretrain(shapes_copy, tiny_config, "error"), _image(shapes_copy, "train2014", 3)
-    else:
-        dataset, image = _vqa_eval(shapes_copy, tiny_config, "error"), _image(shapes_copy, "val2014", 500_003)
-    damage_file, reason, phrase = DAMAGES[damage]
-    rows = _rows(dataset, image)
-    damage_file(image)
+    dataset, image, rows = _damaged(shapes_copy, tiny_config, source, "error", damage)
+    _, reason, phrase = DAMAGES[damage]
 
     assert dataset[rows[0] - 1]["skipped"] == []
     with pytest.raises(BadSampleError) as caught:

@@ -121,6 +121,9 @@ class LossConfig:
     objective: Objective = "infonce"
     tau_plus: float = 0.1
     include_self: bool = True
+    # UOTA weighting of the IMC image positives (TCL.md §A.2); uota_tau null = the feature dimension.
+    uota: bool = False
+    uota_tau: Optional[float] = None
     alpha: float = 0.4
     distill: bool = True
     # Weights of the three contrastive objectives; each direction enters as weight / 6 (TCL: mean of the six terms).
@@ -406,6 +409,8 @@ def _check_loss(config: Config, world_size: int) -> str | None:
         return f"loss.tau_plus = {loss.tau_plus} must lie in [0, 1) for loss.objective = debiased_neg."
     if not 0.0 <= loss.alpha <= 1.0:
         return f"loss.alpha = {loss.alpha} must lie in [0, 1]."
+    if loss.uota_tau is not None and loss.uota_tau <= 0:
+        return f"loss.uota_tau = {loss.uota_tau} must be positive (or null: the feature dimension)."
     for name in ("cma_weight", "imc_weight", "lmi_weight", "itm_weight", "mlm_weight", "align_uniform_weight"):
         if getattr(loss, name) < 0:
             return f"loss.{name} = {getattr(loss, name)} must not be negative."

@@ -39,12 +39,14 @@ def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: 
 
 def imc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: torch.Tensor,
              text_feat_all: torch.Tensor, temperature: torch.Tensor | float, objective: Objective = "infonce",
-             tau_plus: float = 0.1, include_self: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+             tau_plus: float = 0.1, include_self: bool = True, image_weights: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intra-modal contrast: (L_i2i, L_t2t). The positive of an online image is the momentum feature of its second
-    view; the positive of an online text is its momentum feature (same tokens, other dropout and EMA weights)."""
+    view; the positive of an online text is its momentum feature (same tokens, other dropout and EMA weights).
+    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``)."""
     positive = torch.arange(image_feat.shape[0], device=image_feat.device)
     common = dict(temperature=temperature, objective=objective, tau_plus=tau_plus, include_self=include_self)
-    return (contrastive_loss(image_feat @ image_feat_all.T, positive, **common),
+    return (contrastive_loss(image_feat @ image_feat_all.T, positive, row_weights=image_weights, **common),
             contrastive_loss(text_feat @ text_feat_all.T, positive, **common))
 
 

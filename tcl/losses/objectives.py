@@ -90,8 +90,9 @@ def row_statistics(logits: torch.Tensor, positive: torch.Tensor) -> tuple[torch.
 
 def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor | float,
                      objective: Objective = "infonce", tau_plus: float = 0.1, include_self: bool = True,
-                     soft_targets: torch.Tensor | None = None, alpha: float = 0.0) -> torch.Tensor:
-    """Mean contrastive loss over rows of cosine similarities.
+                     soft_targets: torch.Tensor | None = None, alpha: float = 0.0,
+                     row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean contrastive loss over rows of cosine similarities (weighted by ``row_weights`` when given).
 
     Args:
         sim: [B, M] cosine similarities; column ``positive[b]`` is row b's positive, every other column a negative.
@@ -103,6 +104,7 @@ def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: tor
         soft_targets: optional [B, M] distributions (momentum distillation); the loss of a row becomes
             (1 − α)·objective + α·cross-entropy(soft_targets, softmax(sim / t)).
         alpha: distillation weight α.
+        row_weights: optional [B] non-negative weights (e.g. UOTA's); the loss is Σ w_b·loss_b / Σ w_b.
     """
     if sim.dim() != 2 or positive.shape != sim.shape[:1]:
         raise ValueError(f"sim must be [B, M] and positive [B]; got {tuple(sim.shape)} and {tuple(positive.shape)}")
@@ -113,4 +115,6 @@ def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: tor
     if soft_targets is not None and alpha > 0:
         distill = -(soft_targets.to(logits.dtype) * F.log_softmax(logits, dim=1)).sum(dim=1)
         loss = (1.0 - alpha) * loss + alpha * distill
+    if row_weights is not None:
+        return (loss * row_weights).sum() / row_weights.sum().clamp_min(1e-12)
     return loss.mean()

@@ -14,6 +14,7 @@ from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_imag
 from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
+from tcl.losses.uota import pair_weights
 from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
 from tcl.models.momentum import FeatureQueue, GatherFn, MomentumEncoders, identity_gather
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
@@ -152,8 +153,9 @@ class TCLPretrainModel(nn.Module):
         terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
                                               temp, alpha=distill_alpha, image_feat_m=teacher.image_feat,
                                               text_feat_m=teacher.text_feat, **common)
+        image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, **common)
+                                              temp, image_weights=image_weights, **common)
         terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, **common)
         terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, **common)
         if step_boundary:

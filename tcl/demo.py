@@ -29,14 +29,16 @@ def _fresh_accelerate() -> None:
     AcceleratorState._reset_state(True)
 
 
-def _stage(name: str, function, argv: list[str]) -> None:
-    logger.info("demo stage: %s", name)
+def run_stage(name: str, function, argv: list[str]) -> None:
+    """Runs one in-process stage (``pretrain.main``, ``finetune_vqa.main``, ...) on a fresh accelerate state; a
+    non-zero exit code stops the caller with a message naming the stage."""
+    logger.info("stage: %s", name)
     _fresh_accelerate()
     code = function(argv)
     if code != 0:
         from tcl.errors import TclError
 
-        raise TclError(f"demo stage '{name}' failed with exit code {code}; see the messages above.")
+        raise TclError(f"stage '{name}' failed with exit code {code}; see the messages above.")
 
 
 def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -54,15 +56,15 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
                             shapes.questions_per_image, shapes.seed)
     summary = summarize(root)
     common = [f"data.root={root}", *overrides]
-    _stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), f"train.output_dir={out / 'pretrain'}",
+    run_stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), f"train.output_dir={out / 'pretrain'}",
                                        *common])
-    _stage("fine-tune from pretraining", finetune_vqa.main,
+    run_stage("fine-tune from pretraining", finetune_vqa.main,
            ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa'}", f"vqa.init={out / 'pretrain'}", *common])
-    _stage("fine-tune from scratch", finetune_vqa.main,
+    run_stage("fine-tune from scratch", finetune_vqa.main,
            ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null", *common])
-    _stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
-    scores = {name: _scores(out / name, config.data.vqa_eval) for name in ("vqa", "vqa_scratch")}
-    blind_model = _scores(out / "vqa", f"{config.data.vqa_eval}_blind")
+    run_stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
+    scores = {name: read_scores(out / name, config.data.vqa_eval) for name in ("vqa", "vqa_scratch")}
+    blind_model = read_scores(out / "vqa", f"{config.data.vqa_eval}_blind")
     results = {
         "vqa_accuracy": scores["vqa"]["overall"], "hit_rate": scores["vqa"]["hit_rate"],
         "per_answer_type": scores["vqa"]["per_answer_type"],
@@ -83,7 +85,8 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     return results
 
 
-def _scores(run_dir: Path, suffix: str) -> dict[str, Any]:
+def read_scores(run_dir: Path, suffix: str) -> dict[str, Any]:
+    """The evaluation scores a run wrote for a split (``vqa_scores_<split>.json``)."""
     return json.loads((run_dir / f"vqa_scores_{suffix}.json").read_text())
 
 

@@ -50,3 +50,26 @@ def test_vqa_learning_probe_reports_every_question_kind(shapes_root, tmp_path):
     epoch = json.loads(out.read_text())["epochs"][0]
     assert set(epoch["val"]) == {"all", "colour", "shape", "count", "existence", "position", "relation"}
     assert all(0 <= v <= 100 for v in epoch["val"].values()) and 0 <= epoch["train"] <= 100
+
+
+def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_root, tmp_path, capsys):
+    argv = ["--out", str(tmp_path), "--arms", "infonce_uota", "--seeds", "0", "1",
+            "--pretrain-steps", "2", "--finetune-epochs", "1", "--protocol", "thesis", "--max-train-questions", "40",
+            "--max-eval-questions", "20", f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
+            "data.num_workers=0", "eval.batch_size=16"]
+    study = load_script("experiment_objectives")
+    assert study.main(argv) == 0
+    folder = tmp_path / "thesis"
+    runs = json.loads((folder / "results.json").read_text())["runs"]
+    assert [(r["arm"], r["seed"]) for r in runs] == [("infonce_uota", 0), ("infonce_uota", 1)]
+    assert all(0 <= r["vqa_accuracy"] <= 100 and {"alignment", "uniformity_image"} <= set(r) for r in runs)
+    config = (folder / "infonce_uota" / "seed1" / "vqa" / "config.yaml").read_text()
+    assert "freeze_vision: true" in config and "max_train_questions: 40" in config and "seed: 1" in config
+    assert "uota: true" in (folder / "infonce_uota" / "seed1" / "pretrain" / "config.yaml").read_text()
+    assert "| infonce_uota | 2 |" in (folder / "table.md").read_text() and (folder / "objectives.png").is_file()
+    pretrain_argv, _ = study.stage_arguments(study.parse_args(["--arms", "debiased_pos_no_self"]),
+                                             "debiased_pos_no_self", 2, tmp_path)
+    assert {"loss.objective=debiased_pos", "loss.include_self=false", "train.seed=2"} <= set(pretrain_argv)
+    capsys.readouterr()
+    assert study.main(argv) == 0  # a second call only summarises
+    assert "already in" in capsys.readouterr().out

@@ -73,3 +73,11 @@ def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_ro
     capsys.readouterr()
     assert study.main(argv) == 0  # a second call only summarises
     assert "already in" in capsys.readouterr().out
+
+
+def test_shape_perception_probe_reports_held_out_accuracy(tmp_path):
+    out = tmp_path / "shape.json"
+    assert load_script("probe_shape_perception").main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps",
+                                                       "3", "--train-images", "40", "--json", str(out)]) == 0
+    history = json.loads(out.read_text())["history"]
+    assert history[-1]["step"] == 3 and 0 <= history[-1]["test_accuracy"] <= 100

@@ -94,6 +94,9 @@ def test_openapi_describes_the_multipart_vqa_call(client):
     schema_name = body["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
     assert {"question", "image", "example", "top_k"} == set(spec["components"]["schemas"][schema_name]["properties"])
     assert "VQAResponse" in spec["components"]["schemas"]
+    responses = spec["paths"]["/api/vqa"]["post"]["responses"]
+    assert {"200", "400", "404", "413", "422"} <= set(responses)
+    assert responses["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

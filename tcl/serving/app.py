@@ -69,6 +69,22 @@ class Example(BaseModel):
     url: str
 
 
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES = {400: {"model": ErrorBody, "description": "bad question, image or top_k"},
+                   404: {"model": ErrorBody, "description": "unknown example id"},
+                   413: {"model": ErrorBody, "description": "request body or image too large"},
+                   422: {"model": ErrorBody, "description": "malformed form fields"}}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
@@ -112,7 +128,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     def example_image(example_id: int) -> FileResponse:
         return FileResponse(_example_path(settings, example_id))
 
-    @app.post("/api/vqa", response_model=VQAResponse, responses={400: {}, 404: {}, 413: {}, 422: {}})
+    @app.post("/api/vqa", response_model=VQAResponse, responses=ERROR_RESPONSES)
     def answer(question: str = Form("", description="the question, in English"),
                image: UploadFile | None = File(None, description="an image file (JPEG, PNG, ...)"),
                example: int | None = Form(None, description="the id of an example image instead of a file"),

@@ -44,10 +44,11 @@ def question_kind(question: str) -> str:
     return {"color": "colour", "shape": "shape"}.get(words[1], "other")
 
 
-def load_split(config, train: bool) -> list[dict]:
+def load_split(config, train: bool):
+    """The split's dataset and every sample decoded once (test transform: no augmentation)."""
     dataset = build_vqa_dataset(config, train=train)
     dataset.transform = test_transform(config.model.image_size)
-    return [dataset[i] for i in range(len(dataset))]
+    return dataset, [dataset[i] for i in range(len(dataset))]
 
 
 def tensors(rows: list[dict], tokenizer, vocabulary) -> tuple[torch.Tensor, ...]:
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(config.train.seed)
     tokenizer = build_tokenizer(config)
     start = time.perf_counter()
-    train_rows, val_rows = load_split(config, True), load_split(config, False)
-    vocabulary = answer_vocabulary(build_vqa_dataset(config, train=True), config)
+    (train_set, train_rows), (_, val_rows) = load_split(config, True), load_split(config, False)
+    vocabulary = answer_vocabulary(train_set, config)
     train, val = tensors(train_rows, tokenizer, vocabulary), tensors(val_rows, tokenizer, vocabulary)
     probe = slice(0, len(train_rows), max(1, len(train_rows) // 2000))
     probe_rows, probe_data = train_rows[probe][:2000], tuple(t[probe][:2000] for t in train)

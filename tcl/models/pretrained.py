@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tcl.config import ModelConfig
+from tcl.models.saving import shape_mismatches
 from tcl.models.vision import load_vision_pretrained
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,10 @@ def load_text_pretrained(model: nn.Module, name_or_path: str, fusion_layer: int)
 
     bert = BertForMaskedLM.from_pretrained(name_or_path)
     renamed = bert_to_tcl(bert.state_dict(), fusion_layer)
-    own = model.state_dict()
-    wrong = [k for k, v in renamed.items() if k not in own or own[k].shape != v.shape]
+    unknown = [k for k in renamed if k not in model.state_dict()]
+    wrong = shape_mismatches(model, renamed) or (f"no place for {unknown[:3]}" if unknown else None)
     if wrong:
-        raise ValueError(f"BERT weights {name_or_path} do not fit the configured text/fusion encoders ({wrong[:3]}); "
+        raise ValueError(f"BERT weights {name_or_path} do not fit the configured text/fusion encoders ({wrong}); "
                          f"check model.hidden_size, num_hidden_layers, vocab_size, max_position_embeddings.")
     model.load_state_dict(renamed, strict=False)
     logger.info("text and fusion encoders initialised from %s (%d tensors)", name_or_path, len(renamed))

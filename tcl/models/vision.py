@@ -13,6 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from tcl.config import ModelConfig
+from tcl.models.saving import shape_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ def load_vision_pretrained(encoder: VisionTransformer, name_or_path: str) -> Non
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))}
     if "pos_embed" in state:
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], encoder.patch_embed.num_patches)
+    wrong = shape_mismatches(encoder, state)
+    if wrong:
+        raise ValueError(f"vision weights {name_or_path} do not fit the configured ViT: {wrong}. Check model.vision_* "
+                         "sizes.")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"vision weights {name_or_path} do not fit the configured ViT: missing {missing[:5]}, "

@@ -12,7 +12,8 @@ alignment and uniformity of the pretraining features) and a figure.
 
 The thesis protocol fine-tunes with the image encoder frozen on at most ``--max-train-questions`` questions and
 evaluates on at most ``--max-eval-questions`` (the thesis: 100,000 and 50,000 VQA v2 questions; here the defaults are
-the same fractions of the generated splits' scale: 5,000 and 2,000).
+the same fractions of the generated splits' scale: 5,000 and 2,000). Pretraining is the same under both protocols, so each
+arm and seed pretrains once (``<out>/pretraining/``) and the second protocol only fine-tunes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ARMS = {
     "debiased_pos_no_self": ["loss.objective=debiased_pos", "loss.tau_plus=0.1", "loss.include_self=false"],
     "infonce_uota": ["loss.objective=infonce", "loss.uota=true"],
 }
+# Written into a pretraining folder once it is complete: both protocols then fine-tune from it without pretraining again.
+PRETRAINING_DONE = "STUDY_PRETRAINING_DONE"
 DIAGNOSTICS = ("diag/alignment", "diag/uniformity_image", "diag/uniformity_text")
 
 
@@ -49,15 +52,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def pretraining_dir(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    """Where one arm and seed pretrain: shared by both protocols (the pretraining is the same), named by budget."""
+    budget = f"steps{args.pretrain_steps}" if args.pretrain_steps else "epochs"
+    return Path(args.out) / "pretraining" / f"{arm}-seed{seed}-{budget}"
+
+
 def stage_arguments(args: argparse.Namespace, arm: str, seed: int, run: Path) -> tuple[list[str], list[str]]:
     """The pretraining and fine-tuning argument lists of one run."""
     common = [f"train.seed={seed}", *args.overrides]
-    pretrain = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"train.output_dir={run / 'pretrain'}",
+    pretrained = pretraining_dir(args, arm, seed)
+    pretrain = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"train.output_dir={pretrained}",
                 *ARMS[arm], *common]
     if args.pretrain_steps:
         pretrain.append(f"train.max_steps={args.pretrain_steps}")
     finetune = ["--config", str(REPO / "configs/vqa_tiny.yaml"), f"train.output_dir={run / 'vqa'}",
-                f"vqa.init={run / 'pretrain'}", *common]
+                f"vqa.init={pretrained}", *common]
     if args.finetune_epochs:
         finetune.append(f"train.epochs={args.finetune_epochs}")
     if args.protocol == "thesis":
@@ -83,13 +93,18 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
 
     run = out / arm / f"seed{seed}"
     pretrain_argv, finetune_argv = stage_arguments(args, arm, seed, run)
-    start = time.perf_counter()
-    run_stage(f"{arm} seed {seed}: pretrain", pretrain.main, pretrain_argv)
+    pretrained, start = pretraining_dir(args, arm, seed), time.perf_counter()
+    done_marker = pretrained / PRETRAINING_DONE
+    if done_marker.is_file():
+        print(f"{arm} seed {seed}: reusing the pretraining in {pretrained}")
+    else:
+        run_stage(f"{arm} seed {seed}: pretrain", pretrain.main, pretrain_argv)
+        done_marker.write_text("pretraining finished\n")
     run_stage(f"{arm} seed {seed}: fine-tune", finetune_vqa.main, finetune_argv)
     split = load_config(REPO / "configs/vqa_tiny.yaml", args.overrides).data.vqa_eval
     scores = read_scores(run / "vqa", split)
     return {"arm": arm, "seed": seed, "vqa_accuracy": scores["overall"], "hit_rate": scores["hit_rate"],
-            "per_answer_type": scores["per_answer_type"], **final_diagnostics(run / "pretrain"),
+            "per_answer_type": scores["per_answer_type"], **final_diagnostics(pretrained),
             "minutes": round((time.perf_counter() - start) / 60, 2)}
 
 

@@ -65,7 +65,8 @@ def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_ro
     assert all(0 <= r["vqa_accuracy"] <= 100 and {"alignment", "uniformity_image"} <= set(r) for r in runs)
     config = (folder / "infonce_uota" / "seed1" / "vqa" / "config.yaml").read_text()
     assert "freeze_vision: true" in config and "max_train_questions: 40" in config and "seed: 1" in config
-    assert "uota: true" in (folder / "infonce_uota" / "seed1" / "pretrain" / "config.yaml").read_text()
+    pretrained = tmp_path / "pretraining" / "infonce_uota-seed1-steps2"
+    assert "uota: true" in (pretrained / "config.yaml").read_text()
     assert "| infonce_uota | 2 |" in (folder / "table.md").read_text() and (folder / "objectives.png").is_file()
     pretrain_argv, _ = study.stage_arguments(study.parse_args(["--arms", "debiased_pos_no_self"]),
                                              "debiased_pos_no_self", 2, tmp_path)
@@ -73,6 +74,11 @@ def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_ro
     capsys.readouterr()
     assert study.main(argv) == 0  # a second call only summarises
     assert "already in" in capsys.readouterr().out
+    # The other protocol fine-tunes from the same pretraining folders instead of pretraining again.
+    default_argv = [a for a in argv if a not in ("--protocol", "thesis")]
+    assert study.main(default_argv) == 0
+    assert "reusing the pretraining" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "default" / "results.json").read_text())["runs"]) == 2
 
 
 def test_shape_perception_probe_reports_held_out_accuracy(tmp_path):

@@ -193,6 +193,10 @@ class VQAConfig:
     init: Optional[str] = None
     # Ranking score of the decoder head: full-sequence likelihood, or TCL's (first token counted twice).
     rank_score: Literal["sequence", "tcl"] = "sequence"
+    # Training batches made of whole images' questions, each image augmented once per epoch and encoded once for all
+    # its questions: several times fewer image-encoder passes (VQA v2 has 5.4 questions per image). TCL samples
+    # questions independently, so the paper configs keep it off.
+    group_by_image: bool = False
 
 
 @dataclass

@@ -103,7 +103,8 @@ def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
     picks = [dataset[i] for i in range(0, min(count * step, len(dataset)), step)][:count]
     batch = vqa_collator(run_config, tokenizer, train=False)(picks)
     predictor = AnswerPredictor.from_config(run_config, model, tokenizer, vocabulary)
-    tops = predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k=3)
+    tops = predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k=3,
+                                 image_index=batch["image_index"])
     return [{"question_id": sample["question_id"], "question": sample["question"],
              "human_answers": sample["human_answers"], "top3": top} for sample, top in zip(picks, tops)]
 

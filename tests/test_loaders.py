@@ -96,7 +96,8 @@ def test_official_vqa_train_and_eval(shapes_root, tiny_config):
     tokenizer = build_tokenizer(config)
     loader = build_loader(evaluation, vqa_collator(config, tokenizer, train=False), 5, shuffle=False, num_workers=0)
     batch = next(iter(loader))
-    assert batch["image"].shape == (5, 3, 64, 64) and batch["question_ids"].dtype == torch.long
+    # Evaluation batches hold each image once; image_index gives every question its row.
+    assert batch["image"][batch["image_index"]].shape == (5, 3, 64, 64) and batch["question_ids"].dtype == torch.long
     assert len(batch["answers"]) == 5 and not (batch["input_ids"] == tokenizer.sep_id).any()
 
 

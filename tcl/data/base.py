@@ -46,8 +46,12 @@ class TableDataset(Dataset, abc.ABC):
     def __getitem__(self, key: int) -> dict[str, Any]:
         """``key`` is an index, or a ``ShardedEpochSampler`` key (epoch * len + index) that also seeds the sample's
         augmentation, so the same key always gives the same tensors."""
-        with seeded_sample(self.seed, key):
+        with seeded_sample(self.seed, self._augmentation_key(int(key))):
             return load_with_policy(self._load, int(key) % len(self), len(self), self.on_bad_sample)
+
+    def _augmentation_key(self, key: int) -> int | str:
+        """What seeds the sample's random augmentation: its sampler key (every draw different)."""
+        return key
 
     @abc.abstractmethod
     def _load(self, index: int) -> dict[str, Any]:

@@ -90,7 +90,8 @@ def build_vqa_dataset(config: Config, train: bool) -> VQADataset:
         roots["vg"] = _resolve(config, data.vg_root)
     return VQADataset(table, roots, transform, data.on_bad_sample,
                       max_words=data.max_question_words if train else max(data.max_question_words, 50),
-                      max_image_pixels=data.max_image_pixels, skipped_at_indexing=skipped, seed=config.train.seed)
+                      max_image_pixels=data.max_image_pixels, skipped_at_indexing=skipped, seed=config.train.seed,
+                      shared_augmentation=train and config.vqa.group_by_image)
 
 
 def _log_index_skips(what: str, skipped: Counter) -> None:
@@ -100,10 +101,12 @@ def _log_index_skips(what: str, skipped: Counter) -> None:
 
 
 def build_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool, num_workers: int,
-                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 groups: list[list[int]] | None = None) -> DataLoader:
     """A DataLoader over a ``ShardedEpochSampler`` (``loader.sampler.set_epoch(epoch, start_batch)`` selects the
-    epoch and resumes mid-epoch). Worker errors are re-raised in the caller, never swallowed."""
-    sampler = ShardedEpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, drop_last)
+    epoch and resumes mid-epoch; ``groups`` keeps those indices together). Worker errors are re-raised in the caller,
+    never swallowed."""
+    sampler = ShardedEpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, drop_last, groups)
     # A private generator: creating an iterator would otherwise draw from the global RNG, which a resumed run
     # restores from its checkpoint, and so shift every later random draw.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
@@ -116,8 +119,10 @@ def pretrain_collator(config: Config, tokenizer: TclTokenizer) -> PretrainCollat
 
 
 def vqa_collator(config: Config, tokenizer: TclTokenizer, train: bool) -> VQACollator:
-    # TCL truncates questions to 25 tokens at train time only.
-    return VQACollator(tokenizer, config.model.max_text_len if train else None)
+    # TCL truncates questions to 25 tokens at train time only. Evaluation images are deterministic, so questions about
+    # the same image always share its encoding; training ones only when augmented alike (vqa.group_by_image).
+    return VQACollator(tokenizer, config.model.max_text_len if train else None,
+                       share_images=not train or config.vqa.group_by_image)
 
 
 def check_data_root(config: Config) -> None:

@@ -20,14 +20,15 @@ def split_key(key: int, num_samples: int) -> tuple[int, int]:
     return divmod(int(key), num_samples)
 
 
-def sample_rng_seed(base_seed: int, key: int) -> int:
-    """A well-mixed 63-bit seed for one sample draw."""
-    digest = hashlib.blake2b(f"{base_seed}:{int(key)}".encode(), digest_size=8).digest()
+def sample_rng_seed(base_seed: int, key: int | str) -> int:
+    """A well-mixed 63-bit seed for one sample draw (``key``: a sampler key, or any string naming the draw)."""
+    key = key if isinstance(key, str) else int(key)
+    digest = hashlib.blake2b(f"{base_seed}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 @contextlib.contextmanager
-def seeded_sample(base_seed: int, key: int):
+def seeded_sample(base_seed: int, key: int | str):
     """Runs the block with torch's global RNG seeded for this sample, restoring the caller's RNG afterwards
     (torchvision transforms draw from the global RNG)."""
     with torch.random.fork_rng(devices=[]):
@@ -46,13 +47,19 @@ class ShardedEpochSampler(Sampler[int]):
         seed: shuffle seed (the permutation of epoch e uses seed + e).
         shuffle: False keeps dataset order (evaluation).
         drop_last: False keeps a final short global batch (evaluation; ranks may then differ by one batch).
+        groups: optional partition of the indices (e.g. the questions of each image) kept together: the permutation
+            shuffles the groups and the order within each, so a batch holds a few whole groups rather than scattered
+            members (the VQA model then encodes each image once for all its questions).
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True):
+                 shuffle: bool = True, drop_last: bool = True, groups: list[list[int]] | None = None):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        if groups is not None and sorted(i for group in groups for i in group) != list(range(num_samples)):
+            raise ValueError("sampler groups must partition the dataset indices")
+        self.groups = [torch.tensor(group, dtype=torch.long) for group in groups] if groups is not None else None
         self.epoch = 0
         self.start_batch = 0
 
@@ -71,7 +78,10 @@ class ShardedEpochSampler(Sampler[int]):
         if not self.shuffle:
             return torch.arange(self.num_samples)
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator)
+        if self.groups is None:
+            return torch.randperm(self.num_samples, generator=generator)
+        order = torch.randperm(len(self.groups), generator=generator).tolist()
+        return torch.cat([self.groups[g][torch.randperm(len(self.groups[g]), generator=generator)] for g in order])
 
     def __iter__(self) -> Iterator[int]:
         order = self._indices()

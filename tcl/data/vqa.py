@@ -206,11 +206,28 @@ class VQADataset(TableDataset):
 
     def __init__(self, table: datasets.Dataset, image_roots: dict[str, str | Path], transform: Callable,
                  on_bad_sample: str = "skip", max_words: int = 30, max_image_pixels: int | None = None,
-                 skipped_at_indexing: Counter | None = None, seed: int = 0):
+                 skipped_at_indexing: Counter | None = None, seed: int = 0, shared_augmentation: bool = False):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable VQA questions found. Check data.root, data.vqa_train / data.vqa_eval and the "
                          "skipped-row counts logged while indexing.")
         self.image_roots = {name: Path(path) for name, path in image_roots.items()}
+        self.shared_augmentation = shared_augmentation
+
+    def _augmentation_key(self, key: int) -> int | str:
+        """With ``shared_augmentation``, every question of an image gets the same augmented image within an epoch, so
+        a batch can encode it once (``VQACollator(share_images=True)``)."""
+        if not self.shared_augmentation:
+            return key
+        epoch, index = divmod(key, len(self))
+        return f"{epoch}:{image_key(self.table[index])}"
+
+    def image_groups(self) -> list[list[int]]:
+        """Row indices grouped by image, in order of first appearance (for ``ShardedEpochSampler(groups=...)``)."""
+        groups: dict[str, list[int]] = {}
+        columns = self.table.select_columns(["dataset", "image"]).to_dict()
+        for index, (dataset, image) in enumerate(zip(columns["dataset"], columns["image"])):
+            groups.setdefault(f"{dataset}:{image}", []).append(index)
+        return list(groups.values())
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
@@ -219,8 +236,9 @@ class VQADataset(TableDataset):
             raise BadSampleError(f"question {row['question_id']} is empty after normalisation", "empty question")
         image = load_rgb_image(self._image_path(row), self.max_image_pixels)
         answers, weights = answer_weights(row["answers"], row["dataset"])
-        return {"image": self.transform(image), "question": question, "question_id": row["question_id"],
-                "answers": answers, "weights": weights, "human_answers": list(row["answers"])}
+        return {"image": self.transform(image), "image_key": image_key(row), "question": question,
+                "question_id": row["question_id"], "answers": answers, "weights": weights,
+                "human_answers": list(row["answers"])}
 
     def _image_path(self, row: dict[str, Any]) -> Path:
         path = Path(row["image"])
@@ -233,16 +251,37 @@ class VQADataset(TableDataset):
         return root / path
 
 
-class VQACollator:
-    """Stacks images and tokenises questions (``[CLS] w1 ... wn``, truncated to ``max_length`` when given)."""
+def image_key(row: dict[str, Any]) -> str:
+    """Names a question's image file (the same for every question about it)."""
+    return f"{row['dataset']}:{row['image']}"
 
-    def __init__(self, tokenizer: TclTokenizer, max_length: int | None = 25):
+
+class VQACollator:
+    """Stacks images and tokenises questions (``[CLS] w1 ... wn``, truncated to ``max_length`` when given).
+
+    ``image_index`` [B] maps each question to its row of ``image``. With ``share_images``, questions about the same
+    image file share one row, so the image is encoded once for all of them; only valid when those questions' image
+    tensors are identical (deterministic test transforms, or ``VQADataset(shared_augmentation=True)``). Without it
+    ``image`` has one row per question.
+    """
+
+    def __init__(self, tokenizer: TclTokenizer, max_length: int | None = 25, share_images: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.share_images = share_images
+
+    def _images(self, samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.share_images:
+            return torch.stack([s["image"] for s in samples]), torch.arange(len(samples))
+        rows: dict[str, int] = {}
+        index = [rows.setdefault(s.get("image_key", f"#{i}"), len(rows)) for i, s in enumerate(samples)]
+        first = {row: i for i, row in reversed(list(enumerate(index)))}
+        return torch.stack([samples[first[row]]["image"] for row in range(len(rows))]), torch.tensor(index)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         text = self.tokenizer.encode_texts([s["question"] for s in samples], self.max_length)
-        return {"image": torch.stack([s["image"] for s in samples]), "input_ids": text.input_ids,
+        image, image_index = self._images(samples)
+        return {"image": image, "image_index": image_index, "input_ids": text.input_ids,
                 "attention_mask": text.attention_mask, "questions": [s["question"] for s in samples],
                 "question_ids": torch.tensor([s["question_id"] for s in samples], dtype=torch.long),
                 "answers": [s["answers"] for s in samples], "weights": [s["weights"] for s in samples],

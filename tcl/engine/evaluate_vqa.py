@@ -84,7 +84,7 @@ def predict(predictor: AnswerPredictor, loader, vocabulary: AnswerVocabulary, bl
     results = []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not show_progress):
         image = torch.zeros_like(batch["image"]) if blind else batch["image"]
-        scores = predictor.scores(image, batch["input_ids"], batch["attention_mask"])
+        scores = predictor.scores(image, batch["input_ids"], batch["attention_mask"], batch["image_index"])
         for question_id, index in zip(batch["question_ids"].tolist(), scores.argmax(dim=1).tolist()):
             results.append({"question_id": question_id, "answer": vocabulary.answers[index]})
     return results

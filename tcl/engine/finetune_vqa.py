@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     collate = target_collator(config, tokenizer, vocabulary)
     loader = build_loader(dataset, collate, config.train.batch_size, shuffle=True, num_workers=config.data.num_workers,
                           seed=config.train.seed, drop_last=True, rank=accelerator.process_index,
-                          world_size=accelerator.num_processes)
+                          world_size=accelerator.num_processes,
+                          groups=dataset.image_groups() if config.vqa.group_by_image else None)
     steps_per_epoch = loader.sampler.batches_per_epoch() // config.train.grad_accum_steps
     if steps_per_epoch == 0:
         raise TclError(f"{len(dataset)} questions are fewer than one optimizer step; use a smaller train.batch_size.")
@@ -183,7 +184,8 @@ class AnswerSequenceCollator:
 def vqa_step(model, batch: dict, alpha: float, boundary: bool, device):
     """One forward of the VQA model with its loss (BCE for the classifier, weighted sequence NLL for the decoder)."""
     return model(batch["image"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                 targets=batch["targets"].to(device), alpha=alpha, step_boundary=boundary)
+                 targets=batch["targets"].to(device), alpha=alpha, step_boundary=boundary,
+                 image_index=batch["image_index"].to(device))
 
 
 if __name__ == "__main__":

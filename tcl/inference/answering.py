@@ -23,18 +23,21 @@ class AnswerPredictor:
         return cls(model, tokenizer, vocabulary, config.eval.k_test, config.vqa.rank_score)
 
     @torch.no_grad()
-    def scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, A] answer scores (higher is better) on the model's device."""
+    def scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, A] answer scores (higher is better) on the model's device (``image_index``: each question's row of
+        ``image`` when questions share images)."""
         device = next(self.model.parameters()).device
         candidates = None if self.candidates is None else tuple(t.to(device) for t in self.candidates)
+        image_index = None if image_index is None else image_index.to(device)
         return self.model.answer_scores(image.to(device), input_ids.to(device), attention_mask.to(device),
-                                        candidates, self.k, self.rank_score)
+                                        candidates, self.k, self.rank_score, image_index)
 
     def top_answers(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    top_k: int = 5) -> list[list[dict]]:
+                    top_k: int = 5, image_index: torch.Tensor | None = None) -> list[list[dict]]:
         """The ``top_k`` answers of each question with a confidence in [0, 1]: the classifier's sigmoid per answer;
         for the decoder, the softmax over its ranked candidates (TCL)."""
-        scores = self.scores(image, input_ids, attention_mask)
+        scores = self.scores(image, input_ids, attention_mask, image_index)
         confidence = scores.sigmoid() if self.candidates is None else scores.softmax(dim=1)
         top = confidence.topk(min(top_k, confidence.shape[1]), dim=1)
         return [[{"answer": self.vocabulary.answers[i], "score": round(float(c), 4)}

@@ -98,27 +98,32 @@ class TCLVQAModel(nn.Module):
         return nn.ModuleDict({name: getattr(self, name) for name in DECODER_MOMENTUM_MODULES})
 
     def question_states(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        encoders: nn.Module | None = None) -> torch.Tensor:
+                        encoders: nn.Module | None = None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion-encoder states [B, L, D] of the questions attending to their images (``encoders``: another set of
-        encoders with the same names, e.g. the momentum copy)."""
+        encoders with the same names, e.g. the momentum copy). ``image_index`` [B] names each question's row of
+        ``image`` when questions share images (each image is then encoded once); None: one image per question."""
         encoders = encoders or self
         image_embeds = encoders.vision_encoder.forward_features(image)
+        if image_index is not None:
+            image_embeds = image_embeds[image_index]
         text = encoders.text_encoder(input_ids, attention_mask)
         return encoders.fusion_encoder(text, attention_mask, image_embeds)
 
-    def fused_cls(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.question_states(image, input_ids, attention_mask)[:, 0]
+    def fused_cls(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  image_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.question_states(image, input_ids, attention_mask, image_index=image_index)[:, 0]
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 targets: torch.Tensor | AnswerTargets | None = None, alpha: float = 0.0,
-                step_boundary: bool = True) -> VQAOutput:
+                step_boundary: bool = True, image_index: torch.Tensor | None = None) -> VQAOutput:
         """Classifier head: logits [B, A] and, with soft-score ``targets`` [B, A], the BCE loss. Decoder head:
-        the weighted sequence loss of ``targets`` (an ``AnswerTargets``); use ``answer_scores`` to answer."""
+        the weighted sequence loss of ``targets`` (an ``AnswerTargets``); use ``answer_scores`` to answer.
+        ``image_index``: see ``question_states``."""
         if self.head == "decoder":
             if not isinstance(targets, AnswerTargets):
                 raise TypeError("the decoder head trains on AnswerTargets; call answer_scores() to answer questions")
-            return self._decoder_loss(image, input_ids, attention_mask, targets, alpha, step_boundary)
-        logits = self.answer_head(self.fused_cls(image, input_ids, attention_mask))
+            return self._decoder_loss(image, input_ids, attention_mask, targets, alpha, step_boundary, image_index)
+        logits = self.answer_head(self.fused_cls(image, input_ids, attention_mask, image_index))
         if targets is None:
             return VQAOutput(logits)
         # BCE summed over answers (mean over questions): the usual scaling for soft-score VQA classifiers, whose
@@ -127,44 +132,46 @@ class TCLVQAModel(nn.Module):
         return VQAOutput(logits, loss, {"bce": loss.detach()})
 
     def _decoder_loss(self, image, input_ids, attention_mask, targets: AnswerTargets, alpha: float,
-                      step_boundary: bool) -> VQAOutput:
-        states = self.question_states(image, input_ids, attention_mask)
+                      step_boundary: bool, image_index: torch.Tensor | None) -> VQAOutput:
+        states = self.question_states(image, input_ids, attention_mask, image_index=image_index)
         # One copy of the question states per answer of that question.
         states_rep = states.repeat_interleave(targets.counts, dim=0)
         mask_rep = attention_mask.repeat_interleave(targets.counts, dim=0)
         logits = self.text_decoder(targets.ids, targets.mask, states_rep, mask_rep)
         teacher_logits = None
         if self.momentum is not None and alpha > 0:
-            teacher_logits = self._teacher_logits(image, input_ids, attention_mask, targets, step_boundary)
-        loss = weighted_answer_loss(logits, targets, image.shape[0], teacher_logits, alpha)
+            teacher_logits = self._teacher_logits(image, input_ids, attention_mask, targets, step_boundary,
+                                                  image_index)
+        loss = weighted_answer_loss(logits, targets, input_ids.shape[0], teacher_logits, alpha)
         return VQAOutput(logits.new_zeros(0), loss, {"answer_nll": loss.detach()})
 
     @torch.no_grad()
-    def _teacher_logits(self, image, input_ids, attention_mask, targets: AnswerTargets, step_boundary: bool):
+    def _teacher_logits(self, image, input_ids, attention_mask, targets: AnswerTargets, step_boundary: bool,
+                        image_index: torch.Tensor | None):
         """The momentum model's answer logits on the same image (updated first, once per optimizer step)."""
         if step_boundary and self.training:
             self.momentum.update(self._momentum_sources())
         teacher = self.momentum.models
-        states = self.question_states(image, input_ids, attention_mask, teacher)
+        states = self.question_states(image, input_ids, attention_mask, teacher, image_index)
         return teacher.text_decoder(targets.ids, targets.mask, states.repeat_interleave(targets.counts, dim=0),
                                     attention_mask.repeat_interleave(targets.counts, dim=0))
 
     @torch.no_grad()
     def answer_scores(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       candidates: tuple[torch.Tensor, torch.Tensor] | None = None, k: int = 128,
-                      rank_score: RankScore = "sequence") -> torch.Tensor:
+                      rank_score: RankScore = "sequence", image_index: torch.Tensor | None = None) -> torch.Tensor:
         """A score [B, A] for every answer of the list; higher is better, argmax is the prediction.
 
         Classifier: the logits. Decoder: the ranking scores of the top ``k`` candidates, −inf elsewhere;
-        ``candidates`` is the tokenised answer list (ids, mask) [A, La].
+        ``candidates`` is the tokenised answer list (ids, mask) [A, La]. ``image_index``: see ``question_states``.
         """
         if self.head == "classifier":
-            return self.answer_head(self.fused_cls(image, input_ids, attention_mask)).float()
+            return self.answer_head(self.fused_cls(image, input_ids, attention_mask, image_index)).float()
         if candidates is None:
             raise ValueError("the decoder head ranks the tokenised answer list: pass candidates=(ids, mask)")
-        states = self.question_states(image, input_ids, attention_mask)
+        states = self.question_states(image, input_ids, attention_mask, image_index=image_index)
         top, scores = rank_candidates(self.text_decoder, states, attention_mask, *candidates, k, rank_score)
-        full = scores.new_full((image.shape[0], candidates[0].shape[0]), float("-inf"))
+        full = scores.new_full((input_ids.shape[0], candidates[0].shape[0]), float("-inf"))
         return full.scatter_(1, top, scores)
 
     def freeze_vision(self) -> None:

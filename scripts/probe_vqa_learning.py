@@ -8,6 +8,7 @@ on 2,000 train questions. Config overrides select the arm:
     python scripts/probe_vqa_learning.py --epochs 2                                   # the tiny config
     python scripts/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
     python scripts/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
+    python scripts/probe_vqa_learning.py --epochs 4 --group-by-image                # image-grouped batches
 """
 
 from __future__ import annotations
@@ -57,6 +58,28 @@ def tensors(rows: list[dict], tokenizer, vocabulary) -> tuple[torch.Tensor, ...]
             soft_target_matrix([r["human_answers"] for r in rows], vocabulary))
 
 
+def epoch_order(rows: list[dict], grouped: bool, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of the questions; ``grouped`` keeps each image's questions together (vqa.group_by_image)."""
+    if not grouped:
+        return torch.randperm(len(rows), generator=generator)
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(row["image_key"], []).append(index)
+    members = list(groups.values())
+    return torch.cat([torch.tensor(members[g]) for g in torch.randperm(len(members), generator=generator).tolist()])
+
+
+def training_loss(model, train: tuple[torch.Tensor, ...], rows: list[dict], index: torch.Tensor, grouped: bool):
+    """The batch loss; grouped batches encode each image once (``image_index``)."""
+    images, ids, mask, targets = (t[index] for t in train)
+    if not grouped:
+        return model(images, ids, mask, targets=targets).loss
+    keys: dict[str, int] = {}
+    image_index = torch.tensor([keys.setdefault(rows[i]["image_key"], len(keys)) for i in index.tolist()])
+    first = torch.zeros(len(keys), dtype=torch.long).scatter_(0, image_index.flip(0), torch.arange(len(index)).flip(0))
+    return model(images[first], ids, mask, targets=targets, image_index=image_index).loss
+
+
 @torch.no_grad()
 def accuracy_by_kind(model, data, rows, vocabulary) -> dict[str, float]:
     model.eval()
@@ -77,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/vqa_tiny.yaml")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the per-epoch results here")
+    parser.add_argument("--group-by-image", action="store_true",
+                        help="batches of whole images' questions, each image encoded once (vqa.group_by_image)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (the arm)")
     args = parser.parse_args(argv)
     config = load_config(args.config, ["vqa.init=null", *args.overrides])
@@ -97,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     total, step, history = steps_per_epoch * args.epochs, 0, []
     order = torch.Generator().manual_seed(config.train.seed)
     for epoch in range(args.epochs):
-        permutation, start, loss_sum = torch.randperm(len(train_rows), generator=order), time.perf_counter(), 0.0
+        permutation, start, loss_sum = epoch_order(train_rows, args.group_by_image, order), time.perf_counter(), 0.0
         for b in range(steps_per_epoch):
             index = permutation[b * batch:(b + 1) * batch]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total, config.train)
-            loss = model(*(t[index] for t in train[:3]), targets=train[3][index]).loss
+            loss = training_loss(model, train, train_rows, index, args.group_by_image)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -115,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), flush=True)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"overrides": args.overrides, "epochs": history}, handle, indent=2)
+            json.dump({"overrides": args.overrides, "group_by_image": args.group_by_image, "epochs": history}, handle,
+                      indent=2)
     return 0
 
 

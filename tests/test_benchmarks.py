@@ -45,7 +45,7 @@ def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
 def test_vqa_learning_probe_reports_every_question_kind(shapes_root, tmp_path):
     out = tmp_path / "probe.json"
     assert load_script("probe_vqa_learning").main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--epochs", "1",
-                                                   "--json", str(out), f"data.root={shapes_root}",
+                                                   "--json", str(out), "--group-by-image", f"data.root={shapes_root}",
                                                    "train.batch_size=16", "data.num_workers=0"]) == 0
     epoch = json.loads(out.read_text())["epochs"][0]
     assert set(epoch["val"]) == {"all", "colour", "shape", "count", "existence", "position", "relation"}

@@ -31,6 +31,16 @@ def test_bench_train_tiny_reports_mfu(tmp_path):
     assert run["config"] == "tiny" and run["flops_per_step"] > 1e9 and 0 < run["mfu"] < 1.5
 
 
+def test_bench_vqa_step_times_both_batch_layouts(tmp_path, capsys):
+    out = tmp_path / "vqa_step.json"
+    assert load_script("bench_vqa_step").main(["--configs", "tiny", "--steps", "1", "--warmup", "0",
+                                               "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["questions"] == 32 and row["images_shared"] == 6
+    assert set(row["step_s"]) == {"one image per question", "shared images"} and row["speedup"] > 0
+    assert "| tiny | 32 | 6 |" in capsys.readouterr().out
+
+
 def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "toy"
     assert load_script("experiment_toy2d").main(["--seeds", "2", "--epochs", "1", "--flow-steps", "20",

@@ -56,8 +56,8 @@ def test_grouped_training_augments_each_image_once_per_epoch(shapes_root, tiny_c
     n = len(dataset)
     assert torch.equal(dataset[a]["image"], dataset[b]["image"])  # same image, same epoch: one augmentation
     assert not torch.equal(dataset[a]["image"], dataset[n + a]["image"])  # next epoch: another one
-    independent = build_vqa_dataset(tiny_config(shapes_root, "data.randaugment=true", config="configs/vqa_tiny.yaml"),
-                                    train=True)
+    independent = build_vqa_dataset(tiny_config(shapes_root, "vqa.group_by_image=false", "data.randaugment=true",
+                                                config="configs/vqa_tiny.yaml"), train=True)
     assert not torch.equal(independent[a]["image"], independent[b]["image"])
     loader = build_loader(dataset, vqa_collator(grouped, build_tokenizer(grouped), train=True), 16, shuffle=True,
                           num_workers=0, groups=dataset.image_groups())

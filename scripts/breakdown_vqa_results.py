@@ -17,21 +17,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from tcl.config import load_config
+from tcl.data.shapes import question_kind
 from tcl.evaluation import vqa_accuracy
-
-
-def question_kind(question: str) -> str:
-    """The generator's question family, read from the wording (as scripts/probe_vqa_learning.py)."""
-    words = question.split()
-    if words[0] == "where":
-        return "position"
-    if words[0] == "how":
-        return "count"
-    if words[:2] == ["is", "the"]:
-        return "relation"
-    if words[0] in ("is", "are"):
-        return "existence"
-    return {"color": "colour", "shape": "shape"}.get(words[1], "other")
 
 
 def breakdown(root: Path, split: str, results: list[dict]) -> dict:

@@ -23,26 +23,13 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_tokenizer, build_vqa_dataset
+from tcl.data.shapes import question_kind
 from tcl.data.transforms import test_transform
 from tcl.engine.finetune_vqa import answer_vocabulary, vqa_model
 from tcl.engine.optim import build_optimizer, learning_rate
 from tcl.evaluation import vqa_accuracy
 from tcl.evaluation.answers import soft_target_matrix
 from tcl.models.pretrained import initialise_from_pretrained
-
-
-def question_kind(question: str) -> str:
-    """The generator's question family, read from the wording (tcl.data.shapes)."""
-    words = question.split()
-    if words[0] == "where":
-        return "position"
-    if words[0] == "how":
-        return "count"
-    if words[:2] == ["is", "the"]:
-        return "relation"
-    if words[0] in ("is", "are"):
-        return "existence"
-    return {"color": "colour", "shape": "shape"}.get(words[1], "other")
 
 
 def load_split(config, train: bool):

@@ -97,3 +97,22 @@ def test_shape_perception_probe_reports_held_out_accuracy(tmp_path):
                                                        "3", "--train-images", "40", "--json", str(out)]) == 0
     history = json.loads(out.read_text())["history"]
     assert history[-1]["step"] == 3 and 0 <= history[-1]["test_accuracy"] <= 100
+
+
+def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_path, capsys):
+    from tcl.config import load_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(REPO / "configs/vqa_tiny.yaml", [f"data.root={shapes_root}"]), run / "config.yaml")
+    annotations = json.loads((shapes_root / "annotations/v2_mscoco_val2014_annotations.json").read_text())
+    # The human majority answer everywhere: every kind scores 100 %.
+    results = [{"question_id": a["question_id"], "answer": a["multiple_choice_answer"]}
+               for a in annotations["annotations"]]
+    (run / "vqa_results_val2014.json").write_text(json.dumps(results))
+    out = tmp_path / "breakdown.json"
+    assert load_script("breakdown_vqa_results").main(["--run", str(run), "--json", str(out)]) == 0
+    table = json.loads(out.read_text())["accuracy"]
+    assert sum(row["questions"] for key, row in table.items() if key.endswith("| all")) == len(results)
+    assert all(row["accuracy"] == 100.0 for row in table.values())
+    assert "| shape | all |" in capsys.readouterr().out

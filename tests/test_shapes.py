@@ -119,3 +119,13 @@ def test_referring_expressions_are_unique():
     assert refer(objects[0], objects) == "small circle"
     assert refer(objects[0], objects, exclude="shape") == "small red object"
     assert refer(objects[2], objects, exclude="shape") == "blue object"
+
+
+def test_question_kind_reads_every_family_back_from_its_wording():
+    from tcl.data.shapes import question_kind
+
+    assert [question_kind(q) for q in ("what color is the cross?", "what shape is the large gray object?",
+                                       "how many squares are there?", "is there a gray cross?",
+                                       "are there any red objects?", "where is the cross, left or right?",
+                                       "is the cross above the green circle?", "hello")] == \
+        ["colour", "shape", "count", "existence", "existence", "position", "relation", "other"]

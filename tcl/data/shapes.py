@@ -220,6 +220,21 @@ def question_candidates(family: str, objects: list[SceneObject], image_size: int
     return _FAMILY_BUILDERS[family](objects, image_size, rng)
 
 
+def question_kind(question: str) -> str:
+    """The family of a generated question read back from its wording (for per-kind diagnostics): ``colour``,
+    ``shape``, ``count``, ``existence``, ``position``, ``relation``, or ``other``."""
+    words = question.split()
+    if words[0] == "where":
+        return "position"
+    if words[0] == "how":
+        return "count"
+    if words[:2] == ["is", "the"]:
+        return "relation"
+    if words[0] in ("is", "are"):
+        return "existence"
+    return {"color": "colour", "shape": "shape"}.get(words[1] if len(words) > 1 else "", "other")
+
+
 def _color_questions(objects, image_size, rng) -> list[QA]:
     questions = []
     for obj in objects:

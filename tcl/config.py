@@ -38,6 +38,10 @@ class ModelConfig:
     # Patch embedding: linear patches (ViT, the official checkpoints) or a small convolutional stem with the same token
     # grid, which learns far faster from scratch on little data (the tiny configs).
     vision_stem: Literal["patch", "conv"] = "patch"
+    # Initial position embeddings: timm's N(0, 0.02) (the official checkpoints), or a 2-D sine-cosine grid of
+    # amplitude 1 (MAE). From scratch, N(0, 0.02) starts about 80 times smaller than the patch tokens and Adam grows
+    # it by at most ~lr per step, so a tiny model barely knows where a patch is (left/right questions stay at chance).
+    pos_embed_init: Literal["normal", "sincos"] = "normal"
     hidden_size: int = 64
     num_hidden_layers: int = 4
     num_attention_heads: int = 2

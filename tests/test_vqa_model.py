@@ -88,3 +88,17 @@ def test_convolutional_stem_keeps_the_token_grid_and_loads_across_resolutions():
     with pytest.raises(ValueError, match="power-of-two"):
         TCLVQAModel(config("model.vision_stem=conv", "model.patch_size=6", "model.image_size=60").model, VOCAB,
                     ANSWERS)
+
+
+def test_sincos_position_embeddings_encode_the_patch_grid():
+    model = TCLVQAModel(config("model.pos_embed_init=sincos").model, VOCAB, ANSWERS)
+    pos = model.vision_encoder.pos_embed[0]
+    assert torch.equal(pos[0], torch.zeros_like(pos[0]))  # the class token has no position
+    grid = pos[1:].reshape(8, 8, -1)
+    # Amplitude 1 (sin/cos), far above timm's N(0, 0.02); every patch has its own code, neighbours are closer.
+    assert pos[1:].abs().max() <= 1.0 + 1e-6 and pos[1:].std() > 0.3
+    assert torch.cdist(pos[1:], pos[1:]).fill_diagonal_(1.0).min() > 0.1
+    assert (grid[0, 0] - grid[0, 1]).norm() < (grid[0, 0] - grid[0, 7]).norm()
+    assert pos.requires_grad
+    default = TCLVQAModel(config().model, VOCAB, ANSWERS).vision_encoder.pos_embed
+    assert default.std() < 0.05

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -53,11 +54,24 @@ def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
     ``model.vision_stem: conv`` replaces the linear patch embedding by ``ConvStemPatchEmbed``.
     """
     embed_layer = ConvStemPatchEmbed if model.vision_stem == "conv" else PatchEmbed
-    return VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
+    encoder = VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
                              depth=model.vision_depth, num_heads=model.vision_heads, mlp_ratio=model.vision_mlp_ratio,
                              qkv_bias=True, num_classes=0, global_pool="", class_token=True,
                              norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
                              weight_init="jax" if model.init_scheme == "xavier" else "")
+    if model.pos_embed_init == "sincos":
+        init_sincos_pos_embed(encoder)
+    return encoder
+
+
+def init_sincos_pos_embed(encoder: VisionTransformer) -> None:
+    """Sets the patch positions to a 2-D sine-cosine grid (amplitude 1) and the class token's to zero; they stay
+    learnable."""
+    grid = encoder.patch_embed.grid_size
+    table = build_sincos2d_pos_embed(list(grid), encoder.embed_dim)
+    with torch.no_grad():
+        encoder.pos_embed.zero_()
+        encoder.pos_embed[0, 1:] = table
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:

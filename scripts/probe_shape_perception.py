@@ -7,6 +7,14 @@ shape is the ...?" is limited by how little shape supervision reaches the encode
 
     python scripts/probe_shape_perception.py                          # patch stem, lr 3e-4, 400 steps
     python scripts/probe_shape_perception.py model.vision_stem=conv --steps 400 --json shape_probe.json
+    python scripts/probe_shape_perception.py --through-vqa      # the same task asked as a question to the VQA model
+    python scripts/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 [--init runs/demo/pretrain]
+    python scripts/probe_shape_perception.py --save-vision vit.pt && \
+        python scripts/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 --init-vision vit.pt
+
+``--through-vqa`` asks "what shape is the <colour> object?" about the same images and trains the whole VQA model
+(image, text and fusion encoders, classifier head over the four shapes, cross-entropy): the gap to the direct probe
+is what routing the supervision through the question and the cross-attention costs.
 """
 
 from __future__ import annotations
@@ -21,19 +29,59 @@ import torch
 from torch import nn
 
 from tcl.config import load_config
+from tcl.data.builders import build_tokenizer
 from tcl.data.shapes import SHAPES, _place_object, render_scene
 from tcl.data.transforms import test_transform
+from tcl.engine.weights import read_model_state
 from tcl.models.vision import build_vision_encoder
+from tcl.models.vqa import TCLVQAModel
 
 
-def single_object_images(count: int, image_size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` normalised images of one random object each, and the index of its shape in ``SHAPES``."""
-    transform, images, labels = test_transform(image_size), [], []
+def scene_images(count: int, image_size: int, rng: np.random.Generator, max_objects: int = 1
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``count`` normalised images of 1..``max_objects`` objects of different colours, the index in ``SHAPES`` of
+    the first object's shape, and its colour (which names it)."""
+    transform, images, labels, colours = test_transform(image_size), [], [], []
     for _ in range(count):
-        obj = _place_object(rng, image_size, [])
-        images.append(transform(render_scene([obj], image_size, rng)))
-        labels.append(SHAPES.index(obj.shape))
-    return torch.stack(images), torch.tensor(labels)
+        objects = [_place_object(rng, image_size, [])]
+        for _ in range(int(rng.integers(1, max_objects + 1)) - 1):
+            other = _place_object(rng, image_size, objects)
+            if other is not None and other.color not in {o.color for o in objects}:
+                objects.append(other)
+        images.append(transform(render_scene(objects, image_size, rng)))
+        labels.append(SHAPES.index(objects[0].shape))
+        colours.append(objects[0].color)
+    return torch.stack(images), torch.tensor(labels), colours
+
+
+class ViTShapeClassifier(nn.Module):
+    """The image encoder's class token → linear layer over the shapes."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.encoder = build_vision_encoder(config.model)
+        self.head = nn.Linear(config.model.vision_width, len(SHAPES))
+
+    def forward(self, images: torch.Tensor, questions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.encoder.forward_features(images)[:, 0])
+
+
+class VQAShapeClassifier(nn.Module):
+    """The whole VQA model (classifier head over the four shapes) answering the question about the image."""
+
+    def __init__(self, config, vocab_size: int, init: str | None = None):
+        super().__init__()
+        self.model = TCLVQAModel(config.model, vocab_size, len(SHAPES))
+        if init:
+            self.model.load_pretrained_encoders(read_model_state(init))
+
+    def forward(self, images: torch.Tensor, questions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.model(images, *questions).logits
+
+
+def shape_questions(tokenizer, colours: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    text = tokenizer.encode_texts([f"what shape is the {colour} object?" for colour in colours], 25)
+    return text.input_ids, text.attention_mask
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,31 +91,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--train-images", type=int, default=6000)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--max-objects", type=int, default=1,
+                        help="scenes of 1..N objects of different colours; the question names one by its colour")
+    parser.add_argument("--init", default=None, help="(--through-vqa) start from this pretraining run or checkpoint")
+    parser.add_argument("--init-vision", default=None,
+                        help="(--through-vqa) start the image encoder from a file written by --save-vision")
+    parser.add_argument("--save-vision", default=None, help="write the trained image encoder's weights here")
+    parser.add_argument("--through-vqa", action="store_true", help="ask the VQA model instead of reading the class token")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. model.vision_stem=conv)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     rng = np.random.default_rng(0)
-    train_x, train_y = single_object_images(args.train_images, config.model.image_size, rng)
-    test_x, test_y = single_object_images(500, config.model.image_size, rng)
+    train_x, train_y, train_colours = scene_images(args.train_images, config.model.image_size, rng,
+                                                                args.max_objects)
+    test_x, test_y, test_colours = scene_images(500, config.model.image_size, rng, args.max_objects)
     torch.manual_seed(config.train.seed)
-    encoder, head = build_vision_encoder(config.model), nn.Linear(config.model.vision_width, len(SHAPES))
-    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=args.lr, weight_decay=0.02)
+    if args.through_vqa:
+        tokenizer = build_tokenizer(config)
+        model = VQAShapeClassifier(config, len(tokenizer), args.init)
+        if args.init_vision:
+            model.model.vision_encoder.load_state_dict(torch.load(args.init_vision, weights_only=True))
+        train_q, test_q = shape_questions(tokenizer, train_colours), shape_questions(tokenizer, test_colours)
+    else:
+        model = ViTShapeClassifier(config)
+        train_q = test_q = (torch.zeros(len(train_x), 1), torch.zeros(len(train_x), 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.02)
     history, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         index = torch.randint(0, len(train_x), (config.train.batch_size,))
-        loss = nn.functional.cross_entropy(head(encoder.forward_features(train_x[index])[:, 0]), train_y[index])
+        loss = nn.functional.cross_entropy(model(train_x[index], tuple(q[index] for q in train_q)), train_y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % 100 == 0 or step == args.steps:
+            model.eval()
             with torch.no_grad():
-                accuracy = (head(encoder.forward_features(test_x)[:, 0]).argmax(1) == test_y).float().mean().item()
+                accuracy = (model(test_x, test_q).argmax(1) == test_y).float().mean().item()
+            model.train()
             history.append({"step": step, "loss": round(loss.item(), 4), "test_accuracy": round(100 * accuracy, 1),
                             "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(history[-1]), flush=True)
+    if args.save_vision:
+        encoder = model.model.vision_encoder if args.through_vqa else model.encoder
+        torch.save(encoder.state_dict(), args.save_vision)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"overrides": args.overrides, "lr": args.lr, "history": history}, handle, indent=2)
+            json.dump({"overrides": args.overrides, "lr": args.lr, "through_vqa": args.through_vqa,
+                       "max_objects": args.max_objects, "init": args.init, "init_vision": args.init_vision, "history": history}, handle, indent=2)
     return 0
 
 

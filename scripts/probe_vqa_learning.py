@@ -9,6 +9,7 @@ on 2,000 train questions. Config overrides select the arm:
     python scripts/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
     python scripts/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
     python scripts/probe_vqa_learning.py --epochs 4 --group-by-image                # image-grouped batches
+    python scripts/probe_vqa_learning.py --epochs 20 --kinds shape                   # one skill alone
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the per-epoch results here")
     parser.add_argument("--group-by-image", action="store_true",
                         help="batches of whole images' questions, each image encoded once (vqa.group_by_image)")
+    parser.add_argument("--kinds", type=lambda text: text.split(","), default=None,
+                        help="comma-separated question kinds to train and evaluate on alone (e.g. shape): one skill")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (the arm)")
     args = parser.parse_args(argv)
     config = load_config(args.config, ["vqa.init=null", *args.overrides])
@@ -96,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_tokenizer(config)
     start = time.perf_counter()
     (train_set, train_rows), (_, val_rows) = load_split(config, True), load_split(config, False)
+    if args.kinds:
+        train_rows, val_rows = ([r for r in rows if question_kind(r["question"]) in args.kinds]
+                                for rows in (train_rows, val_rows))
     vocabulary = answer_vocabulary(train_set, config)
     train, val = tensors(train_rows, tokenizer, vocabulary), tensors(val_rows, tokenizer, vocabulary)
     probe = slice(0, len(train_rows), max(1, len(train_rows) // 2000))

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,6 +64,14 @@ def test_vqa_learning_probe_reports_every_question_kind(shapes_root, tmp_path):
     assert all(0 <= v <= 100 for v in epoch["val"].values()) and 0 <= epoch["train"] <= 100
 
 
+def test_vqa_learning_probe_isolates_question_kinds(shapes_root, tmp_path):
+    out = tmp_path / "probe.json"
+    assert load_script("probe_vqa_learning").main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--epochs", "1",
+                                                   "--json", str(out), "--kinds", "shape,count",
+                                                   f"data.root={shapes_root}", "train.batch_size=16"]) == 0
+    assert set(json.loads(out.read_text())["epochs"][0]["val"]) == {"all", "shape", "count"}
+
+
 def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_root, tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--arms", "infonce_uota", "--seeds", "0", "1",
             "--pretrain-steps", "2", "--finetune-epochs", "1", "--protocol", "thesis", "--max-train-questions", "40",
@@ -97,6 +107,17 @@ def test_shape_perception_probe_reports_held_out_accuracy(tmp_path):
                                                        "3", "--train-images", "40", "--json", str(out)]) == 0
     history = json.loads(out.read_text())["history"]
     assert history[-1]["step"] == 3 and 0 <= history[-1]["test_accuracy"] <= 100
+
+
+def test_shape_probe_asks_the_vqa_model_about_one_of_several_objects(shapes_root, tmp_path):
+    probe = load_script("probe_shape_perception")
+    images, labels, colours = probe.scene_images(30, 64, np.random.default_rng(0), max_objects=3)
+    assert images.shape == (30, 3, 64, 64) and set(labels.tolist()) <= {0, 1, 2, 3} and len(colours) == 30
+    out = tmp_path / "shape.json"
+    assert probe.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps", "2", "--train-images", "20",
+                       "--through-vqa", "--max-objects", "3", "--json", str(out), f"data.root={shapes_root}"]) == 0
+    result = json.loads(out.read_text())
+    assert result["through_vqa"] and result["max_objects"] == 3 and 0 <= result["history"][-1]["test_accuracy"] <= 100
 
 
 def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_path, capsys):

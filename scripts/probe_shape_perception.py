@@ -62,7 +62,7 @@ class ViTShapeClassifier(nn.Module):
         self.encoder = build_vision_encoder(config.model)
         self.head = nn.Linear(config.model.vision_width, len(SHAPES))
 
-    def forward(self, images: torch.Tensor, questions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, questions: tuple) -> torch.Tensor:
         return self.head(self.encoder.forward_features(images)[:, 0])
 
 
@@ -97,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-vision", default=None,
                         help="(--through-vqa) start the image encoder from a file written by --save-vision")
     parser.add_argument("--save-vision", default=None, help="write the trained image encoder's weights here")
-    parser.add_argument("--through-vqa", action="store_true", help="ask the VQA model instead of reading the class token")
+    parser.add_argument("--through-vqa", action="store_true",
+                        help="ask the VQA model instead of reading the class token")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. model.vision_stem=conv)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     rng = np.random.default_rng(0)
-    train_x, train_y, train_colours = scene_images(args.train_images, config.model.image_size, rng,
-                                                                args.max_objects)
+    train_x, train_y, train_colours = scene_images(args.train_images, config.model.image_size, rng, args.max_objects)
     test_x, test_y, test_colours = scene_images(500, config.model.image_size, rng, args.max_objects)
     torch.manual_seed(config.train.seed)
     if args.through_vqa:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         train_q, test_q = shape_questions(tokenizer, train_colours), shape_questions(tokenizer, test_colours)
     else:
         model = ViTShapeClassifier(config)
-        train_q = test_q = (torch.zeros(len(train_x), 1), torch.zeros(len(train_x), 1))
+        train_q = test_q = ()  # the class token needs no question
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.02)
     history, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"overrides": args.overrides, "lr": args.lr, "through_vqa": args.through_vqa,
-                       "max_objects": args.max_objects, "init": args.init, "init_vision": args.init_vision, "history": history}, handle, indent=2)
+                       "max_objects": args.max_objects, "init": args.init, "init_vision": args.init_vision,
+                       "history": history}, handle, indent=2)
     return 0
 
 

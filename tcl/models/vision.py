@@ -55,10 +55,11 @@ def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
     """
     embed_layer = ConvStemPatchEmbed if model.vision_stem == "conv" else PatchEmbed
     encoder = VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
-                             depth=model.vision_depth, num_heads=model.vision_heads, mlp_ratio=model.vision_mlp_ratio,
-                             qkv_bias=True, num_classes=0, global_pool="", class_token=True,
-                             norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
-                             weight_init="jax" if model.init_scheme == "xavier" else "")
+                                depth=model.vision_depth, num_heads=model.vision_heads,
+                                mlp_ratio=model.vision_mlp_ratio,
+                                qkv_bias=True, num_classes=0, global_pool="", class_token=True,
+                                norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
+                                weight_init="jax" if model.init_scheme == "xavier" else "")
     if model.pos_embed_init == "sincos":
         init_sincos_pos_embed(encoder)
     return encoder

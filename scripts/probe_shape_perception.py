@@ -14,7 +14,8 @@ shape is the ...?" is limited by how little shape supervision reaches the encode
 
 ``--through-vqa`` asks "what shape is the <colour> object?" about the same images and trains the whole VQA model
 (image, text and fusion encoders, classifier head over the four shapes, cross-entropy): the gap to the direct probe
-is what routing the supervision through the question and the cross-attention costs.
+is what routing the supervision through the question and the cross-attention costs. ``--loss bce`` trains with the
+VQA classifier's loss instead (binary cross-entropy summed over the classes, one-hot targets).
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ def shape_questions(tokenizer, colours: list[str]) -> tuple[torch.Tensor, torch.
     return text.input_ids, text.attention_mask
 
 
+def shape_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, or the VQA classifier's BCE summed over the classes (mean over the batch)."""
+    if kind == "ce":
+        return nn.functional.cross_entropy(logits, labels)
+    targets = nn.functional.one_hot(labels, logits.shape[1]).float()
+    return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/vqa_tiny.yaml")
@@ -99,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-vision", default=None, help="write the trained image encoder's weights here")
     parser.add_argument("--through-vqa", action="store_true",
                         help="ask the VQA model instead of reading the class token")
+    parser.add_argument("--loss", choices=("ce", "bce"), default="ce",
+                        help="bce: the VQA classifier's loss (summed binary cross-entropy) instead of cross-entropy")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. model.vision_stem=conv)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     history, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         index = torch.randint(0, len(train_x), (config.train.batch_size,))
-        loss = nn.functional.cross_entropy(model(train_x[index], tuple(q[index] for q in train_q)), train_y[index])
+        loss = shape_loss(args.loss, model(train_x[index], tuple(q[index] for q in train_q)), train_y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"overrides": args.overrides, "lr": args.lr, "through_vqa": args.through_vqa,
-                       "max_objects": args.max_objects, "init": args.init, "init_vision": args.init_vision,
+                       "max_objects": args.max_objects, "loss": args.loss, "init": args.init, "init_vision": args.init_vision,
                        "history": history}, handle, indent=2)
     return 0
 

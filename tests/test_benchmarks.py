@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,9 +116,20 @@ def test_shape_probe_asks_the_vqa_model_about_one_of_several_objects(shapes_root
     assert images.shape == (30, 3, 64, 64) and set(labels.tolist()) <= {0, 1, 2, 3} and len(colours) == 30
     out = tmp_path / "shape.json"
     assert probe.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps", "2", "--train-images", "20",
-                       "--through-vqa", "--max-objects", "3", "--json", str(out), f"data.root={shapes_root}"]) == 0
+                       "--through-vqa", "--max-objects", "3", "--loss", "bce", "--json", str(out),
+                       f"data.root={shapes_root}"]) == 0
     result = json.loads(out.read_text())
-    assert result["through_vqa"] and result["max_objects"] == 3 and 0 <= result["history"][-1]["test_accuracy"] <= 100
+    assert result["through_vqa"] and result["max_objects"] == 3 and result["loss"] == "bce"
+    assert 0 <= result["history"][-1]["test_accuracy"] <= 100
+
+
+def test_shape_probe_bce_matches_the_vqa_classifier_loss():
+    probe = load_script("probe_shape_perception")
+    logits, labels = torch.tensor([[2.0, -1.0, 0.0, 0.5]]), torch.tensor([0])
+    expected = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))
+                 + torch.log(1 - torch.sigmoid(torch.tensor(0.0))) + torch.log(1 - torch.sigmoid(torch.tensor(0.5))))
+    assert torch.isclose(probe.shape_loss("bce", logits, labels), expected)
+    assert torch.isclose(probe.shape_loss("ce", logits, labels), -torch.log_softmax(logits, 1)[0, 0])
 
 
 def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_path, capsys):

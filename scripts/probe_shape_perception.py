@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"overrides": args.overrides, "lr": args.lr, "through_vqa": args.through_vqa,
-                       "max_objects": args.max_objects, "loss": args.loss, "init": args.init, "init_vision": args.init_vision,
-                       "history": history}, handle, indent=2)
+                       "max_objects": args.max_objects, "loss": args.loss, "init": args.init,
+                       "init_vision": args.init_vision, "history": history}, handle, indent=2)
     return 0
 
 

@@ -24,7 +24,8 @@ def _make_data(args: argparse.Namespace) -> int:
         print(format_summary(summarize(args.out)))
         return 0
     summary = make_shapes_dataset(args.out, args.train_images, args.val_images, args.image_size,
-                                  args.questions_per_image, args.seed, show_progress=not args.quiet)
+                                  args.questions_per_image, args.seed, show_progress=not args.quiet,
+                                  max_objects=args.max_objects)
     print(format_summary(summary))
     return 0
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--image-size", type=int, default=64)
     make.add_argument("--questions-per-image", type=int, default=6)
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--max-objects", type=int, default=4, choices=range(1, 5), metavar="{1..4}",
+                      help="objects per image at most (default 4; fewer make an easier world)")
     make.add_argument("--force", action="store_true", help="regenerate even if the data exists")
     make.add_argument("--quiet", action="store_true", help="no progress bars")
     make.set_defaults(run=_make_data)

@@ -129,3 +129,18 @@ def test_question_kind_reads_every_family_back_from_its_wording():
                                        "are there any red objects?", "where is the cross, left or right?",
                                        "is the cross above the green circle?", "hello")] == \
         ["colour", "shape", "count", "existence", "existence", "position", "relation", "other"]
+
+
+def test_max_objects_bounds_the_scenes_and_keeps_the_default_world(shapes_root, tmp_path):
+    explicit = tmp_path / "explicit"
+    make_shapes_dataset(explicit, show_progress=False, max_objects=4, **TINY_GENERATOR)
+    assert _digest(explicit) == _digest(shapes_root)  # the default is 4: the embedded data stays byte-identical
+    single = tmp_path / "single"
+    make_shapes_dataset(single, show_progress=False, max_objects=1, **TINY_GENERATOR)
+    captions = json.loads((single / "annotations" / "captions_train2014.json").read_text())["annotations"]
+    counts = [c["caption"] for c in captions if c["caption"].startswith("exactly")]
+    assert counts and set(counts) == {"exactly one shape."}
+    annotations = json.loads((single / "annotations" / "v2_mscoco_val2014_annotations.json").read_text())
+    assert "is the" not in {a["question_type"] for a in annotations["annotations"]}  # no pair, no relation
+    with pytest.raises(ValueError, match="max_objects must be between 1 and 4"):
+        make_shapes_dataset(tmp_path / "bad", show_progress=False, max_objects=5, **TINY_GENERATOR)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tcl.data.shapes import FAMILY_OF_QUESTION_TYPE, SPLITS, generate_split, write_split
+from tcl.data.shapes import FAMILY_OF_QUESTION_TYPE, MAX_OBJECTS, SPLITS, generate_split, write_split
 from tcl.data.text import pre_caption, pre_question
 from tcl.data.tokenizer import build_wordpiece_tokenizer
 
@@ -25,18 +25,22 @@ def dataset_exists(root: str | Path) -> bool:
 
 
 def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: int = 500, image_size: int = 64,
-                        questions_per_image: int = 6, seed: int = 0, show_progress: bool = True) -> dict[str, Any]:
+                        questions_per_image: int = 6, seed: int = 0, show_progress: bool = True,
+                        max_objects: int = MAX_OBJECTS) -> dict[str, Any]:
     """Writes the dataset in the official COCO/VQA layout under ``out`` and returns its summary.
 
-    The same arguments always produce byte-identical files.
+    The same arguments always produce byte-identical files. ``max_objects`` (1-4) bounds the objects per image:
+    fewer make an easier world (a single object leaves no relation questions).
     """
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"max_objects must be between 1 and {MAX_OBJECTS}, got {max_objects}")
     out = Path(out)
     sizes = {"train2014": train_images, "val2014": val_images}
     splits = {}
     for split in SPLITS:
         progress = (lambda it, s=split: tqdm(it, desc=f"render {s}", unit="img")) if show_progress else iter
         splits[split] = generate_split(split, sizes[split], image_size, questions_per_image, seed,
-                                       out / "images" / split, progress)
+                                       out / "images" / split, progress, max_objects)
         write_split(out, split, splits[split])
     corpus = [pre_caption(c["caption"]) for d in splits.values() for c in d.captions]
     corpus += [pre_question(q["question"]) for d in splits.values() for q in d.questions]
@@ -44,7 +48,7 @@ def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: i
     build_wordpiece_tokenizer(corpus, out / "tokenizer")
     summary = summarize(out)
     summary["generator"] = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
-                            "questions_per_image": questions_per_image, "seed": seed}
+                            "questions_per_image": questions_per_image, "seed": seed, "max_objects": max_objects}
     # The folder is left out of the file so that the same arguments give identical files wherever they are written.
     (out / SUMMARY_FILE).write_text(json.dumps({k: v for k, v in summary.items() if k != "root"}, indent=2))
     return summary

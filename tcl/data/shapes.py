@@ -91,9 +91,12 @@ class QA:
 # Scenes and rendering
 
 
-def sample_scene(rng: np.random.Generator, image_size: int) -> list[SceneObject]:
-    """Samples 1-4 objects that do not overlap and stay inside the image."""
-    num_objects = int(rng.integers(1, 5))
+MAX_OBJECTS = 4
+
+
+def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = MAX_OBJECTS) -> list[SceneObject]:
+    """Samples 1..``max_objects`` objects that do not overlap and stay inside the image."""
+    num_objects = int(rng.integers(1, max_objects + 1))
     while True:
         objects: list[SceneObject] = []
         for _ in range(num_objects):
@@ -373,8 +376,10 @@ class SplitData:
 
 
 def generate_split(split: str, num_images: int, image_size: int, questions_per_image: int, seed: int,
-                   image_dir: Path, progress: Callable[[Iterator], Iterator] = iter) -> SplitData:
-    """Renders and annotates one split, writing its JPEG files into ``image_dir``."""
+                   image_dir: Path, progress: Callable[[Iterator], Iterator] = iter,
+                   max_objects: int = MAX_OBJECTS) -> SplitData:
+    """Renders and annotates one split (scenes of 1..``max_objects`` objects), writing its JPEG files into
+    ``image_dir``."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     sampler = BalancedQuestionSampler(rng)
     data = SplitData([], [], [], [])
@@ -382,7 +387,7 @@ def generate_split(split: str, num_images: int, image_size: int, questions_per_i
     for index in progress(range(num_images)):
         image_id = FIRST_IMAGE_ID[split] + index
         file_name = f"COCO_{split}_{image_id:012d}.jpg"
-        objects = sample_scene(rng, image_size)
+        objects = sample_scene(rng, image_size, max_objects)
         render_scene(objects, image_size, rng).save(image_dir / file_name, quality=92)
         data.images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
                             "license": 1, "coco_url": "", "flickr_url": "", "date_captured": "2014-01-01 00:00:00"})

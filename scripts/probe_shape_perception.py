@@ -8,6 +8,7 @@ shape is the ...?" is limited by how little shape supervision reaches the encode
     python scripts/probe_shape_perception.py                          # patch stem, lr 3e-4, 400 steps
     python scripts/probe_shape_perception.py model.vision_stem=conv --steps 400 --json shape_probe.json
     python scripts/probe_shape_perception.py --through-vqa      # the same task asked as a question to the VQA model
+    python scripts/probe_shape_perception.py --task side [--through-vqa]   # left or right of the centre instead
     python scripts/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 [--init runs/demo/pretrain]
     python scripts/probe_shape_perception.py --save-vision vit.pt && \
         python scripts/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 --init-vision vit.pt
@@ -38,41 +39,50 @@ from tcl.models.vision import build_vision_encoder
 from tcl.models.vqa import TCLVQAModel
 
 
-def scene_images(count: int, image_size: int, rng: np.random.Generator, max_objects: int = 1
+# What the probe asks about the first object: its classes and the question that names it by its colour.
+TASKS = {"shape": (SHAPES, "what shape is the {} object?"),
+         "side": (("left", "right"), "where is the {} object, left or right?")}
+
+
+def scene_images(count: int, image_size: int, rng: np.random.Generator, max_objects: int = 1, task: str = "shape"
                  ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """``count`` normalised images of 1..``max_objects`` objects of different colours, the index in ``SHAPES`` of
-    the first object's shape, and its colour (which names it)."""
+    """``count`` normalised images of 1..``max_objects`` objects of different colours, the first object's class
+    for ``task`` (its shape's index in ``SHAPES``, or 0/1 for left/right of the centre), and its colour (which names
+    it). For ``side`` the first object keeps the dataset's margin from the vertical centre line."""
     transform, images, labels, colours = test_transform(image_size), [], [], []
     for _ in range(count):
         objects = [_place_object(rng, image_size, [])]
+        while task == "side" and abs(objects[0].x - image_size / 2) <= 0.1 * image_size:
+            objects = [_place_object(rng, image_size, [])]
         for _ in range(int(rng.integers(1, max_objects + 1)) - 1):
             other = _place_object(rng, image_size, objects)
             if other is not None and other.color not in {o.color for o in objects}:
                 objects.append(other)
         images.append(transform(render_scene(objects, image_size, rng)))
-        labels.append(SHAPES.index(objects[0].shape))
+        labels.append(SHAPES.index(objects[0].shape) if task == "shape" else int(objects[0].x > image_size / 2))
         colours.append(objects[0].color)
     return torch.stack(images), torch.tensor(labels), colours
 
 
 class ViTShapeClassifier(nn.Module):
-    """The image encoder's class token → linear layer over the shapes."""
+    """The image encoder's class token → linear layer over the classes (the shapes by default)."""
 
-    def __init__(self, config):
+    def __init__(self, config, classes: int = len(SHAPES)):
         super().__init__()
         self.encoder = build_vision_encoder(config.model)
-        self.head = nn.Linear(config.model.vision_width, len(SHAPES))
+        self.head = nn.Linear(config.model.vision_width, classes)
 
     def forward(self, images: torch.Tensor, questions: tuple) -> torch.Tensor:
         return self.head(self.encoder.forward_features(images)[:, 0])
 
 
 class VQAShapeClassifier(nn.Module):
-    """The whole VQA model (classifier head over the four shapes) answering the question about the image."""
+    """The whole VQA model (classifier head over the classes, the four shapes by default) answering the question
+    about the image."""
 
-    def __init__(self, config, vocab_size: int, init: str | None = None):
+    def __init__(self, config, vocab_size: int, init: str | None = None, classes: int = len(SHAPES)):
         super().__init__()
-        self.model = TCLVQAModel(config.model, vocab_size, len(SHAPES))
+        self.model = TCLVQAModel(config.model, vocab_size, classes)
         if init:
             self.model.load_pretrained_encoders(read_model_state(init))
 
@@ -80,8 +90,9 @@ class VQAShapeClassifier(nn.Module):
         return self.model(images, *questions).logits
 
 
-def shape_questions(tokenizer, colours: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    text = tokenizer.encode_texts([f"what shape is the {colour} object?" for colour in colours], 25)
+def shape_questions(tokenizer, colours: list[str], template: str = TASKS["shape"][1]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    text = tokenizer.encode_texts([template.format(colour) for colour in colours], 25)
     return text.input_ids, text.attention_mask
 
 
@@ -108,23 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-vision", default=None, help="write the trained image encoder's weights here")
     parser.add_argument("--through-vqa", action="store_true",
                         help="ask the VQA model instead of reading the class token")
+    parser.add_argument("--task", choices=tuple(TASKS), default="shape",
+                        help="side: left or right of the centre instead of the shape")
     parser.add_argument("--loss", choices=("ce", "bce"), default="ce",
                         help="bce: the VQA classifier's loss (summed binary cross-entropy) instead of cross-entropy")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. model.vision_stem=conv)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     rng = np.random.default_rng(0)
-    train_x, train_y, train_colours = scene_images(args.train_images, config.model.image_size, rng, args.max_objects)
-    test_x, test_y, test_colours = scene_images(500, config.model.image_size, rng, args.max_objects)
+    classes, template = TASKS[args.task]
+    train_x, train_y, train_colours = scene_images(args.train_images, config.model.image_size, rng, args.max_objects,
+                                                   args.task)
+    test_x, test_y, test_colours = scene_images(500, config.model.image_size, rng, args.max_objects, args.task)
     torch.manual_seed(config.train.seed)
     if args.through_vqa:
         tokenizer = build_tokenizer(config)
-        model = VQAShapeClassifier(config, len(tokenizer), args.init)
+        model = VQAShapeClassifier(config, len(tokenizer), args.init, len(classes))
         if args.init_vision:
             model.model.vision_encoder.load_state_dict(torch.load(args.init_vision, weights_only=True))
-        train_q, test_q = shape_questions(tokenizer, train_colours), shape_questions(tokenizer, test_colours)
+        train_q = shape_questions(tokenizer, train_colours, template)
+        test_q = shape_questions(tokenizer, test_colours, template)
     else:
-        model = ViTShapeClassifier(config)
+        model = ViTShapeClassifier(config, len(classes))
         train_q = test_q = ()  # the class token needs no question
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.02)
     history, start = [], time.perf_counter()
@@ -148,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"overrides": args.overrides, "lr": args.lr, "through_vqa": args.through_vqa,
-                       "max_objects": args.max_objects, "loss": args.loss, "init": args.init,
+                       "max_objects": args.max_objects, "task": args.task, "loss": args.loss, "init": args.init,
                        "init_vision": args.init_vision, "history": history}, handle, indent=2)
     return 0
 

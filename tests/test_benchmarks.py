@@ -149,3 +149,17 @@ def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_
     assert sum(row["questions"] for key, row in table.items() if key.endswith("| all")) == len(results)
     assert all(row["accuracy"] == 100.0 for row in table.values())
     assert "| shape | all |" in capsys.readouterr().out
+
+
+def test_side_probe_labels_each_scene_by_where_its_named_object_is(shapes_root, tmp_path):
+    probe = load_script("probe_shape_perception")
+    images, labels, _ = probe.scene_images(40, 64, np.random.default_rng(0), max_objects=1, task="side")
+    # The lone object is the only non-background colour: its centre of mass says left (0) or right (1).
+    background = images[:, :, 0, 0][:, :, None, None]
+    columns = (images - background).abs().sum(1).sum(1)  # [N, 64]: object mass per image column
+    centre = (columns * torch.arange(64.0)).sum(1) / columns.sum(1)
+    assert torch.equal((centre > 32).long(), labels) and set(labels.tolist()) == {0, 1}
+    out = tmp_path / "side.json"
+    assert probe.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps", "2", "--train-images", "20",
+                       "--through-vqa", "--task", "side", "--json", str(out), f"data.root={shapes_root}"]) == 0
+    assert json.loads(out.read_text())["task"] == "side"

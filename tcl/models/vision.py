@@ -51,14 +51,14 @@ def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
 
     ``model.init_scheme: xavier`` selects timm's "jax" initialisation (Xavier-uniform linear layers) instead of its
     N(0, 0.02) default, for the same reason as in the text encoder: a small model trained from scratch.
-    ``model.vision_stem: conv`` replaces the linear patch embedding by ``ConvStemPatchEmbed``.
+    ``model.vision_stem: conv`` replaces the linear patch embedding by ``ConvStemPatchEmbed``;
+    ``model.pos_embed_init: sincos`` starts the position embeddings from a 2-D sine-cosine grid.
     """
     embed_layer = ConvStemPatchEmbed if model.vision_stem == "conv" else PatchEmbed
     encoder = VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
                                 depth=model.vision_depth, num_heads=model.vision_heads,
-                                mlp_ratio=model.vision_mlp_ratio,
-                                qkv_bias=True, num_classes=0, global_pool="", class_token=True,
-                                norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
+                                mlp_ratio=model.vision_mlp_ratio, qkv_bias=True, num_classes=0, global_pool="",
+                                class_token=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
                                 weight_init="jax" if model.init_scheme == "xavier" else "")
     if model.pos_embed_init == "sincos":
         init_sincos_pos_embed(encoder)

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("pretrain", help="TCL pretraining: same arguments as scripts/pretrain.py (--help there)")
     commands.add_parser("finetune-vqa", help="VQA fine-tuning: same arguments as scripts/finetune_vqa.py")
     commands.add_parser("evaluate-vqa", help="VQA evaluation: same arguments as scripts/evaluate_vqa.py")
+    commands.add_parser("evaluate-retrieval",
+                        help="zero-shot retrieval of a pretraining run: same arguments as scripts/evaluate_retrieval.py")
 
     predict = commands.add_parser("predict", help="answer questions about images with a VQA model (JSON out)")
     _predict_arguments(predict)
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands whose whole argument list belongs to a training script (its own --help, --resume, overrides).
 FORWARDED = {"pretrain": "tcl.engine.pretrain", "finetune-vqa": "tcl.engine.finetune_vqa",
-             "evaluate-vqa": "tcl.engine.evaluate_vqa"}
+             "evaluate-vqa": "tcl.engine.evaluate_vqa", "evaluate-retrieval": "tcl.engine.evaluate_retrieval"}
 
 
 def main(argv: list[str] | None = None) -> int:

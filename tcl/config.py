@@ -42,6 +42,9 @@ class ModelConfig:
     # amplitude 1 (MAE). From scratch, N(0, 0.02) starts about 80 times smaller than the patch tokens; on the embedded
     # data the stronger start measured no VQA gain (README "Narrowed down further"), so the tiny configs keep normal.
     pos_embed_init: Literal["normal", "sincos"] = "normal"
+    # Global state that the contrastive features project: the [CLS] token (TCL), or the mean of the image's patch
+    # tokens and of the text's tokens. From scratch, every image's and every text's [CLS] starts nearly the same.
+    feature_pool: Literal["cls", "mean"] = "cls"
     hidden_size: int = 64
     num_hidden_layers: int = 4
     num_attention_heads: int = 2
@@ -53,7 +56,9 @@ class ModelConfig:
     # or Xavier-uniform linear layers (embeddings stay N(0, 0.02)). A small model trained from scratch needs the
     # latter: with BERT's init the [CLS] states of all texts start nearly identical and the contrastive and ITM
     # terms stay at chance for hundreds of steps.
-    init_scheme: Literal["bert", "xavier"] = "bert"
+    # xavier_qk: BERT's init with Xavier query/key projections, so attention is neither uniform (a plateau of
+    # hundreds of steps) nor averaging every position into one (all-Xavier): see tcl.models.bert.init_bert_weights.
+    init_scheme: Literal["bert", "xavier", "xavier_qk"] = "bert"
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     # Vocabulary size; null = taken from the tokenizer.
@@ -137,6 +142,9 @@ class LossConfig:
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
     align_uniform_weight: float = 0.0
+    # From-scratch warm-up: for this many first optimizer steps CMA contrasts the online image and text features of
+    # the batch (CLIP's in-batch loss) instead of momentum keys and queues. 0 = TCL (the paper configs).
+    online_keys_steps: int = 0
 
 
 @dataclass
@@ -180,6 +188,15 @@ class EvalConfig:
     k_test: int = 128
     # Cap on evaluated questions; null = all.
     max_questions: Optional[int] = None
+    # Zero-shot retrieval, ITM and masked-word accuracy of a pretraining run, on a COCO captions file relative to
+    # data.root (null = none): every ``every`` optimizer steps (null = only at the end) and at the end.
+    retrieval_file: Optional[str] = "annotations/captions_val2014.json"
+    retrieval_images: Optional[int] = 1000
+    # Captions kept per image (the first ones; null = all). The generated world's first caption lists the scene.
+    retrieval_captions_per_image: Optional[int] = None
+    # Candidates per query re-ranked by ITM (TCL's Retrieval.py: 256 for COCO).
+    retrieval_k_test: int = 256
+    every: Optional[int] = None
 
 
 @dataclass
@@ -419,6 +436,8 @@ def _check_loss(config: Config, world_size: int) -> str | None:
         return f"loss.alpha = {loss.alpha} must lie in [0, 1]."
     if loss.uota_tau is not None and loss.uota_tau <= 0:
         return f"loss.uota_tau = {loss.uota_tau} must be positive (or null: the feature dimension)."
+    if loss.online_keys_steps < 0:
+        return f"loss.online_keys_steps = {loss.online_keys_steps} must not be negative."
     for name in ("cma_weight", "imc_weight", "lmi_weight", "itm_weight", "mlm_weight", "align_uniform_weight"):
         if getattr(loss, name) < 0:
             return f"loss.{name} = {getattr(loss, name)} must not be negative."
@@ -461,6 +480,14 @@ def _check_data(config: Config, world_size: int) -> str | None:
         return "data.pretrain_files is empty. List at least one annotation file (relative to data.root)."
     if config.eval.k_test <= 0:
         return f"eval.k_test = {config.eval.k_test} must be positive."
+    for name in ("retrieval_images", "retrieval_captions_per_image", "every"):
+        value = getattr(config.eval, name)
+        if value is not None and value <= 0:
+            return f"eval.{name} = {value} must be positive (or null)."
+    if config.eval.retrieval_images is not None and config.eval.retrieval_images < 2:
+        return "eval.retrieval_images must be at least 2 (retrieval ranks images against each other)."
+    if config.eval.retrieval_k_test <= 0:
+        return f"eval.retrieval_k_test = {config.eval.retrieval_k_test} must be positive."
     if config.vqa.min_answer_count <= 0:
         return f"vqa.min_answer_count = {config.vqa.min_answer_count} must be positive."
     return None

@@ -64,6 +64,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
            ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null", *common])
     run_stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
     scores = {name: read_scores(out / name, config.data.vqa_eval) for name in ("vqa", "vqa_scratch")}
+    retrieval = read_retrieval(out / "pretrain", overrides)
     blind_model = read_scores(out / "vqa", f"{config.data.vqa_eval}_blind")
     results = {
         "vqa_accuracy": scores["vqa"]["overall"], "hit_rate": scores["vqa"]["hit_rate"],
@@ -71,6 +72,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
         "scratch_accuracy": scores["vqa_scratch"]["overall"],
         "scratch_per_answer_type": scores["vqa_scratch"]["per_answer_type"],
         "blind_accuracy": summary["blind_val_accuracy"], "model_blind_accuracy": blind_model["overall"],
+        **retrieval,
         "examples": _examples(out / "vqa", config),
         "minutes": (time.perf_counter() - start) / 60.0,
     }
@@ -83,6 +85,20 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     _plot(results, out / "demo_accuracy.png")
     print(format_results(results))
     return results
+
+
+def read_retrieval(pretrain_dir: Path, overrides: list[str]) -> dict[str, float]:
+    """The pretraining stage's final zero-shot retrieval, in percent (empty when the run had no retrieval file)."""
+    from tcl.engine.evaluate_retrieval import results_name
+
+    path = pretrain_dir / results_name(load_config(PRETRAIN_CONFIG, overrides))
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    return {f"retrieval_{key}": results[key] for key in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5")} | {
+        "itm_accuracy": results["itm_accuracy"], "mlm_word_accuracy": results.get("mlm_word_accuracy"),
+        "retrieval_images": results["images"],
+        "retrieval_file": str(path)}
 
 
 def read_scores(run_dir: Path, suffix: str) -> dict[str, Any]:
@@ -118,7 +134,14 @@ def format_results(results: dict[str, Any]) -> str:
              f"  {'blind: best question-only prior':<38} {results['blind_accuracy']:8.2f}",
              f"  {'blind: fine-tuned model, constant image':<38} {results['model_blind_accuracy']:8.2f}",
              f"  hit rate (prediction among the 10 answers): {results['hit_rate']:.2f} %",
-             f"  total time: {results['minutes']:.1f} min", "", "examples:"]
+             f"  total time: {results['minutes']:.1f} min"]
+    if "retrieval_i2t_r1" in results:
+        lines += ["", "pretraining alone (zero-shot, held-out val images against their full-listing captions, %)",
+                  f"  retrieval R@1 image->text {results['retrieval_i2t_r1']:.1f}, text->image "
+                  f"{results['retrieval_t2i_r1']:.1f} (R@5 {results['retrieval_i2t_r5']:.1f} / "
+                  f"{results['retrieval_t2i_r5']:.1f}; chance R@1 {100 / results['retrieval_images']:.1f})",
+                  f"  ITM accuracy on true vs random captions {results['itm_accuracy']:.1f} (chance 50)"]
+    lines += ["", "examples:"]
     for example in results["examples"]:
         answers = ", ".join(f"{a['answer']} ({a['score']:.2f})" for a in example["top3"])
         lines.append(f"  Q{example['question_id']}: {example['question']}? -> {answers}")

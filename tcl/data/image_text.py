@@ -81,7 +81,7 @@ def _coco_rows(path: Path, image_root: Path, on_bad_sample: str, skipped: Counte
             _bad(f"{path}: caption {ann.get('id')} refers to unknown image id {ann.get('image_id')}",
                  "unknown image id", on_bad_sample, skipped)
             continue
-        folder = _coco_folder(image["file_name"], path)
+        folder = coco_image_folder(image["file_name"], path)
         if folder not in listings:
             listings[folder] = _listing(image_root / folder)
         if image["file_name"] not in listings[folder]:
@@ -95,7 +95,7 @@ def _coco_rows(path: Path, image_root: Path, on_bad_sample: str, skipped: Counte
         yield {"image": f"{folder}/{image['file_name']}", "captions": [ann["caption"]]}
 
 
-def _coco_folder(file_name: str, annotation_path: Path) -> str:
+def coco_image_folder(file_name: str, annotation_path: Path) -> str:
     """COCO keeps images of split S in folder S; the split is in the file name (or in the annotation file's name)."""
     match = _COCO_FILE.search(file_name)
     if match:

@@ -38,6 +38,8 @@ SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = {"small": 0.10, "large": 0.17}
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+# The words a caption must get right about the scene: what MLM accuracy on masked content words measures.
+CONTENT_WORDS = (*COLORS, *SHAPES, *PLURALS.values(), *SIZES, *NUMBER_WORDS)
 SPLITS = ("train2014", "val2014")
 FIRST_IMAGE_ID = {"train2014": 1, "val2014": 500_001}
 

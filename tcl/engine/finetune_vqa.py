@@ -181,7 +181,7 @@ class AnswerSequenceCollator:
         return batch
 
 
-def vqa_step(model, batch: dict, alpha: float, boundary: bool, device):
+def vqa_step(model, batch: dict, alpha: float, boundary: bool, device, step: int = 0):
     """One forward of the VQA model with its loss (BCE for the classifier, weighted sequence NLL for the decoder)."""
     return model(batch["image"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
                  targets=batch["targets"].to(device), alpha=alpha, step_boundary=boundary,

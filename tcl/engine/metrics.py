@@ -9,6 +9,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
+EVAL_SHOWN = ("i2t_r1", "t2i_r1", "itm_accuracy", "mlm_word_accuracy")
+# Panels of evaluation curves: each groups metrics on the same scale (percent).
+EVAL_PANELS = {"retrieval R@1 (%)": ("eval/i2t_r1", "eval/t2i_r1"),
+               "ITM / masked-word accuracy (%)": ("eval/itm_accuracy", "eval/mlm_word_accuracy")}
 
 
 class MetricsLogger:
@@ -39,10 +43,23 @@ class MetricsLogger:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}")
 
+    def log_eval(self, step: int, results: dict) -> None:
+        """One JSON line ``{"step", "eval/<name>": value, ...}`` (main process), mirrored to the trackers."""
+        record = {"step": step, **{f"eval/{k}": float(v) for k, v in results.items()}}
+        self.accelerator.log(record, step=step)
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        logger.info("step %d evaluation: %s", step, headline(results))
+
     def close(self) -> None:
         self.accelerator.end_training()
         if self.handle:
             self.handle.close()
+
+
+def headline(results: dict) -> str:
+    """The evaluation numbers a log line shows: ``i2t_r1 52.0, t2i_r1 55.0, itm_accuracy 90.0, ...``."""
+    return ", ".join(f"{key} {results[key]:.1f}" for key in EVAL_SHOWN if key in results)
 
 
 def plot_losses(metrics_file: Path, out: Path) -> Path | None:
@@ -57,16 +74,24 @@ def plot_losses(metrics_file: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["loss"] + sorted(k for k in records[-1] if k.startswith("loss/"))
+    present = {k for r in records for k in r}
+    panels = {key.replace("loss/", ""): (key,) for key in ["loss"] + sorted(k for k in present
+                                                                               if k.startswith("loss/"))}
+    panels.update({title: keys for title, keys in EVAL_PANELS.items() if present.intersection(keys)})
     columns = 3
-    rows = (len(keys) + columns - 1) // columns
+    rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
-    steps = [r["step"] for r in records]
-    for axis, key in zip(axes.flat, keys):
-        axis.plot(steps, [r.get(key, float("nan")) for r in records], linewidth=1)
-        axis.set_title(key.replace("loss/", ""))
+    for axis, (title, keys) in zip(axes.flat, panels.items()):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                axis.plot(*zip(*points), linewidth=1, marker="o" if key.startswith("eval/") else None,
+                          markersize=3, label=key.replace("eval/", ""))
+        if len(keys) > 1:
+            axis.legend(fontsize=7)
+        axis.set_title(title)
         axis.set_xlabel("step")
-    for axis in list(axes.flat)[len(keys):]:
+    for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
     figure.tight_layout()
     figure.savefig(out, dpi=100)

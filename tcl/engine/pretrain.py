@@ -22,6 +22,7 @@ from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokenizer, check_data_root, pretrain_collator
 from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
+from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, feature_gather, unwrap
 from tcl.engine.trainer import Trainer, training_parser
@@ -86,8 +87,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         state = load_checkpoint(accelerator, path)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], state["epoch"],
                     state["batch"])
+    probe = retrieval_probe(config, tokenizer) if accelerator.is_main_process else None
     trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
-                      SkipReport(dataset.skipped_at_indexing), pretrain_step, name="pretraining")
+                      SkipReport(dataset.skipped_at_indexing), pretrain_step, name="pretraining",
+                      evaluate=probe, eval_file=results_name(config))
     code = trainer.fit()
     if args.dump_rank_states:
         dump_rank_state(accelerator, model, output_dir / "rank_states")
@@ -123,10 +126,16 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
     return model
 
 
-def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device):
-    """One forward of the pretraining model on a collated batch."""
+def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step: int = 0):
+    """One forward of the pretraining model on a collated batch (``step``: optimizer steps done so far)."""
+    online = step < unwrap_config(model).online_keys_steps
     return model(batch["image"].to(device), batch["image_aug"].to(device), batch["input_ids"].to(device),
-                 batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary)
+                 batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary, online_keys=online)
+
+
+def unwrap_config(model):
+    """The loss config of a (possibly DDP- or DeepSpeed-wrapped) pretraining model."""
+    return getattr(model, "module", model).loss_config
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The training loop shared by pretraining and fine-tuning: accumulation, clipping, checkpoints, feedback, signals.
 
-A task supplies ``step_fn(model, batch, alpha, boundary, device) -> output`` where ``output`` has ``loss`` (with
+A task supplies ``step_fn(model, batch, alpha, boundary, device, step) -> output`` where ``output`` has ``loss`` (with
 gradient), ``losses`` and ``diagnostics`` (dicts of detached scalars); ``boundary`` is True for the first micro-batch
 of each optimizer step (momentum updates and enqueues happen then).
 """
@@ -20,7 +20,7 @@ import yaml
 from tcl.config import Config
 from tcl.data.bad_samples import SkipReport
 from tcl.engine.checkpoint import save_checkpoint
-from tcl.engine.metrics import MetricsLogger, plot_losses
+from tcl.engine.metrics import MetricsLogger, headline, plot_losses
 from tcl.engine.optim import alpha_at
 from tcl.engine.runtime import peak_memory_mb
 from tcl.errors import TclError
@@ -28,6 +28,7 @@ from tcl.errors import TclError
 logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Any, dict, float, bool, Any], Any]
+EvalFn = Callable[[Any], dict]
 
 
 def training_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
@@ -61,7 +62,8 @@ class Trainer:
     """The training loop and its bookkeeping, shared by pretraining and fine-tuning."""
 
     def __init__(self, config: Config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch: int,
-                 state: dict, skips: SkipReport, step_fn: StepFn, name: str = "training"):
+                 state: dict, skips: SkipReport, step_fn: StepFn, name: str = "training",
+                 evaluate: EvalFn | None = None, eval_file: str = "eval_results.json"):
         self.config, self.accelerator = config, accelerator
         self.model, self.optimizer, self.scheduler, self.loader = model, optimizer, scheduler, loader
         self.steps_per_epoch, self.state, self.skips = steps_per_epoch, state, skips
@@ -73,6 +75,8 @@ class Trainer:
         self.stop = _StopRequest()
         self.last_checkpoint: Path | None = None
         self.window_nonfinite, self.nonfinite_in_a_row, self.nonfinite_skipped = False, 0, 0
+        # evaluate(unwrapped model) -> metrics, run on the main process every eval.every steps and at the end.
+        self.evaluate, self.eval_file, self.final_eval = evaluate, eval_file, None
 
     def fit(self) -> int:
         start = time.perf_counter()
@@ -89,6 +93,7 @@ class Trainer:
                     self._checkpoint()
             if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
                 self._checkpoint()
+            self.final_eval = self._evaluate()
         finally:
             bar.close()
             self.stop.restore()
@@ -122,13 +127,30 @@ class Trainer:
                                   cfg.train.batch_size * accumulation * self.accelerator.num_processes / seconds, bar)
             if self._should_save():
                 self._checkpoint()
+            every = cfg.eval.every
+            if every and self.state["step"] % every == 0 and self.state["step"] < self.max_steps:
+                self._evaluate()
             if self.state["step"] >= self.max_steps or self.stop.requested:
                 return False
         return True
 
+    def _evaluate(self) -> dict | None:
+        """Runs ``evaluate`` on the main process (the others wait) and logs its metrics under ``eval/``."""
+        if self.evaluate is None:
+            return None
+        results = None
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            results = self.evaluate(model)
+            model.train(was_training)
+            self.metrics.log_eval(self.state["step"], results)
+        self.accelerator.wait_for_everyone()
+        return results
+
     def _micro_step(self, batch: dict, alpha: float, boundary: bool):
         with self.accelerator.accumulate(self.model):
-            output = self.step_fn(self.model, batch, alpha, boundary, self.accelerator.device)
+            output = self.step_fn(self.model, batch, alpha, boundary, self.accelerator.device, self.state["step"])
             if self._finite_on_every_process(output.loss):
                 self.accelerator.backward(output.loss)
             else:  # every process skips together, so no collective is left waiting
@@ -187,9 +209,16 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png")
+        evaluation = ""
+        if self.final_eval is not None:
+            import json
+
+            path = self.output_dir / self.eval_file
+            path.write_text(json.dumps({"step": self.state["step"], **self.final_eval}, indent=2))
+            evaluation = f"evaluation {headline(self.final_eval)} ({path}), "
         samples = steps * self.config.train.batch_size * self.config.train.grad_accum_steps * \
             self.accelerator.num_processes
         print(f"{self.name} done: {self.state['step']} steps on {self.accelerator.num_processes} process(es), "
               f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
               f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "
-              f"plot {plot}, {self.skips.format()}, {self.nonfinite_skipped} non-finite steps skipped")
+              f"plot {plot}, {evaluation}{self.skips.format()}, {self.nonfinite_skipped} non-finite steps skipped")

@@ -150,12 +150,19 @@ def _maybe_checkpoint(enabled: bool, layer: nn.Module, *args):
     return layer(*args)
 
 
-def init_bert_weights(module: nn.Module, std: float = 0.02, xavier: bool = False) -> None:
-    """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorm; with ``xavier`` the linear layers are
-    Xavier-uniform instead (for small models trained from scratch)."""
-    for sub in module.modules():
+def init_bert_weights(module: nn.Module, scheme: str = "bert", std: float = 0.02) -> None:
+    """Initialises linear layers, embeddings and LayerNorms; ``scheme`` is ``model.init_scheme``:
+
+    * ``bert``: N(0, std) weights, zero biases, unit LayerNorm (BERT);
+    * ``xavier``: Xavier-uniform linear layers;
+    * ``xavier_qk``: BERT's, except Xavier-uniform attention query and key projections. From scratch, BERT's init
+      starts every attention nearly uniform with a gradient on its queries proportional to its tiny keys (a long
+      plateau), while all-Xavier value and output projections average each text's positions into one state (rank
+      collapse); this keeps the residual path small and the attention patterns trainable.
+    """
+    for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
-            if xavier:
+            if scheme == "xavier" or (scheme == "xavier_qk" and name.endswith((".query", ".key"))):
                 nn.init.xavier_uniform_(sub.weight)
             else:
                 nn.init.normal_(sub.weight, std=std)

@@ -54,6 +54,19 @@ class _Teacher:
     text_feat_all: torch.Tensor
 
 
+def pool_image(embeds: torch.Tensor, pool: str) -> torch.Tensor:
+    """The image's global state: its [CLS] token (TCL), or the mean of its patch tokens."""
+    return embeds[:, 0] if pool == "cls" else embeds[:, 1:].mean(dim=1)
+
+
+def pool_text(embeds: torch.Tensor, attention_mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """The text's global state: its [CLS] token (TCL), or the mean of its real (unpadded) tokens."""
+    if pool == "cls":
+        return embeds[:, 0]
+    mask = attention_mask[..., None].to(embeds.dtype)
+    return (embeds * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
 class TCLPretrainModel(nn.Module):
     """TCL: CMA + IMC + LMI contrastive terms with a swappable objective, ITM with hard negatives, MLM.
 
@@ -75,7 +88,7 @@ class TCLPretrainModel(nn.Module):
         self.mlm_head = MLMHead(config, self.text_encoder.embeddings.word_embeddings)
         # The MLM decoder is the word-embedding matrix (tied): only its transform is initialised here.
         for module in (self.text_encoder, self.fusion_encoder, self.mlm_head.predictions.transform):
-            init_bert_weights(module, xavier=model.init_scheme == "xavier")
+            init_bert_weights(module, model.init_scheme)
         self.vision_proj = nn.Linear(model.vision_width, model.embed_dim)
         self.text_proj = nn.Linear(model.hidden_size, model.embed_dim)
         self.itm_head = nn.Linear(model.hidden_size, 2)
@@ -96,12 +109,13 @@ class TCLPretrainModel(nn.Module):
     def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image tokens [B, 1 + P, Dv] and the normalised global feature [B, d]."""
         embeds = self.vision_encoder.forward_features(image)
-        return embeds, F.normalize(self.vision_proj(embeds[:, 0]), dim=-1)
+        return embeds, F.normalize(self.vision_proj(pool_image(embeds, self.model_config.feature_pool)), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Text-encoder states [B, L, D] and the normalised global feature [B, d]."""
         embeds = self.text_encoder(input_ids, attention_mask)
-        return embeds, F.normalize(self.text_proj(embeds[:, 0]), dim=-1)
+        return embeds, F.normalize(self.text_proj(pool_text(embeds, attention_mask, self.model_config.feature_pool)),
+                                   dim=-1)
 
     def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         """Fusion-encoder states [B, L, D] of text states cross-attending to image tokens."""
@@ -132,7 +146,8 @@ class TCLPretrainModel(nn.Module):
     # -- training forward ----------------------------------------------------------------------------------------
 
     def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True) -> PretrainOutput:
+                attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True,
+                online_keys: bool = False) -> PretrainOutput:
         """All TCL losses for one batch.
 
         Args:
@@ -141,6 +156,9 @@ class TCLPretrainModel(nn.Module):
             alpha: distillation weight (ramped by the trainer).
             step_boundary: whether this batch starts an optimizer step: the momentum update and the enqueue happen
                 only then, so gradient accumulation advances them once per optimizer step.
+            online_keys: CMA contrasts the online features of the batch with each other (CLIP's in-batch loss,
+                gradient through both sides, no distillation) instead of momentum keys and queues: the from-scratch
+                warm-up of ``loss.online_keys_steps``. Momentum updates and enqueues go on as usual.
         """
         self.clamp_temperature()
         temp, cfg = self.temp, self.loss_config
@@ -150,9 +168,13 @@ class TCLPretrainModel(nn.Module):
         distill_alpha = alpha if cfg.distill else 0.0
         common = dict(objective=cfg.objective, tau_plus=cfg.tau_plus, include_self=cfg.include_self)
         terms = {}
-        terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, alpha=distill_alpha, image_feat_m=teacher.image_feat,
-                                              text_feat_m=teacher.text_feat, **common)
+        if online_keys:
+            terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, image_feat, text_feat, temp, **common)
+        else:
+            terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all,
+                                                  teacher.text_feat_all, temp, alpha=distill_alpha,
+                                                  image_feat_m=teacher.image_feat, text_feat_m=teacher.text_feat,
+                                                  **common)
         image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
                                               temp, image_weights=image_weights, **common)
@@ -189,10 +211,11 @@ class TCLPretrainModel(nn.Module):
             self.momentum.update(self.online_modules())
         m = self.momentum
         image_embeds = m["vision_encoder"].forward_features(image_aug)
-        image_feat = F.normalize(m["vision_proj"](image_embeds[:, 0]), dim=-1)
+        pool = self.model_config.feature_pool
+        image_feat = F.normalize(m["vision_proj"](pool_image(image_embeds, pool)), dim=-1)
         image_local = pool_image_regions(F.normalize(m["vision_proj"](image_embeds[:, 1:]), dim=-1))
         text_out = m["text_encoder"](input_ids, attention_mask)
-        text_feat = F.normalize(m["text_proj"](text_out[:, 0]), dim=-1)
+        text_feat = F.normalize(m["text_proj"](pool_text(text_out, attention_mask, pool)), dim=-1)
         text_local = F.normalize(m["text_proj"](text_out[:, 1:]), dim=-1)
         return _Teacher(image_embeds, image_feat, image_local, text_feat, text_local,
                         torch.cat([image_feat, self.image_queue.features().to(image_feat.dtype)]),

@@ -50,7 +50,9 @@ def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
     """ViT with a class token, qkv bias, LayerNorm eps 1e-6, no head and no pooling (keys match timm/DeiT).
 
     ``model.init_scheme: xavier`` selects timm's "jax" initialisation (Xavier-uniform linear layers) instead of its
-    N(0, 0.02) default, for the same reason as in the text encoder: a small model trained from scratch.
+    N(0, 0.02) default, for the same reason as in the text encoder: a small model trained from scratch;
+    ``xavier_qk`` keeps timm's default but draws the query and key projections Xavier-uniform (see
+    ``tcl.models.bert.init_bert_weights``).
     ``model.vision_stem: conv`` replaces the linear patch embedding by ``ConvStemPatchEmbed``;
     ``model.pos_embed_init: sincos`` starts the position embeddings from a 2-D sine-cosine grid.
     """
@@ -60,9 +62,20 @@ def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
                                 mlp_ratio=model.vision_mlp_ratio, qkv_bias=True, num_classes=0, global_pool="",
                                 class_token=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
                                 weight_init="jax" if model.init_scheme == "xavier" else "")
+    if model.init_scheme == "xavier_qk":
+        init_query_key_xavier(encoder)
     if model.pos_embed_init == "sincos":
         init_sincos_pos_embed(encoder)
     return encoder
+
+
+def init_query_key_xavier(encoder: VisionTransformer) -> None:
+    """Xavier-uniform query and key rows of every block's fused qkv projection (``init_scheme: xavier_qk``)."""
+    with torch.no_grad():
+        for block in encoder.blocks:
+            width = block.attn.qkv.weight.shape[1]
+            for part in (0, 1):  # rows [0, D) are the queries, [D, 2D) the keys
+                nn.init.xavier_uniform_(block.attn.qkv.weight[part * width:(part + 1) * width])
 
 
 def init_sincos_pos_embed(encoder: VisionTransformer) -> None:

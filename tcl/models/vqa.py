@@ -90,7 +90,7 @@ class TCLVQAModel(nn.Module):
             # The LM decoder is the (tied) word-embedding matrix: initialise everything but it.
             modules += [self.text_decoder.bert, self.text_decoder.cls.predictions.transform]
         for module in modules:
-            init_bert_weights(module, xavier=model.init_scheme == "xavier")
+            init_bert_weights(module, model.init_scheme)
         self.momentum = MomentumEncoders(self._momentum_sources(), model.momentum) if distill and head == "decoder" \
             else None
 

@@ -49,7 +49,7 @@ def run(tmp_path, bad_batches, *overrides, snapshots=None):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    def step_fn(model, batch, alpha, boundary, device):
+    def step_fn(model, batch, alpha, boundary, device, step=0):
         if snapshots is not None:
             snapshots[batch["index"]] = model.weight.detach().clone()
         loss = model(batch["x"]).pow(2).mean()
@@ -79,8 +79,8 @@ def test_a_nonfinite_gradient_is_caught_by_the_clipping_norm(tmp_path):
     trainer, model = run(tmp_path, set(), "train.grad_clip=1.0", snapshots=snapshots)
     original = trainer.step_fn
 
-    def huge_gradient(model, batch, alpha, boundary, device):
-        out = original(model, batch, alpha, boundary, device)
+    def huge_gradient(model, batch, alpha, boundary, device, step=0):
+        out = original(model, batch, alpha, boundary, device, step)
         if batch["index"] == 5:  # a finite loss whose gradient is not: d sqrt(u)/du at u = 0
             out.loss = out.loss + torch.sqrt((model.weight - model.weight.detach()).abs().sum())
             assert torch.isfinite(out.loss)

@@ -1,0 +1,8 @@
+"""Retrieval evaluation entry point: ``python scripts/evaluate_retrieval.py --run runs/pretrain_tiny``."""
+
+import sys
+
+from tcl.engine.evaluate_retrieval import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""A retrieval evaluation set from a COCO captions file: the first images (by id) and their captions, decoded once.
+
+TCL evaluates retrieval on COCO-format splits (5 captions per image); ``captions_per_image`` keeps only the first
+captions of each image (the generated world's first caption is the full listing of the scene, the one its
+retrieval numbers use).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tcl.data.image_text import coco_image_folder, load_coco
+from tcl.data.images import load_rgb_image
+from tcl.data.text import pre_caption
+from tcl.data.tokenizer import TclTokenizer
+from tcl.data.transforms import test_transform
+from tcl.errors import DataError
+from tcl.evaluation.retrieval import RetrievalSet
+
+
+def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokenizer: TclTokenizer, image_size: int,
+                       max_images: int | None = None, captions_per_image: int | None = None,
+                       max_text_len: int | None = None, max_words: int = 30) -> RetrievalSet:
+    """Images with at least one caption, in image-id order, each with its captions in annotation order.
+
+    Raises:
+        DataError: the file is missing, or no listed image has both a caption and a readable file.
+    """
+    captions_file, image_root = Path(captions_file), Path(image_root)
+    if not captions_file.is_file():
+        raise DataError(f"{captions_file}: captions file not found. Run `tcl make-data` for the embedded data, or "
+                        f"point eval.retrieval_file at a COCO captions file.")
+    coco = load_coco(captions_file)
+    transform = test_transform(image_size)
+    images, texts, text_image = [], [], []
+    for image_id in sorted(coco.imgs):
+        captions = [pre_caption(str(a.get("caption") or ""), max_words) for a in coco.imgToAnns.get(image_id, [])]
+        captions = [c for c in captions if c][:captions_per_image]
+        if not captions:
+            continue
+        info = coco.imgs[image_id]
+        path = image_root / coco_image_folder(info["file_name"], captions_file) / info["file_name"]
+        if not path.is_file():
+            raise DataError(f"{captions_file}: image file {path} (image id {image_id}) is missing. Check data.root and "
+                            f"data.image_root.")
+        images.append(transform(load_rgb_image(path)))
+        text_image += [len(images) - 1] * len(captions)
+        texts += captions
+        if max_images is not None and len(images) >= max_images:
+            break
+    if len(images) < 2:
+        raise DataError(f"{captions_file}: retrieval needs at least 2 captioned images, found {len(images)}.")
+    encoded = tokenizer.encode_texts(texts, max_text_len)
+    return RetrievalSet(torch.stack(images), encoded.input_ids, encoded.attention_mask, torch.tensor(text_image),
+                        texts)

@@ -1,0 +1,130 @@
+"""Zero-shot retrieval evaluation of a pretraining run (TCL's ``Retrieval.py`` protocol), also run during pretraining.
+
+    tcl evaluate-retrieval --run runs/pretrain_tiny [--split val2014] [--max-images 100] [--captions-per-image 1]
+    python scripts/evaluate_retrieval.py --run runs/pretrain_tiny
+
+Ranks every image against every caption of a COCO captions file by ITC similarity, re-ranks the top
+``eval.retrieval_k_test`` by ITM, and reports image→text and text→image R@1/5/10 and their mean, the same recalls
+by ITC alone, ITM accuracy on true vs random captions, MLM accuracy on masked content words and the feature
+uniformity of both towers. Writes ``retrieval_<split>[_<N>images][_<K>caps].json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tcl.config import Config, load_config
+from tcl.data.builders import build_tokenizer
+from tcl.data.retrieval import coco_retrieval_set
+from tcl.data.shapes import CONTENT_WORDS
+from tcl.data.tokenizer import TclTokenizer
+from tcl.errors import run_command
+from tcl.evaluation.retrieval import evaluate_pretraining
+
+logger = logging.getLogger("tcl.evaluate_retrieval")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tcl evaluate-retrieval",
+                                     description="zero-shot image-text retrieval of a pretraining run")
+    parser.add_argument("--run", required=True, help="a pretraining run folder (config.yaml, checkpoints)")
+    parser.add_argument("--split", default=None,
+                        help="captions split: annotations/captions_<split>.json under data.root (default: the run's "
+                             "eval.retrieval_file)")
+    parser.add_argument("--max-images", type=int, default=None, help="the first N images (default: the run's)")
+    parser.add_argument("--captions-per-image", type=int, default=None,
+                        help="the first K captions of each image (default: the run's; 1 = the generated world's "
+                             "full listing)")
+    parser.add_argument("--k-test", type=int, default=None, help="candidates re-ranked by ITM (default: the run's)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_command(run, args, args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tcl.inference.image_text import load_pretrained
+
+    run_dir = Path(args.run)
+    overrides = []
+    if args.split:
+        overrides.append(f"eval.retrieval_file=annotations/captions_{args.split}.json")
+    for key, value in (("retrieval_images", args.max_images), ("retrieval_captions_per_image",
+                                                              args.captions_per_image),
+                       ("retrieval_k_test", args.k_test)):
+        if value is not None:
+            overrides.append(f"eval.{key}={value}")
+    config = load_config(run_dir / "config.yaml", overrides)
+    model = load_pretrained(run_dir)
+    probe = retrieval_probe(config, build_tokenizer(config))
+    results = probe(model)
+    path = run_dir / results_name(config)
+    path.write_text(json.dumps(results, indent=2))
+    print(format_results(results))
+    print(f"results written to {path}")
+    return 0
+
+
+def results_name(config: Config) -> str:
+    """``retrieval_<split>[_<N>images][_<K>caps].json``: settings that change the numbers are in the name."""
+    ev = config.eval
+    name = f"retrieval_{Path(ev.retrieval_file).stem.replace('captions_', '')}"
+    if ev.retrieval_images is not None:
+        name += f"_{ev.retrieval_images}images"
+    if ev.retrieval_captions_per_image is not None:
+        name += f"_{ev.retrieval_captions_per_image}caps"
+    return name + ".json"
+
+
+def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], dict[str, float]] | None:
+    """A function model → retrieval metrics on ``eval.retrieval_file`` (None when that is null or absent)."""
+    ev = config.eval
+    if ev.retrieval_file is None:
+        return None
+    path = Path(ev.retrieval_file)
+    path = path if path.is_absolute() else Path(config.data.root) / path
+    if not path.is_file():
+        logger.warning("%s not found: no retrieval evaluation (set eval.retrieval_file, or null to silence this)",
+                       path)
+        return None
+    data = coco_retrieval_set(path, Path(config.data.root) / config.data.image_root, tokenizer,
+                              config.model.image_size, ev.retrieval_images, ev.retrieval_captions_per_image,
+                              config.model.max_text_len, config.data.max_caption_words)
+    word_ids = content_word_ids(tokenizer)
+
+    def probe(model) -> dict[str, float]:
+        return evaluate_pretraining(model, data, word_ids, tokenizer.mask_id, ev.retrieval_k_test,
+                                    ev.batch_size)
+
+    return probe
+
+
+def content_word_ids(tokenizer: TclTokenizer) -> list[int]:
+    """Token ids of the content words (colours, shapes, sizes, numbers) that are single tokens of the vocabulary."""
+    vocab = tokenizer.tokenizer.get_vocab()
+    return sorted(vocab[word] for word in CONTENT_WORDS if word in vocab)
+
+
+def format_results(results: dict[str, float]) -> str:
+    both = "  ".join(f"{key} {results[key]:.1f}" for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",
+                                                             "t2i_r10"))
+    line = [f"retrieval (ITC + ITM re-ranking, %): {both}  mean {results['r_mean']:.1f}",
+            f"  ITC alone: i2t_r1 {results['itc_i2t_r1']:.1f}  t2i_r1 {results['itc_t2i_r1']:.1f};  "
+            f"ITM accuracy {results['itm_accuracy']:.1f}"]
+    if "mlm_word_accuracy" in results:
+        line[-1] += f";  MLM content-word accuracy {results['mlm_word_accuracy']:.1f}"
+    line[-1] += (f";  uniformity image {results['uniformity_image']:.2f} / "
+                 f"text {results['uniformity_text']:.2f}")
+    return "\n".join(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Zero-shot image-text retrieval as TCL's ``Retrieval.py`` measures it (TCL.md Part B §7.3), plus the two probes
+of pretraining that go with it: ITM accuracy on true vs random captions and MLM accuracy on masked content words.
+
+Ranking: every image against every text by the cosine of the contrastive features (ITC); the top ``k_test``
+candidates of each query are re-ranked by the ITM head's match logit, and the rest keep score −inf. Recall@K counts a
+query as found when one of its positives ranks within the first K. Ties are broken against the query: a negative that
+scores *the same* as the best positive counts as ranked above it, so a collapsed model (all scores equal) gets 0, not
+a lucky hit; K larger than the gallery always finds the positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalSet:
+    """Images and their captions; ``text_image[t]`` is the index of caption t's image."""
+
+    images: torch.Tensor  # [I, 3, H, W]
+    input_ids: torch.Tensor  # [T, L]
+    attention_mask: torch.Tensor  # [T, L]
+    text_image: torch.Tensor  # [T] long
+    texts: list[str]
+
+
+def positive_ranks(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """The rank (0 = first) of each row's best positive among its negatives; ties count against the row.
+
+    Args:
+        scores: [Q, G] query-by-gallery scores.
+        positive: [Q, G] bool, True where the gallery item matches the query (at least one per row).
+    """
+    if not positive.any(dim=1).all():
+        raise ValueError("every query needs at least one positive in the gallery")
+    best = scores.masked_fill(~positive, float("-inf")).max(dim=1).values
+    return ((scores >= best[:, None]) & ~positive).sum(dim=1)
+
+
+def recall_at_k(scores_i2t: torch.Tensor, text_image: torch.Tensor, scores_t2i: torch.Tensor | None = None,
+                ks: Sequence[int] = KS) -> dict[str, float]:
+    """Image→text and text→image recall@K in percent, and their mean (``r_mean``), as TCL reports them.
+
+    Args:
+        scores_i2t: [I, T] score of every text for every image (the i2t ranking).
+        text_image: [T] image index of each text (an image may have several texts).
+        scores_t2i: [T, I] score of every image for every text; default ``scores_i2t.T``.
+        ks: the K values.
+    """
+    num_images, num_texts = scores_i2t.shape
+    if text_image.shape != (num_texts,):
+        raise ValueError(f"text_image must have one entry per text ({num_texts}), got {tuple(text_image.shape)}")
+    scores_t2i = scores_i2t.T if scores_t2i is None else scores_t2i
+    matches = torch.arange(num_images, device=text_image.device)[:, None] == text_image[None, :]  # [I, T]
+    i2t = positive_ranks(scores_i2t.float(), matches)
+    t2i = positive_ranks(scores_t2i.float(), matches.T)
+    result = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            result[f"{name}_r{k}"] = 100.0 * int((ranks < k).sum()) / len(ranks)
+    result["r_mean"] = sum(result.values()) / len(result)
+    return result
+
+
+def rerank_top_k(itc: torch.Tensor, k: int, pair_scores) -> torch.Tensor:
+    """Scores of each row's top-``k`` columns by ITC replaced by ``pair_scores(row, columns)``; the rest −inf."""
+    k = min(k, itc.shape[1])
+    scores = torch.full_like(itc, float("-inf"))
+    top = itc.topk(k, dim=1).indices
+    for row in range(itc.shape[0]):
+        scores[row, top[row]] = pair_scores(row, top[row]).to(scores.dtype)
+    return scores
+
+
+@torch.no_grad()
+def encode_set(model, data: RetrievalSet, batch_size: int = 128):
+    """Image tokens and features, text states and features of a retrieval set (in batches)."""
+    device = next(model.parameters()).device
+    image_parts = [model.encode_image(data.images[i:i + batch_size].to(device))
+                   for i in range(0, len(data.images), batch_size)]
+    text_parts = [model.encode_text(data.input_ids[i:i + batch_size].to(device),
+                                    data.attention_mask[i:i + batch_size].to(device))
+                  for i in range(0, len(data.input_ids), batch_size)]
+    image_embeds, image_feat = (torch.cat(part) for part in zip(*image_parts))
+    text_embeds, text_feat = (torch.cat(part) for part in zip(*text_parts))
+    return image_embeds, image_feat, text_embeds, text_feat, data.attention_mask.to(device)
+
+
+def _itm_logit(model, text_embeds, attention_mask, image_embeds) -> torch.Tensor:
+    """The ITM head's match logit of aligned (text, image) rows."""
+    return model.itm_head(model.fuse(text_embeds, attention_mask, image_embeds)[:, 0])[:, 1].float()
+
+
+@torch.no_grad()
+def evaluate_retrieval(model, data: RetrievalSet, k_test: int = 256, batch_size: int = 128) -> dict[str, float]:
+    """Recall@1/5/10 both ways ranked by ITC with the top ``k_test`` re-ranked by ITM (TCL's ``Retrieval.py``), and
+    the same by ITC alone (``itc_*``)."""
+    model.eval()
+    image_embeds, image_feat, text_embeds, text_feat, mask = encode_set(model, data, batch_size)
+    itc = (image_feat @ text_feat.T).float()
+    text_image = data.text_image.to(itc.device)
+
+    def texts_for_image(row, columns):
+        count = len(columns)
+        return _itm_logit(model, text_embeds[columns], mask[columns], image_embeds[row:row + 1].expand(count, -1, -1))
+
+    def images_for_text(row, columns):
+        count = len(columns)
+        return _itm_logit(model, text_embeds[row:row + 1].expand(count, -1, -1), mask[row:row + 1].expand(count, -1),
+                          image_embeds[columns])
+
+    scores_i2t = rerank_top_k(itc, k_test, texts_for_image)
+    scores_t2i = rerank_top_k(itc.T.contiguous(), k_test, images_for_text)
+    result = recall_at_k(scores_i2t, text_image, scores_t2i)
+    result.update({f"itc_{name}": value for name, value in recall_at_k(itc, text_image).items()})
+    return result
+
+
+def mismatched_texts(data: RetrievalSet, seed: int = 0) -> torch.Tensor:
+    """For each image, the index of a caption of another image whose text differs from all the image's captions."""
+    generator = torch.Generator().manual_seed(seed)
+    own = {}
+    for t, i in enumerate(data.text_image.tolist()):
+        own.setdefault(i, set()).add(data.texts[t])
+    choice = []
+    for image in range(len(data.images)):
+        for candidate in torch.randperm(len(data.texts), generator=generator).tolist():
+            if data.text_image[candidate] != image and data.texts[candidate] not in own.get(image, ()):
+                choice.append(candidate)
+                break
+        else:
+            raise ValueError("every caption of the set describes the same image; ITM accuracy needs two images")
+    return torch.tensor(choice)
+
+
+@torch.no_grad()
+def itm_accuracy(model, data: RetrievalSet, seed: int = 0, batch_size: int = 128) -> float:
+    """Percent of (image, its first caption) pairs the ITM head calls a match and (image, a random other image's
+    caption) pairs it calls a mismatch, over both kinds of pairs."""
+    model.eval()
+    image_embeds, _, text_embeds, _, mask = encode_set(model, data, batch_size)
+    first = torch.tensor([data.text_image.tolist().index(i) for i in range(len(data.images))])
+    wrong = mismatched_texts(data, seed)
+    correct = 0
+    for texts, label in ((first, True), (wrong, False)):
+        logits = model.itm_head(model.fuse(text_embeds[texts], mask[texts], image_embeds)[:, 0]).float()
+        correct += int(((logits[:, 1] > logits[:, 0]) == label).sum())
+    return 100.0 * correct / (2 * len(data.images))
+
+
+@torch.no_grad()
+def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int,
+                         batch_size: int = 128) -> float | None:
+    """Percent of content-word tokens (``word_ids``: colours, shapes, sizes, numbers) the MLM head restores when each
+    is masked alone, the caption's image given; None when the set's captions hold none of them."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids, attention = data.input_ids.to(device), data.attention_mask.to(device)
+    is_word = torch.isin(ids, torch.tensor(list(word_ids), device=device)) & attention.bool()
+    rows, columns = is_word.nonzero(as_tuple=True)
+    if len(rows) == 0:
+        return None
+    image_embeds = encode_set(model, data, batch_size)[0]
+    correct = 0
+    for start in range(0, len(rows), batch_size):
+        row, column = rows[start:start + batch_size], columns[start:start + batch_size]
+        masked = ids[row].clone()
+        masked[torch.arange(len(row), device=device), column] = mask_id
+        hidden = model.fuse(model.text_encoder(masked, attention[row]), attention[row],
+                            image_embeds[data.text_image[row.cpu()].to(device)])
+        logits = model.mlm_head(hidden[torch.arange(len(row), device=device), column])
+        correct += int((logits.argmax(dim=-1) == ids[row, column]).sum())
+    return 100.0 * correct / len(rows)
+
+
+@torch.no_grad()
+def evaluate_pretraining(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int, k_test: int = 256,
+                         batch_size: int = 128) -> dict[str, float]:
+    """Everything that shows whether pretraining learns: retrieval recalls (ITM re-ranked and ITC alone), ITM
+    accuracy on true vs random captions, MLM accuracy on masked content words, and the uniformity of both towers'
+    features on the set (log E exp(−2‖x − y‖²); lower is more spread out)."""
+    from tcl.losses.diagnostics import uniformity
+
+    result = {"images": len(data.images), "texts": len(data.texts), **evaluate_retrieval(model, data, k_test, batch_size)}
+    result["itm_accuracy"] = itm_accuracy(model, data, batch_size=batch_size)
+    words = masked_word_accuracy(model, data, word_ids, mask_id, batch_size)
+    if words is not None:
+        result["mlm_word_accuracy"] = words
+    _, image_feat, _, text_feat, _ = encode_set(model, data, batch_size)
+    result["uniformity_image"] = float(uniformity(image_feat))
+    result["uniformity_text"] = float(uniformity(text_feat))
+    return result

@@ -1,0 +1,127 @@
+"""The from-scratch options of the tiny configs: init_scheme xavier_qk, feature_pool mean, online_keys_steps."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcl.config import load_config
+from tcl.losses.contrastive_terms import cma_loss
+from tcl.models import TCLPretrainModel
+from tcl.models.bert import init_bert_weights
+from tcl.models.pretrain import pool_image, pool_text
+from tcl.models.vision import build_vision_encoder
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 60
+
+
+def config(*overrides: str):
+    return load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "train.batch_size=8",
+                                                             *overrides])
+
+
+def model(*overrides: str) -> TCLPretrainModel:
+    cfg = config(*overrides)
+    torch.manual_seed(0)
+    return TCLPretrainModel(cfg.model, cfg.loss, VOCAB)
+
+
+def inputs(size: int = 8):
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(size, 3, 64, 64, generator=g)
+    ids = torch.randint(5, VOCAB, (size, 10), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[: size // 2, 6:] = 0
+    ids[mask == 0] = 0
+    return image, image + 0.1 * torch.randn(image.shape, generator=g), ids, mask
+
+
+def test_xavier_qk_draws_only_queries_and_keys_wide():
+    m = model("model.init_scheme=xavier_qk")
+    layer = m.fusion_encoder.layer[0]
+    for projection in (layer.attention.self, layer.crossattention.self):
+        assert projection.query.weight.std() > 0.05 and projection.key.weight.std() > 0.05  # Xavier: ~0.1 at 128
+        assert projection.value.weight.std() == pytest.approx(0.02, rel=0.1)  # BERT's N(0, 0.02)
+    assert layer.output.dense.weight.std() == pytest.approx(0.02, rel=0.1)
+    text_layer = m.text_encoder.encoder.layer[0].attention.self
+    assert text_layer.query.weight.std() > 0.05 and text_layer.value.weight.std() == pytest.approx(0.02, rel=0.1)
+
+
+def test_xavier_qk_in_the_vision_encoder():
+    encoder = build_vision_encoder(config("model.init_scheme=xavier_qk").model)
+    width = encoder.embed_dim
+    qkv = encoder.blocks[0].attn.qkv.weight
+    bound = (6.0 / (width + width)) ** 0.5
+    assert qkv[:2 * width].abs().max() <= bound and qkv[:2 * width].std() > 0.05
+    assert qkv[2 * width:].std() < 0.03  # values keep timm's N(0, 0.02)
+
+
+def test_init_schemes_differ_only_where_they_say():
+    torch.manual_seed(0)
+    bert = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    init_bert_weights(bert, "bert")
+    assert bert[0].weight.std() == pytest.approx(0.02, rel=0.1) and bert[0].bias.abs().sum() == 0
+    init_bert_weights(bert, "xavier")
+    assert bert[0].weight.std() > 0.1
+
+
+def test_mean_pooling_ignores_padding_and_the_image_class_token():
+    embeds = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert torch.equal(pool_text(embeds, mask, "cls"), embeds[:, 0])
+    assert torch.allclose(pool_text(embeds, mask, "mean")[0], embeds[0, :2].mean(dim=0))
+    assert torch.allclose(pool_text(embeds, mask, "mean")[1], embeds[1].mean(dim=0))
+    assert torch.allclose(pool_image(embeds, "mean"), embeds[:, 1:].mean(dim=1))
+    # Padding does not move a text's feature.
+    m = model("model.feature_pool=mean").eval()
+    image, _, ids, mask = inputs()
+    padded_ids = torch.cat([ids, torch.zeros(8, 3, dtype=torch.long)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(8, 3, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(m.encode_text(ids, mask)[1], m.encode_text(padded_ids, padded_mask)[1], atol=1e-5)
+
+
+def test_online_keys_contrast_the_batch_with_itself():
+    m = model("loss.online_keys_steps=10")
+    image, image_aug, ids, mask = inputs()
+    torch.manual_seed(3)
+    out = m(image, image_aug, ids, mask, online_keys=True)
+    m.eval()  # no dropout: the features the loss saw can be recomputed
+    torch.manual_seed(3)
+    out = m(image, image_aug, ids, mask, online_keys=True)
+    _, image_feat = m.encode_image(image)
+    _, text_feat = m.encode_text(ids, mask)
+    i2t, t2i = cma_loss(image_feat, text_feat, image_feat, text_feat, m.temp)
+    assert out.losses["i2t"].item() == pytest.approx(i2t.item(), rel=1e-5)
+    assert out.losses["t2i"].item() == pytest.approx(t2i.item(), rel=1e-5)
+    # Momentum keys give another value, and the queues are filled either way.
+    assert m(image, image_aug, ids, mask).losses["i2t"].item() != pytest.approx(i2t.item(), rel=1e-3)
+
+
+def test_online_keys_send_gradient_through_both_towers_of_the_cma_term():
+    m = model("loss.online_keys_steps=10", "loss.imc_weight=0", "loss.lmi_weight=0", "loss.itm_weight=0",
+              "loss.mlm_weight=0", "loss.distill=false")
+    out = m(*inputs(), online_keys=True)
+    out.loss.backward()
+    assert m.text_proj.weight.grad.abs().sum() > 0 and m.vision_proj.weight.grad.abs().sum() > 0
+    # With momentum keys the text tower's gradient comes from t2i only; with online keys from i2t as well.
+    text_grad_online = m.text_proj.weight.grad.clone()
+    m.zero_grad()
+    m(*inputs()).loss.backward()
+    assert not torch.allclose(text_grad_online, m.text_proj.weight.grad)
+
+
+def test_the_paper_configs_keep_tcl():
+    for name in ("pretrain_4m.yaml", "vqa.yaml"):
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.model.init_scheme == "bert" and cfg.model.feature_pool == "cls"
+        assert cfg.loss.online_keys_steps == 0 and cfg.loss.distill
+
+
+def test_negative_warmup_is_refused():
+    from tcl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="online_keys_steps"):
+        config("loss.online_keys_steps=-1")

@@ -36,6 +36,7 @@ ARMS = {
 # Written into a pretraining folder once it is complete: both protocols then fine-tune from it without pretraining again.
 PRETRAINING_DONE = "STUDY_PRETRAINING_DONE"
 DIAGNOSTICS = ("diag/alignment", "diag/uniformity_image", "diag/uniformity_text")
+RETRIEVAL = ("i2t_r1", "t2i_r1", "itc_i2t_r1", "itc_t2i_r1", "itm_accuracy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="VQA epochs (default: the tiny config's 3)")
     parser.add_argument("--max-train-questions", type=int, default=5000, help="thesis protocol: training questions")
     parser.add_argument("--max-eval-questions", type=int, default=2000, help="thesis protocol: evaluation questions")
+    parser.add_argument("--no-finetune", action="store_true",
+                        help="pretrain only: record the zero-shot retrieval, ITM and geometry of each arm, no VQA")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides for every stage (e.g. data.root=..)")
     return parser.parse_args(argv)
 
@@ -86,6 +89,15 @@ def final_diagnostics(pretrain_dir: Path) -> dict[str, float]:
     return {key.split("/")[1]: round(last[key], 4) for key in DIAGNOSTICS} if last else {}
 
 
+def final_retrieval(pretrain_dir: Path) -> dict[str, float]:
+    """The pretraining run's final zero-shot retrieval (R@1 both ways, ITM accuracy), when it evaluated one."""
+    files = sorted(pretrain_dir.glob("retrieval_*.json"))
+    if not files:
+        return {}
+    results = json.loads(files[0].read_text())
+    return {key: results[key] for key in RETRIEVAL if key in results}
+
+
 def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
     from tcl.config import load_config
     from tcl.demo import read_scores, run_stage
@@ -100,11 +112,14 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
     else:
         run_stage(f"{arm} seed {seed}: pretrain", pretrain.main, pretrain_argv)
         done_marker.write_text("pretraining finished\n")
+    pretraining = {**final_diagnostics(pretrained), **final_retrieval(pretrained)}
+    if args.no_finetune:
+        return {"arm": arm, "seed": seed, **pretraining, "minutes": round((time.perf_counter() - start) / 60, 2)}
     run_stage(f"{arm} seed {seed}: fine-tune", finetune_vqa.main, finetune_argv)
     split = load_config(REPO / "configs/vqa_tiny.yaml", args.overrides).data.vqa_eval
     scores = read_scores(run / "vqa", split)
     return {"arm": arm, "seed": seed, "vqa_accuracy": scores["overall"], "hit_rate": scores["hit_rate"],
-            "per_answer_type": scores["per_answer_type"], **final_diagnostics(pretrained),
+            "per_answer_type": scores["per_answer_type"], **pretraining,
             "minutes": round((time.perf_counter() - start) / 60, 2)}
 
 
@@ -115,7 +130,8 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
         if not mine:
             continue
         row = {"arm": arm, "seeds": len(mine)}
-        for key in ("vqa_accuracy", "hit_rate", "alignment", "uniformity_image", "uniformity_text"):
+        for key in ("vqa_accuracy", "hit_rate", "i2t_r1", "t2i_r1", "itm_accuracy", "alignment", "uniformity_image",
+                    "uniformity_text"):
             values = [r[key] for r in mine if key in r]
             if values:
                 row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -127,10 +143,11 @@ def markdown(rows: list[dict], protocol: str) -> str:
     def cell(row, key):
         return f"{row[key][0]:.2f} ± {row[key][1]:.2f}" if key in row else "–"
 
-    lines = [f"| arm ({protocol} protocol) | seeds | VQA accuracy | hit rate | alignment | uniformity (image) | "
-             "uniformity (text) |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| arm ({protocol} protocol) | seeds | VQA accuracy | hit rate | i2t R@1 | t2i R@1 | ITM accuracy | "
+             "alignment | uniformity (image) | uniformity (text) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['arm']} | {row['seeds']} | {cell(row, 'vqa_accuracy')} | {cell(row, 'hit_rate')} | "
+                     f"{cell(row, 'i2t_r1')} | {cell(row, 't2i_r1')} | {cell(row, 'itm_accuracy')} | "
                      f"{cell(row, 'alignment')} | {cell(row, 'uniformity_image')} | {cell(row, 'uniformity_text')} |")
     return "\n".join(lines)
 
@@ -143,7 +160,10 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
 
     figure, (bars, scatter) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = [row["arm"] for row in rows]
-    for offset, key, label in ((-0.2, "vqa_accuracy", "VQA accuracy"), (0.2, "hit_rate", "hit rate")):
+    shown = (("vqa_accuracy", "VQA accuracy"), ("hit_rate", "hit rate"))
+    if not all("vqa_accuracy" in row for row in rows):  # a pretraining-only study
+        shown = (("i2t_r1", "image→text R@1"), ("t2i_r1", "text→image R@1"))
+    for offset, (key, label) in zip((-0.2, 0.2), shown):
         means = [row[key][0] for row in rows]
         stds = [row[key][1] for row in rows]
         bars.bar([i + offset for i in range(len(rows))], means, width=0.4, yerr=stds, capsize=4, label=label)
@@ -152,7 +172,7 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
             bars.scatter([i + offset] * len(points), points, color="black", s=10, zorder=3)
     bars.set_xticks(range(len(rows)), names, rotation=20)
     bars.set_ylabel("% on the generated val split")
-    bars.set_ylim(bottom=max(0, min(r["vqa_accuracy"] for r in runs) - 10))
+    bars.set_ylim(bottom=max(0, min(r[shown[0][0]] for r in runs) - 10))
     bars.legend()
     for arm in names:
         mine = [r for r in runs if r["arm"] == arm and "alignment" in r]
@@ -167,7 +187,7 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path(args.out) / args.protocol
+    out = Path(args.out) / ("pretraining_only" if args.no_finetune else args.protocol)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     runs = json.loads(results_path.read_text())["runs"] if results_path.is_file() else []

@@ -42,8 +42,9 @@ class ModelConfig:
     # amplitude 1 (MAE). From scratch, N(0, 0.02) starts about 80 times smaller than the patch tokens; on the embedded
     # data the stronger start measured no VQA gain (README "Narrowed down further"), so the tiny configs keep normal.
     pos_embed_init: Literal["normal", "sincos"] = "normal"
-    # Global state that the contrastive features project: the [CLS] token (TCL), or the mean of the image's patch
-    # tokens and of the text's tokens. From scratch, every image's and every text's [CLS] starts nearly the same.
+    # Global state that the contrastive features project and ITM classifies: the [CLS] token (TCL), or the mean of
+    # the image's patch tokens, of the text's tokens and of the fused tokens. From scratch, every image's and every
+    # text's [CLS] starts nearly the same, and ITM must first learn to gather the fused tokens into [CLS].
     feature_pool: Literal["cls", "mean"] = "cls"
     hidden_size: int = 64
     num_hidden_layers: int = 4
@@ -145,6 +146,14 @@ class LossConfig:
     # From-scratch warm-up: for this many first optimizer steps CMA contrasts the online image and text features of
     # the batch (CLIP's in-batch loss) instead of momentum keys and queues. 0 = TCL (the paper configs).
     online_keys_steps: int = 0
+    # ITM negatives: drawn by similarity (TCL's hard negatives) or uniformly from the batch. On data whose captions
+    # often fit other images too, the hard ones are mostly such captions, and ITM then learns only its label prior.
+    itm_negatives: Literal["hard", "random"] = "hard"
+    # A copy of a sample's own caption (another image's identical caption, in the batch or the queue) is neither an
+    # ITM negative nor a contrastive negative of it (i2t, t2i, t2t): it is a match labelled a mismatch. TCL does not
+    # check; COCO captions are nearly all distinct, while generated or web captions repeat (two thirds of the embedded
+    # world's captions are shared by several images), and similarity sampling then prefers exactly those copies.
+    skip_identical_captions: bool = False
 
 
 @dataclass

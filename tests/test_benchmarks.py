@@ -163,3 +163,42 @@ def test_side_probe_labels_each_scene_by_where_its_named_object_is(shapes_root, 
     assert probe.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps", "2", "--train-images", "20",
                        "--through-vqa", "--task", "side", "--json", str(out), f"data.root={shapes_root}"]) == 0
     assert json.loads(out.read_text())["task"] == "side"
+
+
+def test_transfer_study_fine_tunes_both_arms_per_budget_and_resumes(shapes_root, tmp_path, capsys):
+    from tcl.demo import run_stage
+    from tcl.engine import pretrain
+
+    pretrained = tmp_path / "pretrain"
+    small = [f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32", "data.num_workers=0",
+             "eval.batch_size=16"]
+    run_stage("pretrain", pretrain.main, ["--config", str(REPO / "configs/pretrain_tiny.yaml"),
+                                          f"train.output_dir={pretrained}", "train.max_steps=2",
+                                          "eval.retrieval_images=8", *small])
+    argv = ["--pretrained", str(pretrained), "--out", str(tmp_path / "transfer"), "--budgets", "40", "--seeds", "0",
+            *small, "train.epochs=1", "eval.max_questions=20"]
+    study = load_script("experiment_transfer")
+    assert study.main(argv) == 0
+    folder = tmp_path / "transfer"
+    runs = json.loads((folder / "results.json").read_text())["runs"]
+    assert [(r["budget"], r["arm"]) for r in runs] == [("40", "pretrained"), ("40", "scratch")]
+    assert "max_train_questions: 40" in (folder / "40-seed0-scratch" / "config.yaml").read_text()
+    assert "init: null" in (folder / "40-seed0-scratch" / "config.yaml").read_text()
+    assert str(pretrained) in (folder / "40-seed0-pretrained" / "config.yaml").read_text()
+    assert "| 40 |" in (folder / "table.md").read_text() and (folder / "transfer.png").is_file()
+    capsys.readouterr()
+    assert study.main(argv) == 0  # everything is in results.json: no run again
+    assert "fine-tune" not in capsys.readouterr().err
+    assert len(json.loads((folder / "results.json").read_text())["runs"]) == 2
+
+
+def test_objective_study_pretraining_only_records_retrieval(shapes_root, tmp_path):
+    argv = ["--out", str(tmp_path), "--arms", "debiased_neg", "--seeds", "0", "--pretrain-steps", "2",
+            "--no-finetune", f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
+            "data.num_workers=0", "eval.batch_size=16", "eval.retrieval_images=8"]
+    assert load_script("experiment_objectives").main(argv) == 0
+    runs = json.loads((tmp_path / "pretraining_only" / "results.json").read_text())["runs"]
+    assert len(runs) == 1 and "vqa_accuracy" not in runs[0]
+    assert {"i2t_r1", "t2i_r1", "itm_accuracy", "alignment"} <= set(runs[0])
+    assert "| debiased_neg | 1 |" in (tmp_path / "pretraining_only" / "table.md").read_text()
+    assert (tmp_path / "pretraining_only" / "objectives.png").is_file()

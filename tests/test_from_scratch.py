@@ -9,7 +9,7 @@ from tcl.config import load_config
 from tcl.losses.contrastive_terms import cma_loss
 from tcl.models import TCLPretrainModel
 from tcl.models.bert import init_bert_weights
-from tcl.models.pretrain import pool_image, pool_text
+from tcl.models.pooling import pool_image, pool_text
 from tcl.models.vision import build_vision_encoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +43,10 @@ def test_xavier_qk_draws_only_queries_and_keys_wide():
     layer = m.fusion_encoder.layer[0]
     for projection in (layer.attention.self, layer.crossattention.self):
         assert projection.query.weight.std() > 0.05 and projection.key.weight.std() > 0.05  # Xavier: ~0.1 at 128
-        assert projection.value.weight.std() == pytest.approx(0.02, rel=0.1)  # BERT's N(0, 0.02)
-    assert layer.output.dense.weight.std() == pytest.approx(0.02, rel=0.1)
+        assert projection.value.weight.std().item() == pytest.approx(0.02, rel=0.1)  # BERT's N(0, 0.02)
+    assert layer.output.dense.weight.std().item() == pytest.approx(0.02, rel=0.1)
     text_layer = m.text_encoder.encoder.layer[0].attention.self
-    assert text_layer.query.weight.std() > 0.05 and text_layer.value.weight.std() == pytest.approx(0.02, rel=0.1)
+    assert text_layer.query.weight.std() > 0.05 and text_layer.value.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
 def test_xavier_qk_in_the_vision_encoder():
@@ -62,7 +62,7 @@ def test_init_schemes_differ_only_where_they_say():
     torch.manual_seed(0)
     bert = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
     init_bert_weights(bert, "bert")
-    assert bert[0].weight.std() == pytest.approx(0.02, rel=0.1) and bert[0].bias.abs().sum() == 0
+    assert bert[0].weight.std().item() == pytest.approx(0.02, rel=0.1) and bert[0].bias.abs().sum() == 0
     init_bert_weights(bert, "xavier")
     assert bert[0].weight.std() > 0.1
 
@@ -117,7 +117,8 @@ def test_the_paper_configs_keep_tcl():
     for name in ("pretrain_4m.yaml", "vqa.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert cfg.model.init_scheme == "bert" and cfg.model.feature_pool == "cls"
-        assert cfg.loss.online_keys_steps == 0 and cfg.loss.distill
+        assert cfg.loss.online_keys_steps == 0 and cfg.loss.distill and cfg.loss.itm_negatives == "hard"
+        assert not cfg.loss.skip_identical_captions
 
 
 def test_negative_warmup_is_refused():
@@ -125,3 +126,93 @@ def test_negative_warmup_is_refused():
 
     with pytest.raises(ConfigError, match="online_keys_steps"):
         config("loss.online_keys_steps=-1")
+
+
+def test_random_negatives_draw_itm_negatives_uniformly(monkeypatch):
+    import tcl.models.pretrain as pretrain
+
+    seen = []
+    original = pretrain.sample_hard_negatives
+
+    def spy(weights, generator=None):
+        seen.append(weights.clone())
+        return original(weights, generator)
+
+    monkeypatch.setattr(pretrain, "sample_hard_negatives", spy)
+    m = model("loss.itm_negatives=random")
+    m(*inputs())
+    off_diagonal = ~torch.eye(8, dtype=torch.bool)
+    for weights in seen:
+        assert torch.allclose(weights[off_diagonal], torch.full((56,), 1 / 8))
+        assert (weights.diagonal() == 0).all()
+    seen.clear()
+    model("loss.itm_negatives=hard")(*inputs())
+    assert not torch.allclose(seen[0][off_diagonal], torch.full((56,), 1 / 8))
+
+
+def test_the_online_keys_warmup_follows_the_step():
+    from tcl.engine.pretrain import pretrain_step
+
+    calls = []
+
+    class Recorder(torch.nn.Module):
+        loss_config = config("loss.online_keys_steps=3").loss
+
+        def forward(self, *args, **kwargs):
+            calls.append(kwargs["online_keys"])
+
+    image, image_aug, ids, mask = inputs(2)
+    batch = {"image": image, "image_aug": image_aug, "input_ids": ids, "attention_mask": mask}
+    for step in (0, 2, 3, 4):
+        pretrain_step(Recorder(), batch, 0.0, True, "cpu", step)
+    assert calls == [True, True, False, False]
+
+
+def test_identical_captions_are_never_itm_negatives(monkeypatch):
+    import tcl.models.pretrain as pretrain
+
+    seen = []
+    original = pretrain.sample_hard_negatives
+    monkeypatch.setattr(pretrain, "sample_hard_negatives", lambda w, g=None: seen.append(w.clone()) or original(w, g))
+    image, image_aug, ids, mask = inputs()
+    ids[3], mask[3] = ids[0], mask[0]  # samples 0 and 3 share a caption
+    m = model("loss.skip_identical_captions=true", "loss.itm_negatives=hard")
+    m(image, image_aug, ids, mask)
+    assert all(w[0, 3] == 0 and w[3, 0] == 0 for w in seen)
+    assert all(w[0, 1] > 0 for w in seen)
+    seen.clear()
+    model("loss.skip_identical_captions=false", "loss.itm_negatives=hard")(image, image_aug, ids, mask)  # TCL's
+    assert all(w[0, 3] > 0 for w in seen)
+    keys = pretrain.caption_keys(ids)
+    assert keys[0] == keys[3] and keys[0] != keys[1]
+
+
+def test_copies_of_a_caption_are_no_contrastive_negatives():
+    from tcl.losses.objectives import contrastive_loss
+
+    sim = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.3]])
+    positive = torch.tensor([0, 1])
+    exclude = torch.tensor([[False, True, False], [False, False, False]])  # column 1 copies row 0's caption
+    with_copy = contrastive_loss(sim[:1], positive[:1], 0.1)
+    without = contrastive_loss(sim[:1], positive[:1], 0.1, exclude=exclude[:1])
+    assert without < with_copy
+    assert without.item() == pytest.approx(contrastive_loss(sim[:1, [0, 2]], positive[:1], 0.1).item(), rel=1e-6)
+    for objective in ("debiased_neg", "debiased_pos"):  # N counts only the real negatives
+        expected = contrastive_loss(sim[:1, [0, 2]], positive[:1], 0.1, objective=objective)
+        got = contrastive_loss(sim[:1], positive[:1], 0.1, objective=objective, exclude=exclude[:1])
+        assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    soft = torch.softmax(sim / 0.1, dim=1)
+    distilled = contrastive_loss(sim, positive, 0.1, soft_targets=soft, alpha=0.4, exclude=exclude)
+    assert torch.isfinite(distilled)
+
+
+def test_the_caption_queue_follows_the_feature_queues():
+    m = model("loss.skip_identical_captions=true")
+    image, image_aug, ids, mask = inputs()
+    m(image, image_aug, ids, mask)
+    from tcl.models.pretrain import caption_keys
+
+    assert torch.equal(m.caption_queue.keys[:8], caption_keys(ids))
+    assert (m.caption_queue.keys[8:] == -1).all() and int(m.caption_queue.ptr) == int(m.text_queue.ptr) == 8
+    assert "caption_queue.keys" in m.state_dict()
+    assert "caption_queue.keys" not in model("loss.skip_identical_captions=false").state_dict()

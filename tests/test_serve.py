@@ -217,7 +217,7 @@ def test_captured_attention_reproduces_the_cross_attention_output(pipeline, exam
     layer = model.fusion_encoder.layer[0].crossattention.self
     handle = layer.register_forward_hook(lambda module, args, out: outputs.append((args, out)))
     with torch.no_grad(), capture_cross_attention(model) as maps:
-        model.fused_cls(batch["image"], batch["input_ids"], batch["attention_mask"])
+        model.fused_state(batch["image"], batch["input_ids"], batch["attention_mask"])
     handle.remove()
     assert len(maps) == len(model.fusion_encoder.layer)
     (hidden, context, _mask), out = outputs[0]

@@ -128,9 +128,10 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
 
 def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step: int = 0):
     """One forward of the pretraining model on a collated batch (``step``: optimizer steps done so far)."""
-    online = step < unwrap_config(model).online_keys_steps
+    loss = unwrap_config(model)
     return model(batch["image"].to(device), batch["image_aug"].to(device), batch["input_ids"].to(device),
-                 batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary, online_keys=online)
+                 batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary,
+                 online_keys=step < loss.online_keys_steps)
 
 
 def unwrap_config(model):

@@ -93,7 +93,7 @@ def encode_set(model, data: RetrievalSet, batch_size: int = 128):
 
 def _itm_logit(model, text_embeds, attention_mask, image_embeds) -> torch.Tensor:
     """The ITM head's match logit of aligned (text, image) rows."""
-    return model.itm_head(model.fuse(text_embeds, attention_mask, image_embeds)[:, 0])[:, 1].float()
+    return model.itm_logits(text_embeds, attention_mask, image_embeds)[:, 1].float()
 
 
 @torch.no_grad()
@@ -148,7 +148,7 @@ def itm_accuracy(model, data: RetrievalSet, seed: int = 0, batch_size: int = 128
     wrong = mismatched_texts(data, seed)
     correct = 0
     for texts, label in ((first, True), (wrong, False)):
-        logits = model.itm_head(model.fuse(text_embeds[texts], mask[texts], image_embeds)[:, 0]).float()
+        logits = model.itm_logits(text_embeds[texts], mask[texts], image_embeds).float()
         correct += int(((logits[:, 1] > logits[:, 0]) == label).sum())
     return 100.0 * correct / (2 * len(data.images))
 

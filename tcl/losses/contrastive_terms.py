@@ -15,9 +15,10 @@ from tcl.losses.objectives import Objective, contrastive_loss, objective_from_st
 def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: torch.Tensor,
              text_feat_all: torch.Tensor, temperature: torch.Tensor | float, objective: Objective = "infonce",
              tau_plus: float = 0.1, include_self: bool = True, alpha: float = 0.0,
-             image_feat_m: torch.Tensor | None = None, text_feat_m: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             image_feat_m: torch.Tensor | None = None, text_feat_m: torch.Tensor | None = None,
+             exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-modal alignment: (L_i2t, L_t2i), momentum-distilled with weight α when momentum features are given.
+    ``exclude`` [B, B + Q] marks keys that are no negatives of the row (see ``contrastive_loss``), both ways.
 
     Args:
         image_feat, text_feat: [B, d] online features.
@@ -32,22 +33,23 @@ def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: 
             soft_i2t = F.softmax(image_feat_m @ text_feat_all.T / temperature, dim=1)
             soft_t2i = F.softmax(text_feat_m @ image_feat_all.T / temperature, dim=1)
     common = dict(temperature=temperature, objective=objective, tau_plus=tau_plus, include_self=include_self,
-                  alpha=alpha)
+                  alpha=alpha, exclude=exclude)
     return (contrastive_loss(sim_i2t, positive, soft_targets=soft_i2t, **common),
             contrastive_loss(sim_t2i, positive, soft_targets=soft_t2i, **common))
 
 
 def imc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: torch.Tensor,
              text_feat_all: torch.Tensor, temperature: torch.Tensor | float, objective: Objective = "infonce",
-             tau_plus: float = 0.1, include_self: bool = True, image_weights: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             tau_plus: float = 0.1, include_self: bool = True, image_weights: torch.Tensor | None = None,
+             text_exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Intra-modal contrast: (L_i2i, L_t2t). The positive of an online image is the momentum feature of its second
     view; the positive of an online text is its momentum feature (same tokens, other dropout and EMA weights).
-    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``)."""
+    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``); ``text_exclude`` [B, B + Q] marks
+    text keys that are no negatives (copies of the row's caption)."""
     positive = torch.arange(image_feat.shape[0], device=image_feat.device)
     common = dict(temperature=temperature, objective=objective, tau_plus=tau_plus, include_self=include_self)
     return (contrastive_loss(image_feat @ image_feat_all.T, positive, row_weights=image_weights, **common),
-            contrastive_loss(text_feat @ text_feat_all.T, positive, **common))
+            contrastive_loss(text_feat @ text_feat_all.T, positive, exclude=text_exclude, **common))
 
 
 def lmi_loss(global_feat: torch.Tensor, local_feat: torch.Tensor, local_mask: torch.Tensor | None,

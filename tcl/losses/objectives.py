@@ -80,18 +80,24 @@ def _debiased_pos(pos_logit, neg_lse, num_neg, inv_t, tau_plus, include_self) ->
     return F.softplus(torch.log(num_neg * tau_plus) + log_p_neg - log_num)
 
 
-def row_statistics(logits: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Positive logit, log-sum-exp of the negatives, and N for rows whose negatives are all other columns."""
+def row_statistics(logits: torch.Tensor, positive: torch.Tensor, exclude: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+    """Positive logit, log-sum-exp of the negatives, and N for rows whose negatives are all other columns except
+    those ``exclude`` [B, M] marks (then N is per row)."""
     pos_logit = logits.gather(1, positive[:, None]).squeeze(1)
-    is_positive = F.one_hot(positive, logits.shape[1]).bool()
-    neg_lse = torch.logsumexp(logits.masked_fill(is_positive, float("-inf")), dim=1)
-    return pos_logit, neg_lse, logits.shape[1] - 1
+    not_negative = F.one_hot(positive, logits.shape[1]).bool()
+    if exclude is not None:
+        not_negative = not_negative | exclude
+    neg_lse = torch.logsumexp(logits.masked_fill(not_negative, float("-inf")), dim=1)
+    if exclude is None:
+        return pos_logit, neg_lse, logits.shape[1] - 1
+    return pos_logit, neg_lse, (~not_negative).sum(dim=1).to(logits.dtype)
 
 
 def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor | float,
                      objective: Objective = "infonce", tau_plus: float = 0.1, include_self: bool = True,
                      soft_targets: torch.Tensor | None = None, alpha: float = 0.0,
-                     row_weights: torch.Tensor | None = None) -> torch.Tensor:
+                     row_weights: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Mean contrastive loss over rows of cosine similarities (weighted by ``row_weights`` when given).
 
     Args:
@@ -105,15 +111,24 @@ def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: tor
             (1 − α)·objective + α·cross-entropy(soft_targets, softmax(sim / t)).
         alpha: distillation weight α.
         row_weights: optional [B] non-negative weights (e.g. UOTA's); the loss is Σ w_b·loss_b / Σ w_b.
+        exclude: optional [B, M] bool: columns that are neither the positive nor a negative of the row (known false
+            negatives, e.g. another copy of the same caption); they also get no distillation mass.
     """
     if sim.dim() != 2 or positive.shape != sim.shape[:1]:
         raise ValueError(f"sim must be [B, M] and positive [B]; got {tuple(sim.shape)} and {tuple(positive.shape)}")
     if sim.shape[1] < 2:
         raise ValueError("each row needs at least one negative column (M >= 2)")
     logits = sim.float() / temperature if sim.dtype in (torch.float16, torch.bfloat16) else sim / temperature
-    loss = objective_from_stats(*row_statistics(logits, positive), temperature, objective, tau_plus, include_self)
+    loss = objective_from_stats(*row_statistics(logits, positive, exclude), temperature, objective, tau_plus,
+                                include_self)
     if soft_targets is not None and alpha > 0:
-        distill = -(soft_targets.to(logits.dtype) * F.log_softmax(logits, dim=1)).sum(dim=1)
+        soft, log_probs = soft_targets.to(logits.dtype), F.log_softmax(logits, dim=1)
+        if exclude is not None:
+            exclude = exclude & ~F.one_hot(positive, logits.shape[1]).bool()
+            soft = soft.masked_fill(exclude, 0.0)
+            soft = soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            log_probs = F.log_softmax(logits.masked_fill(exclude, float("-inf")), dim=1).masked_fill(exclude, 0.0)
+        distill = -(soft * log_probs).sum(dim=1)
         loss = (1.0 - alpha) * loss + alpha * distill
     if row_weights is not None:
         return (loss * row_weights).sum() / row_weights.sum().clamp_min(1e-12)

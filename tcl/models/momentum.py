@@ -73,3 +73,19 @@ class FeatureQueue(nn.Module):
         start = int(self.ptr)
         self.queue[:, start:start + count] = features.T.to(self.queue.dtype)
         self.ptr[0] = (start + count) % self.size
+
+
+class KeyQueue(nn.Module):
+    """A ring buffer of [size] integer keys (−1 = empty) kept in step with a ``FeatureQueue``: the caption key of each
+    queued feature, so that copies of a caption are known as such."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.register_buffer("keys", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        start, count = int(self.ptr), keys.shape[0]
+        self.keys[start:start + count] = keys
+        self.ptr[0] = (start + count) % self.keys.shape[0]

@@ -16,7 +16,8 @@ from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negative
 from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
 from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
-from tcl.models.momentum import FeatureQueue, GatherFn, MomentumEncoders, identity_gather
+from tcl.models.pooling import pool_image, pool_text
+from tcl.models.momentum import FeatureQueue, GatherFn, KeyQueue, MomentumEncoders, identity_gather
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
                                save_weights, write_model_config)
 from tcl.models.vision import build_vision_encoder
@@ -54,17 +55,12 @@ class _Teacher:
     text_feat_all: torch.Tensor
 
 
-def pool_image(embeds: torch.Tensor, pool: str) -> torch.Tensor:
-    """The image's global state: its [CLS] token (TCL), or the mean of its patch tokens."""
-    return embeds[:, 0] if pool == "cls" else embeds[:, 1:].mean(dim=1)
-
-
-def pool_text(embeds: torch.Tensor, attention_mask: torch.Tensor, pool: str) -> torch.Tensor:
-    """The text's global state: its [CLS] token (TCL), or the mean of its real (unpadded) tokens."""
-    if pool == "cls":
-        return embeds[:, 0]
-    mask = attention_mask[..., None].to(embeds.dtype)
-    return (embeds * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+def caption_keys(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B] int64 hash of each row's token ids: equal for identical captions, distinct otherwise (but by chance)."""
+    keys = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    for column in input_ids.long().unbind(dim=1):
+        keys = (keys * 1_000_003 + column + 1) % 2_305_843_009_213_693_951  # the Mersenne prime 2^61 − 1
+    return keys
 
 
 class TCLPretrainModel(nn.Module):
@@ -98,6 +94,8 @@ class TCLPretrainModel(nn.Module):
         self.momentum = MomentumEncoders(self.online_modules(), model.momentum)
         self.image_queue = FeatureQueue(model.embed_dim, model.queue_size)
         self.text_queue = FeatureQueue(model.embed_dim, model.queue_size)
+        if loss.skip_identical_captions:  # only then: the paper models keep TCL's (and the checkpoints') state keys
+            self.caption_queue = KeyQueue(model.queue_size)
         self.gather: GatherFn = identity_gather
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -134,10 +132,17 @@ class TCLPretrainModel(nn.Module):
         image_embeds, image_feat = self.encode_image(image)
         text_embeds, text_feat = self.encode_text(input_ids, attention_mask)
         num_images, num_texts = image.shape[0], input_ids.shape[0]
-        fused = self.fuse(text_embeds.repeat(num_images, 1, 1), attention_mask.repeat(num_images, 1),
-                          image_embeds.repeat_interleave(num_texts, dim=0))[:, 0]
-        itm = self.itm_head(fused).float().softmax(dim=-1)[:, 1].view(num_images, num_texts)
+        logits = self.itm_logits(text_embeds.repeat(num_images, 1, 1), attention_mask.repeat(num_images, 1),
+                                 image_embeds.repeat_interleave(num_texts, dim=0))
+        itm = logits.float().softmax(dim=-1)[:, 1].view(num_images, num_texts)
         return (image_feat @ text_feat.T).float(), itm
+
+    def itm_logits(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor
+                   ) -> torch.Tensor:
+        """ITM logits [B, 2] (column 1: the pair matches) of aligned (text, image) rows, from the fused state pooled
+        as ``model.feature_pool`` says."""
+        fused = self.fuse(text_embeds, attention_mask, image_embeds)
+        return self.itm_head(pool_text(fused, attention_mask, self.model_config.feature_pool))
 
     @torch.no_grad()
     def clamp_temperature(self) -> None:
@@ -167,25 +172,34 @@ class TCLPretrainModel(nn.Module):
         teacher = self._teacher(image_aug, input_ids, attention_mask, step_boundary)
         distill_alpha = alpha if cfg.distill else 0.0
         common = dict(objective=cfg.objective, tau_plus=cfg.tau_plus, include_self=cfg.include_self)
+        keys = caption_keys(input_ids) if cfg.skip_identical_captions else None
+        copies = self._caption_copies(keys)  # [B, B + Q]: the keys that hold another copy of the row's caption
+        batch = input_ids.shape[0]
         terms = {}
         if online_keys:
-            terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, image_feat, text_feat, temp, **common)
+            terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, image_feat, text_feat, temp,
+                                                  exclude=None if copies is None else copies[:, :batch], **common)
         else:
             terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all,
                                                   teacher.text_feat_all, temp, alpha=distill_alpha,
                                                   image_feat_m=teacher.image_feat, text_feat_m=teacher.text_feat,
-                                                  **common)
+                                                  exclude=copies, **common)
         image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, image_weights=image_weights, **common)
+                                              temp, image_weights=image_weights, text_exclude=copies, **common)
         terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, **common)
         terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, **common)
         if step_boundary:
             self.image_queue.enqueue(self.gather(teacher.image_feat))
             self.text_queue.enqueue(self.gather(teacher.text_feat))
+            if keys is not None:
+                self.caption_queue.enqueue(self.gather(keys))
         sim_i2t = image_feat @ teacher.text_feat.T / temp
         sim_t2i = text_feat @ teacher.image_feat.T / temp
-        terms["itm"] = self._itm(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i)
+        if cfg.itm_negatives == "random":  # equal weights: every other sample of the batch is as likely
+            sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
+        same_text = None if copies is None else copies[:, :batch]
+        terms["itm"] = self._itm(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text)
         terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
@@ -194,6 +208,13 @@ class TCLPretrainModel(nn.Module):
             terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
         total = self._total(terms)
         return PretrainOutput(total, {name: value.detach() for name, value in terms.items()}, diagnostics)
+
+    def _caption_copies(self, keys: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, B + Q] bool: batch and queue entries whose caption is the row's (itself included); None when
+        ``loss.skip_identical_captions`` is off."""
+        if keys is None:
+            return None
+        return keys[:, None] == torch.cat([keys, self.caption_queue.keys])[None, :]
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.loss_config
@@ -221,20 +242,25 @@ class TCLPretrainModel(nn.Module):
                         torch.cat([image_feat, self.image_queue.features().to(image_feat.dtype)]),
                         torch.cat([text_feat, self.text_queue.features().to(text_feat.dtype)]))
 
-    def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i) -> torch.Tensor:
-        """Positive pairs plus, per image and per text, one hard negative drawn by similarity."""
+    def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text=None) -> torch.Tensor:
+        """Positive pairs plus, per image and per text, one hard negative drawn by similarity; ``same_text`` [B, B]
+        marks pairs of samples whose captions are identical, which are never drawn as each other's negatives."""
         batch = image_embeds.shape[0]
-        positive = self.fuse(text_embeds, attention_mask, image_embeds)[:, 0]
+        positive = self.itm_logits(text_embeds, attention_mask, image_embeds)
         if batch == 1:  # no other sample to contrast with
-            return itm_loss(self.itm_head(positive), 1)
+            return itm_loss(positive, 1)
         with torch.no_grad():
-            negative_image = sample_hard_negatives(hard_negative_weights(sim_t2i))
-            negative_text = sample_hard_negatives(hard_negative_weights(sim_i2t))
+            weights_t2i, weights_i2t = hard_negative_weights(sim_t2i), hard_negative_weights(sim_i2t)
+            if same_text is not None:
+                weights_t2i, weights_i2t = weights_t2i.masked_fill(same_text, 0.0), weights_i2t.masked_fill(same_text,
+                                                                                                            0.0)
+            negative_image = sample_hard_negatives(weights_t2i)
+            negative_text = sample_hard_negatives(weights_i2t)
         texts = torch.cat([text_embeds, text_embeds[negative_text]])
         masks = torch.cat([attention_mask, attention_mask[negative_text]])
         images = torch.cat([image_embeds[negative_image], image_embeds])
-        negative = self.fuse(texts, masks, images)[:, 0]
-        return itm_loss(self.itm_head(torch.cat([positive, negative])), batch)
+        negative = self.itm_logits(texts, masks, images)
+        return itm_loss(torch.cat([positive, negative]), batch)
 
     def _mlm(self, input_ids, attention_mask, image_embeds, image_embeds_m, alpha: float) -> torch.Tensor:
         """MLM on a re-encoded masked copy of the text; the head runs on masked positions only."""

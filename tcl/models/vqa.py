@@ -22,6 +22,7 @@ from torch import nn
 from tcl.config import ModelConfig, section_from_dict
 from tcl.models.answer_decoder import (AnswerDecoder, AnswerTargets, RankScore, decoder_state_from_pretrain,
                                        rank_candidates, weighted_answer_loss)
+from tcl.models.pooling import pool_text
 from tcl.models.bert import TIED_DECODER_SUFFIX, FusionEncoder, TextEncoder, bert_config, init_bert_weights
 from tcl.models.momentum import MomentumEncoders
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
@@ -109,9 +110,12 @@ class TCLVQAModel(nn.Module):
         text = encoders.text_encoder(input_ids, attention_mask)
         return encoders.fusion_encoder(text, attention_mask, image_embeds)
 
-    def fused_cls(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  image_index: torch.Tensor | None = None) -> torch.Tensor:
-        return self.question_states(image, input_ids, attention_mask, image_index=image_index)[:, 0]
+    def fused_state(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused question state the classifier reads: [CLS] (TCL) or the mean of the question's tokens, as
+        ``model.feature_pool`` says (the state pretraining's ITM head was trained on)."""
+        states = self.question_states(image, input_ids, attention_mask, image_index=image_index)
+        return pool_text(states, attention_mask, self.model_config.feature_pool)
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 targets: torch.Tensor | AnswerTargets | None = None, alpha: float = 0.0,
@@ -123,7 +127,7 @@ class TCLVQAModel(nn.Module):
             if not isinstance(targets, AnswerTargets):
                 raise TypeError("the decoder head trains on AnswerTargets; call answer_scores() to answer questions")
             return self._decoder_loss(image, input_ids, attention_mask, targets, alpha, step_boundary, image_index)
-        logits = self.answer_head(self.fused_cls(image, input_ids, attention_mask, image_index))
+        logits = self.answer_head(self.fused_state(image, input_ids, attention_mask, image_index))
         if targets is None:
             return VQAOutput(logits)
         # BCE summed over answers (mean over questions): the usual scaling for soft-score VQA classifiers, whose
@@ -166,7 +170,7 @@ class TCLVQAModel(nn.Module):
         ``candidates`` is the tokenised answer list (ids, mask) [A, La]. ``image_index``: see ``question_states``.
         """
         if self.head == "classifier":
-            return self.answer_head(self.fused_cls(image, input_ids, attention_mask, image_index)).float()
+            return self.answer_head(self.fused_state(image, input_ids, attention_mask, image_index)).float()
         if candidates is None:
             raise ValueError("the decoder head ranks the tokenised answer list: pass candidates=(ids, mask)")
         states = self.question_states(image, input_ids, attention_mask, image_index=image_index)

@@ -40,7 +40,7 @@ class ModelConfig:
     vision_stem: Literal["patch", "conv"] = "patch"
     # Initial position embeddings: timm's N(0, 0.02) (the official checkpoints), or a 2-D sine-cosine grid of
     # amplitude 1 (MAE). From scratch, N(0, 0.02) starts about 80 times smaller than the patch tokens; on the embedded
-    # data the stronger start measured no VQA gain (README "Narrowed down further"), so the tiny configs keep normal.
+    # data the stronger start measured no VQA gain (docs/VQA_LIMITS_2026-11-29.md), so the tiny configs keep normal.
     pos_embed_init: Literal["normal", "sincos"] = "normal"
     # Global state that the contrastive features project and ITM classifies: the [CLS] token (TCL), or the mean of
     # the image's patch tokens, of the text's tokens and of the fused tokens. From scratch, every image's and every
@@ -53,12 +53,11 @@ class ModelConfig:
     max_position_embeddings: int = 64
     # Layers [0, fusion_layer) are the text encoder, [fusion_layer, num_hidden_layers) the fusion encoder.
     fusion_layer: int = 2
-    # Initialisation of the text/fusion layers and heads that are not loaded from a checkpoint: BERT's N(0, 0.02),
-    # or Xavier-uniform linear layers (embeddings stay N(0, 0.02)). A small model trained from scratch needs the
-    # latter: with BERT's init the [CLS] states of all texts start nearly identical and the contrastive and ITM
-    # terms stay at chance for hundreds of steps.
-    # xavier_qk: BERT's init with Xavier query/key projections, so attention is neither uniform (a plateau of
-    # hundreds of steps) nor averaging every position into one (all-Xavier): see tcl.models.bert.init_bert_weights.
+    # Initialisation of the layers and heads that are not loaded from a checkpoint: BERT's N(0, 0.02) (timm's in the
+    # ViT), Xavier-uniform linear layers (embeddings stay N(0, 0.02)), or xavier_qk: BERT's with Xavier query/key
+    # projections. From scratch, BERT's keeps attention uniform for hundreds of steps and all-Xavier averages every
+    # caption's positions into one state (rank collapse); xavier_qk avoids both (tcl.models.bert.init_bert_weights,
+    # docs/BENCHMARKS.md "Pretraining from scratch").
     init_scheme: Literal["bert", "xavier", "xavier_qk"] = "bert"
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1

@@ -175,8 +175,8 @@ def test_transfer_study_fine_tunes_both_arms_per_budget_and_resumes(shapes_root,
     run_stage("pretrain", pretrain.main, ["--config", str(REPO / "configs/pretrain_tiny.yaml"),
                                           f"train.output_dir={pretrained}", "train.max_steps=2",
                                           "eval.retrieval_images=8", *small])
-    argv = ["--pretrained", str(pretrained), "--out", str(tmp_path / "transfer"), "--budgets", "40", "--seeds", "0",
-            *small, "train.epochs=1", "eval.max_questions=20"]
+    argv = [*small, "train.epochs=1", "eval.max_questions=20", "--pretrained", str(pretrained), "--budgets", "40",
+            "--seeds", "0", "--out", str(tmp_path / "transfer")]
     study = load_script("experiment_transfer")
     assert study.main(argv) == 0
     folder = tmp_path / "transfer"

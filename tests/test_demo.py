@@ -26,7 +26,7 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path):
     assert len(saved["examples"]) == 3 and all(len(e["top3"]) == 3 for e in saved["examples"])
     assert (out / "demo_accuracy.png").stat().st_size > 0
     assert all(0.0 <= saved[k] <= 100.0 for k in ("retrieval_i2t_r1", "retrieval_t2i_r1", "itm_accuracy"))
-    assert saved["retrieval_images"] == 100
+    assert saved["retrieval_images"] == len(list((shapes_root / "images" / "val2014").iterdir()))  # all, below 100
     assert "fine-tuning from scratch" in format_results(saved) and "retrieval R@1" in format_results(saved)
     vqa = tcl.load_vqa(saved["model_dir"])
     image = shapes_root / "images/val2014/COCO_val2014_000000500001.jpg"

@@ -87,7 +87,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         state = load_checkpoint(accelerator, path)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], state["epoch"],
                     state["batch"])
-    probe = retrieval_probe(config, tokenizer) if accelerator.is_main_process else None
+    # Every process builds the probe (so all agree that there is an evaluation to wait for); only the main one runs it.
+    probe = retrieval_probe(config, tokenizer)
     trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
                       SkipReport(dataset.skipped_at_indexing), pretrain_step, name="pretraining",
                       evaluate=probe, eval_file=results_name(config))

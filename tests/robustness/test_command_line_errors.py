@@ -29,7 +29,8 @@ def fails_cleanly(capsys, argv: list[str], *phrases: str) -> str:
 
 def test_unknown_key_in_the_config_file(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text(Path(PRETRAIN).read_text().replace("  lr: 3.0e-4", "  lr: 3.0e-4\n  learning_rate: 1.0"))
+    config.write_text(Path(PRETRAIN).read_text().replace("\ntrain:\n", "\ntrain:\n  learning_rate: 1.0\n"))
+    assert "learning_rate" in config.read_text()  # else this would be a whole pretraining run
     out = tmp_path / "run"
     fails_cleanly(capsys, ["pretrain", "--config", str(config), f"train.output_dir={out}"],
                   str(config), "unknown key 'train.learning_rate'", "Valid keys here: ")

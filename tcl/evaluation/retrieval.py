@@ -97,11 +97,12 @@ def _itm_logit(model, text_embeds, attention_mask, image_embeds) -> torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, data: RetrievalSet, k_test: int = 256, batch_size: int = 128) -> dict[str, float]:
+def evaluate_retrieval(model, data: RetrievalSet, k_test: int = 256, batch_size: int = 128,
+                       encoded: tuple | None = None) -> dict[str, float]:
     """Recall@1/5/10 both ways ranked by ITC with the top ``k_test`` re-ranked by ITM (TCL's ``Retrieval.py``), and
-    the same by ITC alone (``itc_*``)."""
+    the same by ITC alone (``itc_*``). ``encoded``: ``encode_set``'s result, when the caller has it already."""
     model.eval()
-    image_embeds, image_feat, text_embeds, text_feat, mask = encode_set(model, data, batch_size)
+    image_embeds, image_feat, text_embeds, text_feat, mask = encoded or encode_set(model, data, batch_size)
     itc = (image_feat @ text_feat.T).float()
     text_image = data.text_image.to(itc.device)
 
@@ -139,11 +140,12 @@ def mismatched_texts(data: RetrievalSet, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def itm_accuracy(model, data: RetrievalSet, seed: int = 0, batch_size: int = 128) -> float:
+def itm_accuracy(model, data: RetrievalSet, seed: int = 0, batch_size: int = 128, encoded: tuple | None = None
+                 ) -> float:
     """Percent of (image, its first caption) pairs the ITM head calls a match and (image, a random other image's
     caption) pairs it calls a mismatch, over both kinds of pairs."""
     model.eval()
-    image_embeds, _, text_embeds, _, mask = encode_set(model, data, batch_size)
+    image_embeds, _, text_embeds, _, mask = encoded or encode_set(model, data, batch_size)
     first = torch.tensor([data.text_image.tolist().index(i) for i in range(len(data.images))])
     wrong = mismatched_texts(data, seed)
     correct = 0
@@ -155,7 +157,7 @@ def itm_accuracy(model, data: RetrievalSet, seed: int = 0, batch_size: int = 128
 
 @torch.no_grad()
 def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int,
-                         batch_size: int = 128) -> float | None:
+                         batch_size: int = 128, encoded: tuple | None = None) -> float | None:
     """Percent of content-word tokens (``word_ids``: colours, shapes, sizes, numbers) the MLM head restores when each
     is masked alone, the caption's image given; None when the set's captions hold none of them."""
     model.eval()
@@ -165,7 +167,7 @@ def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mas
     rows, columns = is_word.nonzero(as_tuple=True)
     if len(rows) == 0:
         return None
-    image_embeds = encode_set(model, data, batch_size)[0]
+    image_embeds = (encoded or encode_set(model, data, batch_size))[0]
     correct = 0
     for start in range(0, len(rows), batch_size):
         row, column = rows[start:start + batch_size], columns[start:start + batch_size]
@@ -186,12 +188,15 @@ def evaluate_pretraining(model, data: RetrievalSet, word_ids: Sequence[int], mas
     features on the set (log E exp(−2‖x − y‖²); lower is more spread out)."""
     from tcl.losses.diagnostics import uniformity
 
-    result = {"images": len(data.images), "texts": len(data.texts), **evaluate_retrieval(model, data, k_test, batch_size)}
-    result["itm_accuracy"] = itm_accuracy(model, data, batch_size=batch_size)
-    words = masked_word_accuracy(model, data, word_ids, mask_id, batch_size)
+    model.eval()
+    encoded = encode_set(model, data, batch_size)  # once, for every measure below
+    result = {"images": len(data.images), "texts": len(data.texts),
+              **evaluate_retrieval(model, data, k_test, batch_size, encoded)}
+    result["itm_accuracy"] = itm_accuracy(model, data, batch_size=batch_size, encoded=encoded)
+    words = masked_word_accuracy(model, data, word_ids, mask_id, batch_size, encoded)
     if words is not None:
         result["mlm_word_accuracy"] = words
-    _, image_feat, _, text_feat, _ = encode_set(model, data, batch_size)
+    _, image_feat, _, text_feat, _ = encoded
     result["uniformity_image"] = float(uniformity(image_feat))
     result["uniformity_text"] = float(uniformity(text_feat))
     return result

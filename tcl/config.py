@@ -153,6 +153,11 @@ class LossConfig:
     # check; COCO captions are nearly all distinct, while generated or web captions repeat (two thirds of the embedded
     # world's captions are shared by several images), and similarity sampling then prefers exactly those copies.
     skip_identical_captions: bool = False
+    # The other pairs of a sample's own image (its other captions, in the batch or the queue) are no negatives of it
+    # either (i2t, t2i, i2i, t2t, ITM): with several captions per image and a queue holding a tenth of an epoch, a
+    # third of the rows otherwise meet their own image as a negative. ALBEF's retrieval fine-tuning knows pairs by
+    # image id for the same reason; TCL's pretraining does not check.
+    skip_same_image: bool = False
 
 
 @dataclass

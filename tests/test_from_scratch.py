@@ -216,3 +216,43 @@ def test_the_caption_queue_follows_the_feature_queues():
     assert (m.caption_queue.keys[8:] == -1).all() and int(m.caption_queue.ptr) == int(m.text_queue.ptr) == 8
     assert "caption_queue.keys" in m.state_dict()
     assert "caption_queue.keys" not in model("loss.skip_identical_captions=false").state_dict()
+
+
+def test_pairs_of_the_same_image_are_never_itm_negatives(monkeypatch):
+    import tcl.models.pretrain as pretrain
+
+    seen = []
+    original = pretrain.sample_hard_negatives
+    monkeypatch.setattr(pretrain, "sample_hard_negatives", lambda w, g=None: seen.append(w.clone()) or original(w, g))
+    image, image_aug, ids, mask = inputs()
+    image_keys = torch.arange(8) + 100
+    image_keys[5] = image_keys[2]  # samples 2 and 5: two captions of one image
+    model("loss.skip_same_image=true", "loss.itm_negatives=hard")(image, image_aug, ids, mask, image_keys=image_keys)
+    assert seen and all(w[2, 5] == 0 and w[5, 2] == 0 and w[2, 1] > 0 for w in seen)
+
+
+def test_the_own_image_in_the_queue_is_no_negative(monkeypatch):
+    import tcl.models.pretrain as pretrain
+
+    captured = {}
+    original = pretrain.imc_loss
+    monkeypatch.setattr(pretrain, "imc_loss", lambda *a, **k: captured.update(k) or original(*a, **k))
+    m = model("loss.skip_same_image=true", "loss.skip_identical_captions=false")
+    image, image_aug, ids, mask = inputs()
+    m(image, image_aug, ids, mask, image_keys=torch.arange(8) + 100)
+    assert torch.equal(m.image_key_queue.keys[:8], torch.arange(8) + 100)
+    second = torch.arange(8) + 200
+    second[0] = 103  # the next batch meets image 103 again, under another caption
+    m(image, image_aug, ids.flip(0), mask.flip(0), image_keys=second)
+    for name in ("image_exclude", "text_exclude"):
+        exclude = captured[name]
+        assert exclude.shape == (8, 8 + 32)
+        assert exclude[0, 0] and exclude[0, 8 + 3]  # itself, and its own image queued one step earlier
+        assert exclude.sum() == 8 + 1
+
+
+def test_skip_same_image_needs_the_keys():
+    m = model("loss.skip_same_image=true")
+    with pytest.raises(ValueError, match="image_keys"):
+        m(*inputs())
+    assert "image_key_queue.keys" not in model("loss.skip_same_image=false").state_dict()

@@ -27,6 +27,23 @@ def test_coco_pretrain_pairs_two_views(shapes_root, tiny_config):
     assert sample["image"].dtype == torch.float32
     assert not torch.equal(sample["image"], sample["image_aug"])
     assert sample["caption"] and sample["caption"] == sample["caption"].lower() and "." not in sample["caption"]
+    # Rows are captions, five per image: the image key names the image, not the row.
+    keys = [dataset[i]["image_key"] for i in range(10)]
+    paths = [dataset.table[i]["image"] for i in range(10)]
+    assert all((a == b) == (pa == pb) for a, pa in zip(keys, paths) for b, pb in zip(keys, paths))
+    assert len(set(keys)) < len(keys) and all(0 <= key < 2 ** 63 for key in keys)
+
+
+def test_image_keys_are_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = "from tcl.data.image_text import image_key; print(image_key('train2014/a.jpg', 3), image_key(None, 7))"
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(outputs) == 1  # not Python's salted hash(): ranks compare keys gathered from each other
+    first, second = map(int, outputs.pop().split())
+    assert first != second
 
 
 def test_pretrain_batches_from_workers(shapes_root, tiny_config):
@@ -42,6 +59,7 @@ def test_pretrain_batches_from_workers(shapes_root, tiny_config):
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape[0] == 8
     assert batch["input_ids"].shape[1] <= config.model.max_text_len
     assert (batch["input_ids"][:, 0] == tokenizer.cls_id).all()
+    assert batch["image_keys"].dtype == torch.long and batch["image_keys"].shape == (8,)
     assert batch["skipped"] == {}
 
 

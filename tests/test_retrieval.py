@@ -117,6 +117,8 @@ def test_pretraining_logs_the_probe(tiny_run):
         for key in ("i2t_r1", "t2i_r10", "itc_i2t_r1", "itm_accuracy", "mlm_word_accuracy", "uniformity_image"):
             assert f"eval/{key}" in record
         assert 0.0 <= record["eval/itm_accuracy"] <= 100.0
+        groups = [record[f"eval/mlm_{group}_accuracy"] for group in ("colour", "shape", "size")]  # listings: no numbers
+        assert min(groups) - 1e-9 <= record["eval/mlm_word_accuracy"] <= max(groups) + 1e-9  # a weighted mean
     final = json.loads((tiny_run / "retrieval_val2014_12images_1caps.json").read_text())
     assert final["step"] == 4
     assert final["i2t_r1"] == evaluations[-1]["eval/i2t_r1"]

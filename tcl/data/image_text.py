@@ -8,6 +8,7 @@ yields two independent augmentations of the image (TCL feeds the second one to t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -170,8 +171,16 @@ def hf_table(name_or_path: str, image_column: str, caption_column: str, split: s
 # Dataset
 
 
+def image_key(value: Any, index: int) -> int:
+    """A non-negative int64 naming a row's image, the same in every process: the hash of its path, or of the row
+    index for a decoded image (one row per image in such tables). What ``loss.skip_same_image`` compares."""
+    name = str(value) if isinstance(value, (str, Path)) else f"row {index}"
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "big")
+
+
 class ImageTextDataset(TableDataset):
-    """Yields ``{"image", "image_aug", "caption"}``: two augmented views and one normalised caption.
+    """Yields ``{"image", "image_aug", "caption", "image_key"}``: two augmented views, one normalised caption and the
+    image's key (``image_key``).
 
     Args:
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
@@ -201,7 +210,8 @@ class ImageTextDataset(TableDataset):
         if not caption:
             raise BadSampleError(f"empty caption for image {row[self.image_column]!r}", "empty caption")
         image = self._image(row[self.image_column])
-        return {"image": self.transform(image), "image_aug": self.transform(image), "caption": caption}
+        return {"image": self.transform(image), "image_aug": self.transform(image), "caption": caption,
+                "image_key": image_key(row[self.image_column], index)}
 
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):
@@ -226,5 +236,6 @@ class PretrainCollator:
         return {"image": torch.stack([s["image"] for s in samples]),
                 "image_aug": torch.stack([s["image_aug"] for s in samples]),
                 "input_ids": text.input_ids, "attention_mask": text.attention_mask,
+                "image_keys": torch.tensor([s["image_key"] for s in samples], dtype=torch.long),
                 "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from tcl.config import Config, load_config
 from tcl.data.builders import build_tokenizer
 from tcl.data.retrieval import coco_retrieval_set
-from tcl.data.shapes import CONTENT_WORDS
+from tcl.data.shapes import CONTENT_WORD_GROUPS
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import run_command
 from tcl.evaluation.retrieval import evaluate_pretraining
@@ -98,19 +98,21 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], 
     data = coco_retrieval_set(path, Path(config.data.root) / config.data.image_root, tokenizer,
                               config.model.image_size, ev.retrieval_images, ev.retrieval_captions_per_image,
                               config.model.max_text_len, config.data.max_caption_words)
-    word_ids = content_word_ids(tokenizer)
+    word_groups = content_word_groups(tokenizer)
 
     def probe(model) -> dict[str, float]:
-        return evaluate_pretraining(model, data, word_ids, tokenizer.mask_id, ev.retrieval_k_test,
+        return evaluate_pretraining(model, data, word_groups, tokenizer.mask_id, ev.retrieval_k_test,
                                     ev.batch_size)
 
     return probe
 
 
-def content_word_ids(tokenizer: TclTokenizer) -> list[int]:
-    """Token ids of the content words (colours, shapes, sizes, numbers) that are single tokens of the vocabulary."""
+def content_word_groups(tokenizer: TclTokenizer) -> dict[str, list[int]]:
+    """Token ids of the content words (colours, shapes, sizes, numbers) that are single tokens of the vocabulary,
+    by group."""
     vocab = tokenizer.tokenizer.get_vocab()
-    return sorted(vocab[word] for word in CONTENT_WORDS if word in vocab)
+    return {group: sorted(vocab[word] for word in words if word in vocab)
+            for group, words in CONTENT_WORD_GROUPS.items()}
 
 
 def format_results(results: dict[str, float]) -> str:
@@ -120,7 +122,9 @@ def format_results(results: dict[str, float]) -> str:
             f"  ITC alone: i2t_r1 {results['itc_i2t_r1']:.1f}  t2i_r1 {results['itc_t2i_r1']:.1f};  "
             f"ITM accuracy {results['itm_accuracy']:.1f}"]
     if "mlm_word_accuracy" in results:
-        line[-1] += f";  MLM content-word accuracy {results['mlm_word_accuracy']:.1f}"
+        groups = ", ".join(f"{group} {results[f'mlm_{group}_accuracy']:.1f}" for group in CONTENT_WORD_GROUPS
+                           if f"mlm_{group}_accuracy" in results)
+        line[-1] += f";  MLM content-word accuracy {results['mlm_word_accuracy']:.1f} ({groups})"
     line[-1] += (f";  uniformity image {results['uniformity_image']:.2f} / "
                  f"text {results['uniformity_text']:.2f}")
     return "\n".join(line)

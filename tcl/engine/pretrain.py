@@ -132,7 +132,8 @@ def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step
     loss = unwrap_config(model)
     return model(batch["image"].to(device), batch["image_aug"].to(device), batch["input_ids"].to(device),
                  batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary,
-                 online_keys=step < loss.online_keys_steps)
+                 online_keys=step < loss.online_keys_steps,
+                 image_keys=batch["image_keys"].to(device) if loss.skip_same_image else None)
 
 
 def unwrap_config(model):

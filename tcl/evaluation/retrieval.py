@@ -10,7 +10,7 @@ a lucky hit; K larger than the gallery always finds the positive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -160,6 +160,14 @@ def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mas
                          batch_size: int = 128, encoded: tuple | None = None) -> float | None:
     """Percent of content-word tokens (``word_ids``: colours, shapes, sizes, numbers) the MLM head restores when each
     is masked alone, the caption's image given; None when the set's captions hold none of them."""
+    restored = masked_word_hits(model, data, word_ids, mask_id, batch_size, encoded)
+    return None if restored is None else 100.0 * restored[1].float().mean().item()
+
+
+def masked_word_hits(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int, batch_size: int = 128,
+                     encoded: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each content-word token of the set masked alone: its id and whether the MLM head restores it (two [N]
+    tensors, on the CPU); None when the captions hold none of ``word_ids``."""
     model.eval()
     device = next(model.parameters()).device
     ids, attention = data.input_ids.to(device), data.attention_mask.to(device)
@@ -168,7 +176,7 @@ def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mas
     if len(rows) == 0:
         return None
     image_embeds = (encoded or encode_set(model, data, batch_size))[0]
-    correct = 0
+    hits = []
     for start in range(0, len(rows), batch_size):
         row, column = rows[start:start + batch_size], columns[start:start + batch_size]
         masked = ids[row].clone()
@@ -176,16 +184,17 @@ def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mas
         hidden = model.fuse(model.text_encoder(masked, attention[row]), attention[row],
                             image_embeds[data.text_image[row.cpu()].to(device)])
         logits = model.mlm_head(hidden[torch.arange(len(row), device=device), column])
-        correct += int((logits.argmax(dim=-1) == ids[row, column]).sum())
-    return 100.0 * correct / len(rows)
+        hits.append((logits.argmax(dim=-1) == ids[row, column]).cpu())
+    return ids[rows, columns].cpu(), torch.cat(hits)
 
 
 @torch.no_grad()
-def evaluate_pretraining(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int, k_test: int = 256,
-                         batch_size: int = 128) -> dict[str, float]:
+def evaluate_pretraining(model, data: RetrievalSet, word_groups: Mapping[str, Sequence[int]], mask_id: int,
+                         k_test: int = 256, batch_size: int = 128) -> dict[str, float]:
     """Everything that shows whether pretraining learns: retrieval recalls (ITM re-ranked and ITC alone), ITM
-    accuracy on true vs random captions, MLM accuracy on masked content words, and the uniformity of both towers'
-    features on the set (log E exp(−2‖x − y‖²); lower is more spread out)."""
+    accuracy on true vs random captions, MLM accuracy on masked content words (``mlm_word_accuracy``, and
+    ``mlm_<group>_accuracy`` for each group of ``word_groups``, e.g. colour, shape), and the uniformity of both
+    towers' features on the set (log E exp(−2‖x − y‖²); lower is more spread out)."""
     from tcl.losses.diagnostics import uniformity
 
     model.eval()
@@ -193,9 +202,15 @@ def evaluate_pretraining(model, data: RetrievalSet, word_ids: Sequence[int], mas
     result = {"images": len(data.images), "texts": len(data.texts),
               **evaluate_retrieval(model, data, k_test, batch_size, encoded)}
     result["itm_accuracy"] = itm_accuracy(model, data, batch_size=batch_size, encoded=encoded)
-    words = masked_word_accuracy(model, data, word_ids, mask_id, batch_size, encoded)
-    if words is not None:
-        result["mlm_word_accuracy"] = words
+    restored = masked_word_hits(model, data, [i for ids in word_groups.values() for i in ids], mask_id, batch_size,
+                                encoded)
+    if restored is not None:
+        tokens, hits = restored
+        result["mlm_word_accuracy"] = 100.0 * hits.float().mean().item()
+        for group, ids in word_groups.items():
+            in_group = torch.isin(tokens, torch.tensor(list(ids), dtype=tokens.dtype))
+            if in_group.any():
+                result[f"mlm_{group}_accuracy"] = 100.0 * hits[in_group].float().mean().item()
     _, image_feat, _, text_feat, _ = encoded
     result["uniformity_image"] = float(uniformity(image_feat))
     result["uniformity_text"] = float(uniformity(text_feat))

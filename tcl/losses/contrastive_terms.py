@@ -41,14 +41,16 @@ def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: 
 def imc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: torch.Tensor,
              text_feat_all: torch.Tensor, temperature: torch.Tensor | float, objective: Objective = "infonce",
              tau_plus: float = 0.1, include_self: bool = True, image_weights: torch.Tensor | None = None,
-             text_exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             text_exclude: torch.Tensor | None = None, image_exclude: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intra-modal contrast: (L_i2i, L_t2t). The positive of an online image is the momentum feature of its second
     view; the positive of an online text is its momentum feature (same tokens, other dropout and EMA weights).
-    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``); ``text_exclude`` [B, B + Q] marks
-    text keys that are no negatives (copies of the row's caption)."""
+    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``); ``text_exclude`` / ``image_exclude``
+    [B, B + Q] mark text / image keys that are no negatives of the row (see ``contrastive_loss``)."""
     positive = torch.arange(image_feat.shape[0], device=image_feat.device)
     common = dict(temperature=temperature, objective=objective, tau_plus=tau_plus, include_self=include_self)
-    return (contrastive_loss(image_feat @ image_feat_all.T, positive, row_weights=image_weights, **common),
+    return (contrastive_loss(image_feat @ image_feat_all.T, positive, row_weights=image_weights, exclude=image_exclude,
+                             **common),
             contrastive_loss(text_feat @ text_feat_all.T, positive, exclude=text_exclude, **common))
 
 

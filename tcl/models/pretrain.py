@@ -63,6 +63,11 @@ def caption_keys(input_ids: torch.Tensor) -> torch.Tensor:
     return keys
 
 
+def _either(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Element-wise or of two optional masks (None where both are)."""
+    return b if a is None else a if b is None else a | b
+
+
 class TCLPretrainModel(nn.Module):
     """TCL: CMA + IMC + LMI contrastive terms with a swappable objective, ITM with hard negatives, MLM.
 
@@ -96,6 +101,8 @@ class TCLPretrainModel(nn.Module):
         self.text_queue = FeatureQueue(model.embed_dim, model.queue_size)
         if loss.skip_identical_captions:  # only then: the paper models keep TCL's (and the checkpoints') state keys
             self.caption_queue = KeyQueue(model.queue_size)
+        if loss.skip_same_image:
+            self.image_key_queue = KeyQueue(model.queue_size)
         self.gather: GatherFn = identity_gather
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -152,7 +159,7 @@ class TCLPretrainModel(nn.Module):
 
     def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True,
-                online_keys: bool = False) -> PretrainOutput:
+                online_keys: bool = False, image_keys: torch.Tensor | None = None) -> PretrainOutput:
         """All TCL losses for one batch.
 
         Args:
@@ -164,6 +171,7 @@ class TCLPretrainModel(nn.Module):
             online_keys: CMA contrasts the online features of the batch with each other (CLIP's in-batch loss,
                 gradient through both sides, no distillation) instead of momentum keys and queues: the from-scratch
                 warm-up of ``loss.online_keys_steps``. Momentum updates and enqueues go on as usual.
+            image_keys: [B] int64 key of each row's image (``image_key``), needed by ``loss.skip_same_image``.
         """
         self.clamp_temperature()
         temp, cfg = self.temp, self.loss_config
@@ -173,7 +181,10 @@ class TCLPretrainModel(nn.Module):
         distill_alpha = alpha if cfg.distill else 0.0
         common = dict(objective=cfg.objective, tau_plus=cfg.tau_plus, include_self=cfg.include_self)
         keys = caption_keys(input_ids) if cfg.skip_identical_captions else None
-        copies = self._caption_copies(keys)  # [B, B + Q]: the keys that hold another copy of the row's caption
+        image_keys = self._checked_image_keys(image_keys, input_ids.shape[0])
+        same_image = self._queued_matches(image_keys, "image_key_queue")  # [B, B + Q]: pairs of the row's own image
+        copies = self._queued_matches(keys, "caption_queue")  # [B, B + Q]: pairs holding a copy of the row's caption
+        copies = _either(copies, same_image)
         batch = input_ids.shape[0]
         terms = {}
         if online_keys:
@@ -186,7 +197,8 @@ class TCLPretrainModel(nn.Module):
                                                   exclude=copies, **common)
         image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, image_weights=image_weights, text_exclude=copies, **common)
+                                              temp, image_weights=image_weights, text_exclude=copies,
+                                              image_exclude=same_image, **common)
         terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, **common)
         terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, **common)
         if step_boundary:
@@ -194,6 +206,8 @@ class TCLPretrainModel(nn.Module):
             self.text_queue.enqueue(self.gather(teacher.text_feat))
             if keys is not None:
                 self.caption_queue.enqueue(self.gather(keys))
+            if image_keys is not None:
+                self.image_key_queue.enqueue(self.gather(image_keys))
         sim_i2t = image_feat @ teacher.text_feat.T / temp
         sim_t2i = text_feat @ teacher.image_feat.T / temp
         if cfg.itm_negatives == "random":  # equal weights: every other sample of the batch is as likely
@@ -209,12 +223,21 @@ class TCLPretrainModel(nn.Module):
         total = self._total(terms)
         return PretrainOutput(total, {name: value.detach() for name, value in terms.items()}, diagnostics)
 
-    def _caption_copies(self, keys: torch.Tensor | None) -> torch.Tensor | None:
-        """[B, B + Q] bool: batch and queue entries whose caption is the row's (itself included); None when
-        ``loss.skip_identical_captions`` is off."""
+    def _checked_image_keys(self, image_keys: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """The image keys when ``loss.skip_same_image`` uses them (an error when they are missing), else None."""
+        if not self.loss_config.skip_same_image:
+            return None
+        if image_keys is None or image_keys.shape != (batch,):
+            raise ValueError("loss.skip_same_image needs image_keys [B] (the collated batch's 'image_keys'); got "
+                             f"{None if image_keys is None else tuple(image_keys.shape)}")
+        return image_keys.long()
+
+    def _queued_matches(self, keys: torch.Tensor | None, queue: str) -> torch.Tensor | None:
+        """[B, B + Q] bool: batch and queue entries whose key (in ``queue``) is the row's, the row itself included;
+        None when ``keys`` is None (the option that keeps them is off)."""
         if keys is None:
             return None
-        return keys[:, None] == torch.cat([keys, self.caption_queue.keys])[None, :]
+        return keys[:, None] == torch.cat([keys, getattr(self, queue).keys])[None, :]
 
     def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.loss_config
@@ -244,7 +267,8 @@ class TCLPretrainModel(nn.Module):
 
     def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text=None) -> torch.Tensor:
         """Positive pairs plus, per image and per text, one hard negative drawn by similarity; ``same_text`` [B, B]
-        marks pairs of samples whose captions are identical, which are never drawn as each other's negatives."""
+        marks pairs of samples that match anyway (identical captions, or the same image), which are never drawn as
+        each other's negatives."""
         batch = image_embeds.shape[0]
         positive = self.itm_logits(text_embeds, attention_mask, image_embeds)
         if batch == 1:  # no other sample to contrast with

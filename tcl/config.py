@@ -158,6 +158,12 @@ class LossConfig:
     # third of the rows otherwise meet their own image as a negative. ALBEF's retrieval fine-tuning knows pairs by
     # image id for the same reason; TCL's pretraining does not check.
     skip_same_image: bool = False
+    # Share of ITM's text negatives that are the row's own caption with one word of ``swap_word_classes`` swapped
+    # for another of its class ("a red circle" → "a red square"; NegCLIP's negatives): the only negatives that
+    # require reading what the changed word names in the image. 0 = TCL.
+    itm_swap_negatives: float = 0.0
+    # Classes of interchangeable words (each word a single token of the vocabulary), e.g. colours, shape names.
+    swap_word_classes: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -451,6 +457,14 @@ def _check_loss(config: Config, world_size: int) -> str | None:
         return f"loss.uota_tau = {loss.uota_tau} must be positive (or null: the feature dimension)."
     if loss.online_keys_steps < 0:
         return f"loss.online_keys_steps = {loss.online_keys_steps} must not be negative."
+    if not 0.0 <= loss.itm_swap_negatives <= 1.0:
+        return f"loss.itm_swap_negatives = {loss.itm_swap_negatives} must lie in [0, 1]."
+    if loss.itm_swap_negatives > 0 and not loss.swap_word_classes:
+        return ("loss.itm_swap_negatives > 0 needs loss.swap_word_classes, e.g. [[red, green, blue], "
+                "[circle, square]].")
+    short = [words for words in loss.swap_word_classes if len(set(words)) < 2]
+    if short:
+        return f"loss.swap_word_classes: every class needs two or more words; {short[0]} has fewer."
     for name in ("cma_weight", "imc_weight", "lmi_weight", "itm_weight", "mlm_weight", "align_uniform_weight"):
         if getattr(loss, name) < 0:
             return f"loss.{name} = {getattr(loss, name)} must not be negative."

@@ -39,9 +39,10 @@ SIZES = {"small": 0.10, "large": 0.17}
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 # The words a caption must get right about the scene: what MLM accuracy on masked content words measures.
-CONTENT_WORD_GROUPS = {"colour": tuple(COLORS), "shape": (*SHAPES, *PLURALS.values()), "size": tuple(SIZES),
-                       "number": NUMBER_WORDS}
-CONTENT_WORDS = tuple(word for words in CONTENT_WORD_GROUPS.values() for word in words)
+# By group, each group a tuple of classes of interchangeable words (a swap stays within its class).
+CONTENT_WORD_GROUPS = {"colour": (tuple(COLORS),), "shape": (SHAPES, tuple(PLURALS.values())),
+                       "size": (tuple(SIZES),), "number": (NUMBER_WORDS,)}
+CONTENT_WORDS = tuple(word for classes in CONTENT_WORD_GROUPS.values() for words in classes for word in words)
 SPLITS = ("train2014", "val2014")
 FIRST_IMAGE_ID = {"train2014": 1, "val2014": 500_001}
 

@@ -97,6 +97,16 @@ class TclTokenizer:
         """``[CLS] a1 ... am [SEP] [PAD] ...`` (never truncated, as TCL)."""
         return self._pad([[self.cls_id, *ids, self.sep_id] for ids in self._pieces(answers)])
 
+    def word_ids(self, words: Sequence[str]) -> list[int]:
+        """The token id of each word, which must be a single token of the vocabulary (DataError naming the ones that
+        are not)."""
+        vocab = self.tokenizer.get_vocab()
+        missing = [word for word in words if word not in vocab]
+        if missing:
+            raise DataError(f"not single tokens of the tokenizer's vocabulary: {', '.join(missing)}. Use words the "
+                            "captions contain, or retrain the tokenizer on captions that do.")
+        return [vocab[word] for word in words]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 

@@ -107,12 +107,12 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], 
     return probe
 
 
-def content_word_groups(tokenizer: TclTokenizer) -> dict[str, list[int]]:
+def content_word_groups(tokenizer: TclTokenizer) -> dict[str, list[list[int]]]:
     """Token ids of the content words (colours, shapes, sizes, numbers) that are single tokens of the vocabulary,
-    by group."""
+    by group and class of interchangeable words."""
     vocab = tokenizer.tokenizer.get_vocab()
-    return {group: sorted(vocab[word] for word in words if word in vocab)
-            for group, words in CONTENT_WORD_GROUPS.items()}
+    return {group: [[vocab[word] for word in words if word in vocab] for words in classes]
+            for group, classes in CONTENT_WORD_GROUPS.items()}
 
 
 def format_results(results: dict[str, float]) -> str:
@@ -127,6 +127,10 @@ def format_results(results: dict[str, float]) -> str:
         line[-1] += f";  MLM content-word accuracy {results['mlm_word_accuracy']:.1f} ({groups})"
     line[-1] += (f";  uniformity image {results['uniformity_image']:.2f} / "
                  f"text {results['uniformity_text']:.2f}")
+    swaps = ", ".join(f"{group} {results[f'swap_itm_{group}']:.1f} / {results[f'swap_itc_{group}']:.1f}"
+                      for group in CONTENT_WORD_GROUPS if f"swap_itm_{group}" in results)
+    if swaps:
+        line.append(f"  the true caption over one with a swapped word (ITM / ITC, %, chance 50): {swaps}")
     return "\n".join(line)
 
 

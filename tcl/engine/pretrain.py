@@ -116,7 +116,8 @@ def dump_rank_state(accelerator, model, folder: Path) -> None:
 def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel:
     special = SpecialTokens(pad=tokenizer.pad_id, cls=tokenizer.cls_id, mask=tokenizer.mask_id)
     vocab_size = config.model.vocab_size or len(tokenizer)
-    model = TCLPretrainModel(config.model, config.loss, vocab_size, special)
+    swap_word_ids = [tokenizer.word_ids(words) for words in config.loss.swap_word_classes]
+    model = TCLPretrainModel(config.model, config.loss, vocab_size, special, swap_word_ids or None)
     initialise_from_pretrained(model, config.model)
     if init:
         from tcl.engine.weights import load_model_weights

@@ -189,12 +189,45 @@ def masked_word_hits(model, data: RetrievalSet, word_ids: Sequence[int], mask_id
 
 
 @torch.no_grad()
-def evaluate_pretraining(model, data: RetrievalSet, word_groups: Mapping[str, Sequence[int]], mask_id: int,
-                         k_test: int = 256, batch_size: int = 128) -> dict[str, float]:
+def swap_accuracy(model, data: RetrievalSet, word_classes: Sequence[Sequence[int]], seed: int = 0,
+                  batch_size: int = 128, encoded: tuple | None = None) -> dict[str, float] | None:
+    """Attribute binding: each caption against itself with one word of ``word_classes`` swapped for another of its
+    class ("a red circle" vs "a red square"). Percent of captions whose image the ITM head (``itm``) and the
+    contrastive features (``itc``) score higher with the true caption than with the swapped one (chance 50 %; ties
+    count as wrong); None when no caption holds a word of the classes."""
+    from tcl.models.word_swap import WordSwapper
+
+    model.eval()
+    image_embeds, image_feat, text_embeds, text_feat, mask = encoded or encode_set(model, data, batch_size)
+    device = image_embeds.device
+    swapper = WordSwapper(word_classes, model.vocab_size)
+    swapped, changed = swapper.to(device)(data.input_ids.to(device), mask,
+                                          torch.Generator(device=device).manual_seed(seed))
+    rows = changed.nonzero(as_tuple=True)[0]
+    if len(rows) == 0:
+        return None
+    wins = {"itm": 0, "itc": 0}
+    for start in range(0, len(rows), batch_size):
+        row = rows[start:start + batch_size]
+        images = data.text_image[row.cpu()].to(device)
+        false_embeds, false_feat = model.encode_text(swapped[row], mask[row])
+        true_itm = _itm_logit(model, text_embeds[row], mask[row], image_embeds[images])
+        false_itm = _itm_logit(model, false_embeds, mask[row], image_embeds[images])
+        wins["itm"] += int((true_itm > false_itm).sum())
+        true_itc = (image_feat[images] * text_feat[row]).sum(-1)
+        wins["itc"] += int((true_itc > (image_feat[images] * false_feat).sum(-1)).sum())
+    return {name: 100.0 * count / len(rows) for name, count in wins.items()}
+
+
+@torch.no_grad()
+def evaluate_pretraining(model, data: RetrievalSet, word_groups: Mapping[str, Sequence[Sequence[int]]],
+                         mask_id: int, k_test: int = 256, batch_size: int = 128) -> dict[str, float]:
     """Everything that shows whether pretraining learns: retrieval recalls (ITM re-ranked and ITC alone), ITM
-    accuracy on true vs random captions, MLM accuracy on masked content words (``mlm_word_accuracy``, and
-    ``mlm_<group>_accuracy`` for each group of ``word_groups``, e.g. colour, shape), and the uniformity of both
-    towers' features on the set (log E exp(−2‖x − y‖²); lower is more spread out)."""
+    accuracy on true vs random captions, and per group of content words (``word_groups``: name → classes of
+    interchangeable token ids, e.g. colour → [[red, green, ...]]) MLM accuracy when one is masked
+    (``mlm_word_accuracy`` over all, ``mlm_<group>_accuracy``) and attribute binding against a caption with one
+    swapped (``swap_itm_<group>``, ``swap_itc_<group>``), and the uniformity of both towers' features on the set
+    (log E exp(−2‖x − y‖²); lower is more spread out)."""
     from tcl.losses.diagnostics import uniformity
 
     model.eval()
@@ -202,15 +235,21 @@ def evaluate_pretraining(model, data: RetrievalSet, word_groups: Mapping[str, Se
     result = {"images": len(data.images), "texts": len(data.texts),
               **evaluate_retrieval(model, data, k_test, batch_size, encoded)}
     result["itm_accuracy"] = itm_accuracy(model, data, batch_size=batch_size, encoded=encoded)
-    restored = masked_word_hits(model, data, [i for ids in word_groups.values() for i in ids], mask_id, batch_size,
+    group_ids = {group: [i for ids in classes for i in ids] for group, classes in word_groups.items()}
+    restored = masked_word_hits(model, data, [i for ids in group_ids.values() for i in ids], mask_id, batch_size,
                                 encoded)
     if restored is not None:
         tokens, hits = restored
         result["mlm_word_accuracy"] = 100.0 * hits.float().mean().item()
-        for group, ids in word_groups.items():
-            in_group = torch.isin(tokens, torch.tensor(list(ids), dtype=tokens.dtype))
+        for group, ids in group_ids.items():
+            in_group = torch.isin(tokens, torch.tensor(ids, dtype=tokens.dtype))
             if in_group.any():
                 result[f"mlm_{group}_accuracy"] = 100.0 * hits[in_group].float().mean().item()
+    for group, classes in word_groups.items():
+        binding = swap_accuracy(model, data, [ids for ids in classes if len(ids) >= 2], batch_size=batch_size,
+                                encoded=encoded) if any(len(ids) >= 2 for ids in classes) else None
+        for name, value in (binding or {}).items():
+            result[f"swap_{name}_{group}"] = value
     _, image_feat, _, text_feat, _ = encoded
     result["uniformity_image"] = float(uniformity(image_feat))
     result["uniformity_text"] = float(uniformity(text_feat))

@@ -21,6 +21,7 @@ from tcl.models.momentum import FeatureQueue, GatherFn, KeyQueue, MomentumEncode
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
                                save_weights, write_model_config)
 from tcl.models.vision import build_vision_encoder
+from tcl.models.word_swap import WordSwapper
 
 # Modules that have a momentum copy, in a fixed order (TCL: no copy of itm_head or temp).
 MOMENTUM_MODULES = ("vision_encoder", "vision_proj", "text_encoder", "fusion_encoder", "mlm_head", "text_proj")
@@ -76,9 +77,12 @@ class TCLPretrainModel(nn.Module):
         loss: loss weights and objective.
         vocab_size: tokenizer vocabulary size.
         special: ids of [PAD], [CLS], [MASK].
+        swap_word_ids: token ids of ``loss.swap_word_classes`` (needed for ``loss.itm_swap_negatives``; the model
+            is built without them for inference).
     """
 
-    def __init__(self, model: ModelConfig, loss: LossConfig, vocab_size: int, special: SpecialTokens = SpecialTokens()):
+    def __init__(self, model: ModelConfig, loss: LossConfig, vocab_size: int, special: SpecialTokens = SpecialTokens(),
+                 swap_word_ids: list[list[int]] | None = None):
         super().__init__()
         self.model_config, self.loss_config, self.special = model, loss, special
         self.vocab_size = vocab_size
@@ -103,6 +107,7 @@ class TCLPretrainModel(nn.Module):
             self.caption_queue = KeyQueue(model.queue_size)
         if loss.skip_same_image:
             self.image_key_queue = KeyQueue(model.queue_size)
+        self.word_swapper = WordSwapper(swap_word_ids, vocab_size) if swap_word_ids else None
         self.gather: GatherFn = identity_gather
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ class TCLPretrainModel(nn.Module):
         if cfg.itm_negatives == "random":  # equal weights: every other sample of the batch is as likely
             sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
         same_text = None if copies is None else copies[:, :batch]
-        terms["itm"] = self._itm(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text)
+        terms["itm"] = self._itm(image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text)
         terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
@@ -265,7 +270,8 @@ class TCLPretrainModel(nn.Module):
                         torch.cat([image_feat, self.image_queue.features().to(image_feat.dtype)]),
                         torch.cat([text_feat, self.text_queue.features().to(text_feat.dtype)]))
 
-    def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text=None) -> torch.Tensor:
+    def _itm(self, image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text=None
+             ) -> torch.Tensor:
         """Positive pairs plus, per image and per text, one hard negative drawn by similarity; ``same_text`` [B, B]
         marks pairs of samples that match anyway (identical captions, or the same image), which are never drawn as
         each other's negatives."""
@@ -280,11 +286,34 @@ class TCLPretrainModel(nn.Module):
                                                                                                             0.0)
             negative_image = sample_hard_negatives(weights_t2i)
             negative_text = sample_hard_negatives(weights_i2t)
-        texts = torch.cat([text_embeds, text_embeds[negative_text]])
-        masks = torch.cat([attention_mask, attention_mask[negative_text]])
+        negative_texts, negative_masks = self._swapped_negatives(text_embeds[negative_text],
+                                                                 attention_mask[negative_text], input_ids,
+                                                                 attention_mask)
+        texts = torch.cat([text_embeds, negative_texts])
+        masks = torch.cat([attention_mask, negative_masks])
         images = torch.cat([image_embeds[negative_image], image_embeds])
         negative = self.itm_logits(texts, masks, images)
         return itm_loss(torch.cat([positive, negative]), batch)
+
+    def _swapped_negatives(self, negative_texts: torch.Tensor, negative_masks: torch.Tensor, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITM's text negatives [B, L, D] and their masks, with a ``loss.itm_swap_negatives`` share of rows replaced
+        by the row's own caption with one class word swapped (encoded here, with gradient)."""
+        share = self.loss_config.itm_swap_negatives
+        if share <= 0:
+            return negative_texts, negative_masks
+        if self.word_swapper is None:
+            raise ValueError("loss.itm_swap_negatives needs the model built with swap_word_ids "
+                             "(the token ids of loss.swap_word_classes)")
+        with torch.no_grad():
+            swapped_ids, changed = self.word_swapper(input_ids, attention_mask)
+            use = changed & (torch.rand(changed.shape, device=changed.device) < share)
+        if not use.any():
+            return negative_texts, negative_masks
+        negative_texts, negative_masks = negative_texts.clone(), negative_masks.clone()
+        negative_texts[use] = self.text_encoder(swapped_ids[use], attention_mask[use]).to(negative_texts.dtype)
+        negative_masks[use] = attention_mask[use]
+        return negative_texts, negative_masks
 
     def _mlm(self, input_ids, attention_mask, image_embeds, image_embeds_m, alpha: float) -> torch.Tensor:
         """MLM on a re-encoded masked copy of the text; the head runs on masked positions only."""

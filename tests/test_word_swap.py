@@ -1,0 +1,83 @@
+"""Swapped-word captions: the ITM negatives of ``loss.itm_swap_negatives`` and the attribute-binding probe."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tcl.config import load_config
+from tcl.errors import ConfigError
+from tcl.models.word_swap import WordSwapper
+
+REPO = Path(__file__).resolve().parents[1]
+
+COLOURS, SHAPES = [10, 11, 12], [20, 21]
+
+
+def test_one_word_changes_to_another_of_its_class():
+    swapper = WordSwapper([COLOURS, SHAPES], vocab_size=30)
+    ids = torch.tensor([[2, 5, 10, 20, 7, 0], [2, 5, 6, 7, 0, 0], [2, 12, 12, 0, 0, 0]])
+    mask = (ids != 0).long()
+    for seed in range(20):
+        swapped, changed = swapper(ids, mask, torch.Generator().manual_seed(seed))
+        assert changed.tolist() == [True, False, True]
+        assert torch.equal(swapped[1], ids[1])  # no class word: unchanged
+        for row in (0, 2):
+            diff = (swapped[row] != ids[row]).nonzero().flatten().tolist()
+            assert len(diff) == 1
+            old, new = int(ids[row, diff[0]]), int(swapped[row, diff[0]])
+            assert old != new and any(old in c and new in c for c in (COLOURS, SHAPES))
+        assert torch.equal(swapped[:, 0], ids[:, 0]) and (swapped[mask == 0] == 0).all()
+
+
+def test_every_other_word_of_the_class_is_drawn():
+    swapper = WordSwapper([COLOURS], vocab_size=30)
+    ids = torch.tensor([[2, 11]] * 400)
+    swapped, _ = swapper(ids, torch.ones_like(ids), torch.Generator().manual_seed(0))
+    counts = torch.bincount(swapped[:, 1], minlength=13)
+    assert counts[11] == 0 and counts[10] > 150 and counts[12] > 150
+
+
+def test_bad_classes_are_refused():
+    with pytest.raises(ValueError, match="two words"):
+        WordSwapper([[3]], vocab_size=10)
+    with pytest.raises(ValueError, match="shares words"):
+        WordSwapper([[3, 4], [4, 5]], vocab_size=10)
+    with pytest.raises(ConfigError, match="swap_word_classes"):
+        from tcl.config import validate
+
+        validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.itm_swap_negatives=0.5",
+                                                                    "loss.swap_word_classes=[]"]))
+
+
+def test_itm_negatives_include_the_swapped_captions(monkeypatch):
+    from tcl.models import TCLPretrainModel
+
+    cfg = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "loss.itm_swap_negatives=1.0",
+                                                            "model.image_size=32", "model.patch_size=16"])
+    torch.manual_seed(0)
+    model = TCLPretrainModel(cfg.model, cfg.loss, 40, swap_word_ids=[COLOURS, SHAPES])
+    seen = []
+    original = model.itm_logits
+    monkeypatch.setattr(model, "itm_logits", lambda t, m, i: seen.append((t.shape[0], m.clone())) or original(t, m, i))
+    ids = torch.tensor([[2, 5, 10, 20, 0], [2, 6, 7, 8, 9], [2, 11, 5, 0, 0], [2, 5, 5, 21, 6]])
+    mask = (ids != 0).long()
+    encoded = []
+    original_text = model.text_encoder.forward
+    monkeypatch.setattr(model.text_encoder, "forward", lambda i, m: encoded.append(i.clone()) or original_text(i, m))
+    images = torch.randn(4, 3, 32, 32)
+    out = model(images, images, ids, mask)
+    assert torch.isfinite(out.losses["itm"])
+    swapped = [batch for batch in encoded if batch.shape[0] == 3]  # rows 0, 2, 3 hold a class word
+    assert len(swapped) == 1 and ((swapped[0] != ids[[0, 2, 3]]).sum(dim=1) == 1).all()
+    negatives_mask = seen[-1][1][4:]  # [positives | negative texts for each image | ...]: the swapped rows' masks
+    assert torch.equal(negatives_mask[[0, 2, 3]], mask[[0, 2, 3]])
+    with pytest.raises(ValueError, match="swap_word_ids"):
+        TCLPretrainModel(cfg.model, cfg.loss, 40)(images, images, ids, mask)
+
+
+def test_the_tiny_config_swaps_the_generated_worlds_words():
+    from tcl.data.shapes import CONTENT_WORD_GROUPS
+
+    classes = load_config(REPO / "configs/pretrain_tiny.yaml").loss.swap_word_classes
+    assert sorted(map(tuple, classes)) == sorted(c for group in CONTENT_WORD_GROUPS.values() for c in group)

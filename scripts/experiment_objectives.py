@@ -36,7 +36,8 @@ ARMS = {
 # Written into a pretraining folder once it is complete: both protocols then fine-tune from it without pretraining again.
 PRETRAINING_DONE = "STUDY_PRETRAINING_DONE"
 DIAGNOSTICS = ("diag/alignment", "diag/uniformity_image", "diag/uniformity_text")
-RETRIEVAL = ("i2t_r1", "t2i_r1", "itc_i2t_r1", "itc_t2i_r1", "itm_accuracy")
+RETRIEVAL = ("i2t_r1", "t2i_r1", "itc_i2t_r1", "itc_t2i_r1", "itm_accuracy", "mlm_word_accuracy", "mlm_colour_accuracy",
+             "mlm_shape_accuracy", "swap_itm_colour", "swap_itm_shape", "swap_itm_size")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -130,8 +131,8 @@ def summarise(runs: list[dict], arms: list[str]) -> list[dict]:
         if not mine:
             continue
         row = {"arm": arm, "seeds": len(mine)}
-        for key in ("vqa_accuracy", "hit_rate", "i2t_r1", "t2i_r1", "itm_accuracy", "alignment", "uniformity_image",
-                    "uniformity_text"):
+        for key in ("vqa_accuracy", "hit_rate", "i2t_r1", "t2i_r1", "itc_i2t_r1", "itc_t2i_r1", "itm_accuracy",
+                    "mlm_word_accuracy", "alignment", "uniformity_image", "uniformity_text"):
             values = [r[key] for r in mine if key in r]
             if values:
                 row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -143,12 +144,14 @@ def markdown(rows: list[dict], protocol: str) -> str:
     def cell(row, key):
         return f"{row[key][0]:.2f} ± {row[key][1]:.2f}" if key in row else "–"
 
-    lines = [f"| arm ({protocol} protocol) | seeds | VQA accuracy | hit rate | i2t R@1 | t2i R@1 | ITM accuracy | "
-             "alignment | uniformity (image) | uniformity (text) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    columns = {"vqa_accuracy": "VQA accuracy", "hit_rate": "hit rate", "i2t_r1": "i2t R@1", "t2i_r1": "t2i R@1",
+               "itc_i2t_r1": "ITC i2t R@1", "itc_t2i_r1": "ITC t2i R@1", "itm_accuracy": "ITM accuracy",
+               "mlm_word_accuracy": "MLM content words", "alignment": "alignment",
+               "uniformity_image": "uniformity (image)", "uniformity_text": "uniformity (text)"}
+    lines = [f"| arm ({protocol} protocol) | seeds | " + " | ".join(columns.values()) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for row in rows:
-        lines.append(f"| {row['arm']} | {row['seeds']} | {cell(row, 'vqa_accuracy')} | {cell(row, 'hit_rate')} | "
-                     f"{cell(row, 'i2t_r1')} | {cell(row, 't2i_r1')} | {cell(row, 'itm_accuracy')} | "
-                     f"{cell(row, 'alignment')} | {cell(row, 'uniformity_image')} | {cell(row, 'uniformity_text')} |")
+        lines.append(f"| {row['arm']} | {row['seeds']} | " + " | ".join(cell(row, key) for key in columns) + " |")
     return "\n".join(lines)
 
 

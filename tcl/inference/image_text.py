@@ -63,6 +63,7 @@ def score_image_text(model: TCLPretrainModel, images: Any | Sequence[Any], texts
     processor = processor or getattr(model, "processor", None)
     if processor is None:
         raise ValueError("this model has no processor; pass processor=TCLProcessor.from_pretrained(folder)")
+    processor.fit_positions(model.model_config.max_position_embeddings)
     device = next(model.parameters()).device
     image = processor.images(images).to(device)
     input_ids, attention_mask = processor.captions(texts)

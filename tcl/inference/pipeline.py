@@ -36,7 +36,7 @@ class VQAPipeline:
         if len(processor.answers) != model.num_answers:
             raise ValueError(f"the answer list has {len(processor.answers)} answers but the model was trained with "
                              f"{model.num_answers}")
-        self.model, self.processor = model.eval(), processor
+        self.model, self.processor = model.eval(), processor.fit_positions(model.model_config.max_position_embeddings)
         self.k_test, self.rank_score = k_test, rank_score
         self.predictor = AnswerPredictor(model, processor.tokenizer, processor.answers, k_test, rank_score)
 

@@ -13,6 +13,7 @@ Exit code 0 when every line was answered, 1 when some failed, 2 for a usage erro
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from collections.abc import Iterator
@@ -67,7 +68,8 @@ def _answer_batch(pipeline, args) -> int:
     from tqdm.auto import tqdm
 
     input_path = Path(args.input)
-    total = sum(1 for _ in input_path.open(encoding="utf-8", errors="replace"))
+    with input_path.open("rb") as handle:
+        total = sum(1 for _ in handle)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     failed = 0
     try:
@@ -87,9 +89,20 @@ def _answer_batch(pipeline, args) -> int:
 
 
 def _read_lines(path: Path, processor) -> Iterator[_Line]:
-    """Each input line, parsed and with its image decoded, or with the error that stops it."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
+    """Each input line, parsed and with its image decoded, or with the error that stops it. Lines are decoded one by
+    one, so a line that is not UTF-8 is its own error record (a UTF-8 byte-order mark at the start is allowed)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                line = _Line(number)
+                line.error = (f"line {number}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1}); "
+                              "save the file as UTF-8")
+                yield line
+                continue
             yield _parse_line(number, text, path.parent, processor)
 
 
@@ -104,6 +117,11 @@ def _parse_line(number: int, text: str, base: Path, processor) -> _Line:
         return line
     if not isinstance(record, dict):
         line.error = f"line {number}: expected a JSON object with \"image\" and \"question\""
+        return line
+    try:  # JSON may spell lone UTF-16 surrogates ("\\ud800"), which are no text: refuse them (and do not echo them)
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        line.error = f"line {number}: the line holds an unpaired surrogate escape (such as \\ud800), which is not text"
         return line
     line.record = record
     image, question = record.get("image"), record.get("question")

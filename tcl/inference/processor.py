@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,14 @@ class TCLProcessor:
                             f"got mean {settings.image_mean}, std {settings.image_std} in {PROCESSOR_CONFIG}.")
         self.tokenizer, self.settings, self.answers = tokenizer, settings, answers
         self.transform = test_transform(settings.image_size)
+
+    def fit_positions(self, max_positions: int) -> TCLProcessor:
+        """Caps the token length of every text at the model's ``max_position_embeddings`` (a question whose word
+        pieces run past it is cut there, as training cuts at ``max_text_len``, instead of failing inside the
+        model); returns the processor."""
+        current = self.settings.max_text_len
+        self.settings = replace(self.settings, max_text_len=min(current or max_positions, max_positions))
+        return self
 
     def images(self, images: Any | Sequence[Any]) -> torch.Tensor:
         """[B, 3, S, S] normalised images from one image or a list (paths, bytes, PIL images, numpy arrays)."""

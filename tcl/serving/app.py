@@ -16,6 +16,7 @@ bodies are capped before they are read; images are decoded with a pixel limit; e
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tcl.data.images import as_rgb_image
 from tcl.errors import BadSampleError, DataError
 from tcl.inference.attention import heatmap_overlay, png_bytes
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
@@ -82,7 +85,8 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES = {400: {"model": ErrorBody, "description": "bad question, image or top_k"},
                    404: {"model": ErrorBody, "description": "unknown example id"},
                    413: {"model": ErrorBody, "description": "request body or image too large"},
-                   422: {"model": ErrorBody, "description": "malformed form fields"}}
+                   422: {"model": ErrorBody, "description": "malformed form fields"},
+                   500: {"model": ErrorBody, "description": "an unforeseen failure (details in the server's log)"}}
 
 
 class ApiError(Exception):
@@ -133,7 +137,7 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                image: UploadFile | None = File(None, description="an image file (JPEG, PNG, ...)"),
                example: int | None = Form(None, description="the id of an example image instead of a file"),
                top_k: int = Form(5, description="how many answers to return")) -> VQAResponse:
-        question = _check_question(question, settings)
+        question = _check_question(question, settings, pipeline.processor)
         if not 1 <= top_k <= settings.max_top_k:
             raise ApiError(400, "bad_top_k", f"top_k must be between 1 and {settings.max_top_k}, got {top_k}.")
         picture = _read_image(image, example, settings)
@@ -149,13 +153,17 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     return app
 
 
-def _check_question(question: str, settings: ServeSettings) -> str:
+def _check_question(question: str, settings: ServeSettings, processor) -> str:
     question = question.strip()
     if not question:
         raise ApiError(400, "empty_question", "the question is empty; type a question about the image.")
     if len(question) > settings.max_question_chars:
         raise ApiError(400, "question_too_long", f"the question has {len(question)} characters; the limit is "
                                                  f"{settings.max_question_chars}.")
+    try:  # what the model would refuse (e.g. nothing left after normalisation: only punctuation), refused here
+        processor.questions([question])
+    except ValueError as error:
+        raise ApiError(400, "bad_question", str(error).replace("question 0 ", "the question ")) from None
     return question
 
 
@@ -199,6 +207,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         return error_response(error.status_code, "http_error", str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, error: Exception) -> JSONResponse:
+        # Anything unforeseen still answers in the documented shape; the traceback goes to the server's log.
+        logger.exception("unhandled error while serving a request")
+        return error_response(500, "internal_error", f"the server failed on this request ({type(error).__name__}); "
+                                                     "its log has the details.")
 
 
 class BodyTooLarge(Exception):

@@ -105,14 +105,44 @@ def test_batch_file_with_bad_lines_answers_the_rest(model_dir, shapes_root, tmp_
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in records] == list(range(1, 13))
     answered = {r["line"] for r in records if "answers" in r}
-    assert answered == {1, 8, 10, 12}
+    assert answered == {1, 8, 12}
     assert records[0]["id"] == "a" and len(records[0]["answers"]) == 5 and records[7]["id"] == "b"
     errors = {r["line"]: r["error"] for r in records if "error" in r}
     assert "invalid JSON" in errors[2] and "missing.jpg" in errors[3] and "not_an_image.jpg" in errors[4]
     assert "empty" in errors[5] and "missing \"image\"" in errors[6] and "JSON object" in errors[7]
     assert "invalid JSON" in errors[9] and "a_folder.jpg" in errors[11]
-    assert "answered 4 of 12 lines; 8 failed" in capsys.readouterr().err
+    assert "line 10: not UTF-8 (byte 0xff" in errors[10]  # reported, never silently read as U+FFFD
+    assert "answered 3 of 12 lines; 9 failed" in capsys.readouterr().err
     good = tmp_path / "good.jsonl"
     good.write_bytes(lines[0] + b"\n")
     assert cli.main(["predict", "--model", str(model_dir), "--input", str(good), "--output",
                      str(tmp_path / "g.jsonl")]) == 0
+
+
+# Word pieces of made-up words: three 26-letter "words" tokenise past the tiny model's 64 positions.
+GIBBERISH = "qwertyuiopasdfghjklzxcvbnm qwertyuiopasdfghjklzxcvbnm qwertyuiopasdfghjklzxcvbnm"
+
+
+def test_questions_past_the_position_limit_are_answered(model_dir, shapes_root, capsys):
+    vqa = tcl.load_vqa(model_dir)
+    pieces = vqa.processor.tokenizer.encode_texts([GIBBERISH]).input_ids.shape[1]
+    assert pieces > vqa.model.model_config.max_position_embeddings  # the case that crashed
+    assert len(vqa(val_image(shapes_root), GIBBERISH, top_k=2)) == 2
+    assert cli.main(["predict", "--model", str(model_dir), "--image", str(val_image(shapes_root)),
+                     "--question", GIBBERISH]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_batch_lines_with_a_bom_or_a_lone_surrogate(model_dir, shapes_root, tmp_path):
+    image = str(val_image(shapes_root))
+    lines = [b"\xef\xbb\xbf" + json.dumps({"image": image, "question": "how many shapes are there?"}).encode(),
+             b'{"image": "' + image.encode() + b'", "question": "what color \\ud800 is it?"}',
+             json.dumps({"image": image, "question": "what color is the circle?"}).encode()]
+    (tmp_path / "q.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "a.jsonl"
+    assert cli.main(["predict", "--model", str(model_dir), "--input", str(tmp_path / "q.jsonl"), "--output",
+                     str(out)]) == 1
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3]
+    assert "answers" in records[0] and "answers" in records[2]
+    assert "surrogate" in records[1]["error"] and "question" not in records[1]

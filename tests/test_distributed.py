@@ -48,3 +48,20 @@ def test_two_processes_stay_identical(accelerate_config, shapes_root, tmp_path):
     assert f"{STEPS} steps on {PROCESSES} process(es)" in result.stdout
     assert_ranks_agree(out)
     assert (out / "latest").read_text() == f"checkpoint-{STEPS:08d}"
+
+
+def test_both_processes_stop_when_the_folder_is_held(shapes_root, tmp_path):
+    """The main process finds the folder held and every process stops with it (none waits at a barrier)."""
+    sys.path.insert(0, str(REPO / "tests" / "robustness"))
+    from test_run_lock import holder
+
+    out = tmp_path / "run"
+    process = holder(out)
+    try:
+        result = launch("configs/accelerate/cpu_multiprocess.yaml", shapes_root, out)
+    finally:
+        process.kill()
+        process.wait()
+    assert result.returncode != 0
+    assert f"is in use by another run (pid {process.pid}" in result.stderr
+    assert result.stderr.count("is in use by another run") == 2  # each rank says it, then exits

@@ -21,7 +21,8 @@ from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, check_data_root, vqa_collator
 from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
-from tcl.engine.runtime import build_accelerator, check_distributed_setup
+from tcl.engine.run_lock import hold_output_folder
+from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main
 from tcl.engine.trainer import Trainer, training_parser
 from tcl.engine.weights import read_model_state
 from tcl.errors import TclError, run_command
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
+    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator)):
+        return _train(args, config, accelerator)
+
+
+def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     check_data_root(config)
     tokenizer = build_tokenizer(config)
     dataset = build_vqa_dataset(config, train=True)

@@ -24,7 +24,9 @@ from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokeni
 from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
-from tcl.engine.runtime import build_accelerator, check_distributed_setup, feature_gather, unwrap
+from tcl.engine.run_lock import hold_output_folder
+from tcl.engine.runtime import (build_accelerator, check_distributed_setup, feature_gather, share_from_main,
+                                unwrap)
 from tcl.engine.trainer import Trainer, training_parser
 from tcl.errors import TclError, run_command
 from tcl.models import SpecialTokens, TCLPretrainModel
@@ -59,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, config: Config) -> int:
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
+    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator)):
+        return _train(args, config, accelerator)
+
+
+def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     check_data_root(config)
     tokenizer = build_tokenizer(config)
     dataset = build_pretrain_dataset(config)

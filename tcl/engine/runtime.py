@@ -52,6 +52,15 @@ def check_distributed_setup(accelerator, config: Config) -> None:
     validate(config, "the launched run", accelerator.num_processes)
 
 
+def share_from_main(accelerator):
+    """A function that returns, on every process, the value the main process passed it (identity on one process)."""
+    if accelerator.num_processes == 1:
+        return lambda value: value
+    from accelerate.utils import broadcast_object_list
+
+    return lambda value: broadcast_object_list([value], from_process=0)[0]
+
+
 def feature_gather(accelerator):
     """The queue's gather: all processes' [B, d] features concatenated in rank order (no gradient)."""
     if accelerator.num_processes == 1:

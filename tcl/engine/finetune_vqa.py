@@ -19,8 +19,9 @@ import torch
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, check_data_root, vqa_collator
-from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
+from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
+from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main
 from tcl.engine.trainer import Trainer, training_parser
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
+    resume_from = checkpoint_to_resume(config, args.resume) if args.resume else None  # before anything is written
     check_data_root(config)
     tokenizer = build_tokenizer(config)
     dataset = build_vqa_dataset(config, train=True)
@@ -81,8 +83,10 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
         save_config(config, output_dir / "config.yaml")
         vocabulary.to_json(output_dir / ANSWER_LIST)
     state = {"epoch": 0, "batch": 0, "step": 0}
-    if args.resume:
-        state = load_checkpoint(accelerator, find_checkpoint(output_dir, args.resume))
+    if resume_from:
+        state = load_checkpoint(accelerator, resume_from)
+        if accelerator.is_main_process:
+            drop_metrics_after(output_dir / "metrics.jsonl", state["step"])
     trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
                       SkipReport(dataset.skipped_at_indexing), vqa_step, name="VQA fine-tuning")
     code = trainer.fit()

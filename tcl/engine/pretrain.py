@@ -21,9 +21,10 @@ import torch
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokenizer, check_data_root, pretrain_collator
-from tcl.engine.checkpoint import find_checkpoint, load_checkpoint
+from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
+from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import (build_accelerator, check_distributed_setup, feature_gather, share_from_main,
                                 unwrap)
@@ -66,6 +67,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
+    resume_from = checkpoint_to_resume(config, args.resume) if args.resume else None  # before anything is written
     check_data_root(config)
     tokenizer = build_tokenizer(config)
     dataset = build_pretrain_dataset(config)
@@ -89,10 +91,11 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     if accelerator.is_main_process:
         save_config(config, output_dir / "config.yaml")
     state = {"epoch": 0, "batch": 0, "step": 0}
-    if args.resume:
-        path = find_checkpoint(output_dir, args.resume)
-        state = load_checkpoint(accelerator, path)
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["step"], state["epoch"],
+    if resume_from:
+        state = load_checkpoint(accelerator, resume_from)
+        if accelerator.is_main_process:
+            drop_metrics_after(output_dir / "metrics.jsonl", state["step"])
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state["step"], state["epoch"],
                     state["batch"])
     # Every process builds the probe (so all agree that there is an evaluation to wait for); only the main one runs it.
     probe = retrieval_probe(config, tokenizer)

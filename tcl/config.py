@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from tcl.atomic import write_text_atomic
 from tcl.errors import ConfigError
 
 Objective = Literal["infonce", "debiased_neg", "debiased_pos"]
@@ -288,9 +289,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Writes the resolved config as YAML (the file can be loaded back with ``load_config``)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tcl.atomic import write_json_atomic
 from tcl.config import load_config
 
 logger = logging.getLogger("tcl.demo")
@@ -81,7 +82,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
 
     VQAPipeline.from_run(out / "vqa").save_pretrained(out / "model")
     results["model_dir"] = str(out / "model")
-    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(results, out / "demo_results.json", indent=2)
     _plot(results, out / "demo_accuracy.png")
     print(format_results(results))
     return results

@@ -21,6 +21,8 @@ import datasets
 from datasets.arrow_writer import ArrowWriter
 from filelock import FileLock
 
+from tcl.atomic import atomic_write, write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 # Bump when the row layout of an index changes, so old caches are not reused.
@@ -58,7 +60,7 @@ def cached_index(name: str, key: str, features: datasets.Features,
         if not arrow_path.exists():
             skipped: Counter = Counter()
             _write_arrow(arrow_path, features, build_rows(skipped))
-            report_path.write_text(json.dumps(dict(skipped)))
+            write_json_atomic(dict(skipped), report_path)
     table = datasets.Dataset.from_file(str(arrow_path))
     skipped = Counter(json.loads(report_path.read_text())) if report_path.exists() else Counter()
     return table, skipped
@@ -66,12 +68,11 @@ def cached_index(name: str, key: str, features: datasets.Features,
 
 def _write_arrow(path: Path, features: datasets.Features, rows: Iterable[dict]) -> None:
     """Streams rows into an Arrow file; written under a temporary name and renamed, so readers never see half."""
-    tmp = path.with_suffix(".arrow.tmp")
-    writer = ArrowWriter(features=features, path=str(tmp))
-    try:
-        for row in rows:
-            writer.write(row)
-        writer.finalize()
-    finally:
-        writer.close()
-    tmp.replace(path)
+    with atomic_write(path) as temporary:
+        writer = ArrowWriter(features=features, path=str(temporary))
+        try:
+            for row in rows:
+                writer.write(row)
+            writer.finalize()
+        finally:
+            writer.close()

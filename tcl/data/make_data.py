@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from tcl.atomic import write_json_atomic
 from tcl.data.shapes import FAMILY_OF_QUESTION_TYPE, MAX_OBJECTS, SPLITS, generate_split, write_split
 from tcl.data.text import pre_caption, pre_question
 from tcl.data.tokenizer import build_wordpiece_tokenizer
@@ -50,7 +50,7 @@ def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: i
     summary["generator"] = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
                             "questions_per_image": questions_per_image, "seed": seed, "max_objects": max_objects}
     # The folder is left out of the file so that the same arguments give identical files wherever they are written.
-    (out / SUMMARY_FILE).write_text(json.dumps({k: v for k, v in summary.items() if k != "root"}, indent=2))
+    write_json_atomic({k: v for k, v in summary.items() if k != "root"}, out / SUMMARY_FILE, indent=2)
     return summary
 
 

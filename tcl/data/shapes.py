@@ -11,7 +11,6 @@ ignores the image scores poorly. Ten "annotators" answer each question, some wit
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter, defaultdict
@@ -21,6 +20,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from tcl.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -427,22 +428,16 @@ def _append_question(data: SplitData, image_id: int, question_id: int, qa: QA, r
                              "question_id": question_id})
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(path)
-
-
 def write_split(out: Path, split: str, data: SplitData) -> None:
     """Writes the COCO captions file and the VQA v2 questions/annotations files of one split."""
     info = {"description": "tcl generated shapes world (COCO layout)", "version": "1.0", "year": 2014,
             "contributor": "tcl", "date_created": "2014-01-01 00:00:00"}
     licenses = [{"id": 1, "name": "CC0", "url": ""}]
-    _write_json(out / "annotations" / f"captions_{split}.json",
-                {"info": info, "licenses": licenses, "images": data.images, "annotations": data.captions})
-    _write_json(out / "annotations" / f"v2_OpenEnded_mscoco_{split}_questions.json",
-                {"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": licenses[0],
-                 "data_subtype": split, "questions": data.questions})
-    _write_json(out / "annotations" / f"v2_mscoco_{split}_annotations.json",
-                {"info": info, "license": licenses[0], "data_subtype": split, "annotations": data.annotations})
+    annotations = out / "annotations"
+    write_json_atomic({"info": info, "licenses": licenses, "images": data.images, "annotations": data.captions},
+                      annotations / f"captions_{split}.json")
+    write_json_atomic({"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": licenses[0],
+                       "data_subtype": split, "questions": data.questions},
+                      annotations / f"v2_OpenEnded_mscoco_{split}_questions.json")
+    write_json_atomic({"info": info, "license": licenses[0], "data_subtype": split, "annotations": data.annotations},
+                      annotations / f"v2_mscoco_{split}_annotations.json")

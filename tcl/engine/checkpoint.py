@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tcl.atomic import write_text_atomic
 from tcl.errors import TclError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _write_atomic(output_dir / "latest", final.name)
+            write_text_atomic(output_dir / "latest", final.name)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise TclError(f"writing checkpoint {final} failed: {error}. {_previous(output_dir)} Free some space (or fix "
@@ -58,12 +59,6 @@ def _previous(output_dir: Path) -> str:
         return f"The previous checkpoint {find_checkpoint(output_dir, 'latest')} is intact."
     except TclError:
         return "No earlier checkpoint exists."
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _prune(output_dir: Path, keep_last: int) -> None:

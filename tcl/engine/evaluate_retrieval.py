@@ -12,12 +12,12 @@ uniformity of both towers. Writes ``retrieval_<split>[_<N>images][_<K>caps].json
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from tcl.atomic import write_json_atomic
 from tcl.config import Config, load_config
 from tcl.data.builders import build_tokenizer
 from tcl.data.retrieval import coco_retrieval_set
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     probe = retrieval_probe(config, build_tokenizer(config))
     results = probe(model)
     path = run_dir / results_name(config)
-    path.write_text(json.dumps(results, indent=2))
+    write_json_atomic(results, path, indent=2)
     print(format_results(results))
     print(f"results written to {path}")
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tcl.atomic import write_json_atomic
 from tcl.config import Config, load_config
 from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, vqa_collator
 from tcl.data.json_io import load_json
@@ -115,7 +115,7 @@ def evaluate_model(config: Config, model, tokenizer, vocabulary: AnswerVocabular
         logger.info("%s has no annotations: wrote the results file for EvalAI only", split)
         return None
     scores = _score(results, annotations_path)
-    (output_dir / f"vqa_scores_{suffix}.json").write_text(json.dumps(dataclasses.asdict(scores), indent=2))
+    write_json_atomic(dataclasses.asdict(scores), output_dir / f"vqa_scores_{suffix}.json", indent=2)
     print(format_scores(scores, f"{split}{' (blind)' if blind else ''}"))
     return scores
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tcl.atomic import write_text_atomic
 from tcl.config import Config
 from tcl.engine.checkpoint import find_checkpoint
 from tcl.errors import TclError
@@ -67,4 +68,4 @@ def drop_metrics_after(metrics_file: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, AttributeError):
             continue
-    metrics_file.write_text("".join(f"{line}\n" for line in kept))
+    write_text_atomic(metrics_file, "".join(f"{line}\n" for line in kept))

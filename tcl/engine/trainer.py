@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from tcl.atomic import write_json_atomic
 from tcl.config import Config
 from tcl.data.bad_samples import SkipReport
 from tcl.engine.checkpoint import save_checkpoint
@@ -211,10 +212,8 @@ class Trainer:
         plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png")
         evaluation = ""
         if self.final_eval is not None:
-            import json
-
             path = self.output_dir / self.eval_file
-            path.write_text(json.dumps({"step": self.state["step"], **self.final_eval}, indent=2))
+            write_json_atomic({"step": self.state["step"], **self.final_eval}, path, indent=2)
             evaluation = f"evaluation {headline(self.final_eval)} ({path}), "
         samples = steps * self.config.train.batch_size * self.config.train.grad_accum_steps * \
             self.accelerator.num_processes

@@ -18,7 +18,7 @@ import torch
 
 from tcl.data.json_io import load_json
 from tcl.errors import DataError
-from tcl.evaluation.results import write_json_atomic
+from tcl.atomic import write_json_atomic
 from tcl.evaluation.vqa_metric import normalize_answer, vqa_accuracy
 
 logger = logging.getLogger(__name__)

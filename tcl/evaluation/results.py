@@ -7,14 +7,12 @@ duplicates that must go. The server wants an answer for every test2015 question 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tcl.atomic import write_json_atomic
 from tcl.data.json_io import load_json
 from tcl.errors import DataError
 
@@ -100,27 +98,6 @@ def _question_ids(questions_file: str | Path) -> set[int]:
     if not isinstance(questions, list):
         raise DataError(f"{questions_file}: expected an official questions file, {{'questions': [...]}}")
     return {int(question["question_id"]) for question in questions}
-
-
-def write_json_atomic(payload: Any, path: str | Path) -> None:
-    """Writes JSON to a temporary file beside ``path`` and renames it, so readers never see a partial file.
-
-    Args:
-        payload: Anything ``json.dump`` accepts.
-        path: The destination; its folder is created if needed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, ensure_ascii=False)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_results(results: Sequence[dict], path: str | Path) -> None:

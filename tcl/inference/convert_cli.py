@@ -17,6 +17,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from tcl.atomic import write_json_atomic
 from tcl.errors import DataError, TclError
 
 logger = logging.getLogger("tcl.convert")
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
         payload = json.loads((out / CONFIG_FILE).read_text())
         payload["answering"] = {"k_test": args.k_test, "rank_score": args.rank_score}
-        (out / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        write_json_atomic(payload, out / CONFIG_FILE, indent=2)
     return 0
 
 

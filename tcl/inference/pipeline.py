@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from tcl.atomic import write_json_atomic
 from tcl.inference.answering import AnswerPredictor
 from tcl.inference.processor import ImageSettings, TCLProcessor
 from tcl.models.saving import CONFIG_FILE, RUN_CONFIG, resolve_model_dir
@@ -89,7 +90,7 @@ class VQAPipeline:
         path = Path(directory) / CONFIG_FILE
         payload = json.loads(path.read_text())
         payload["answering"] = {"k_test": self.k_test, "rank_score": self.rank_score}
-        path.write_text(json.dumps(payload, indent=2))
+        write_json_atomic(payload, path, indent=2)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> VQAPipeline:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tcl.atomic import write_json_atomic
 from tcl.data.images import DEFAULT_MAX_IMAGE_PIXELS, as_rgb_image
 from tcl.data.text import pre_caption, pre_question
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
@@ -102,7 +103,7 @@ class TCLProcessor:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.tokenizer.save_pretrained(str(directory))
-        (directory / PROCESSOR_CONFIG).write_text(json.dumps(asdict(self.settings), indent=2))
+        write_json_atomic(asdict(self.settings), directory / PROCESSOR_CONFIG, indent=2)
         if self.answers is not None:
             self.answers.to_json(directory / ANSWER_LIST)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tcl.atomic import atomic_write, write_json_atomic
 from tcl.errors import TclError
 from tcl.models.bert import TIED_DECODER_SUFFIX
 
@@ -65,9 +66,8 @@ def save_weights(model: nn.Module, directory: Path, skip_prefixes: tuple[str, ..
 
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()
              if not name.endswith(TIED_DECODER_SUFFIX) and not name.startswith(skip_prefixes)}
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / WEIGHTS_FILE)
+    with atomic_write(directory / WEIGHTS_FILE) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt"})
 
 
 def load_weights(model: nn.Module, directory: Path, allowed_missing: tuple[str, ...] = ()) -> None:
@@ -103,8 +103,7 @@ def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> str | 
 
 
 def write_model_config(directory: Path, payload: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **payload}, indent=2))
+    write_json_atomic({"format_version": FORMAT_VERSION, **payload}, directory / CONFIG_FILE, indent=2)
 
 
 def vocab_size_of(model: nn.Module) -> int:

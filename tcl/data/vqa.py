@@ -23,6 +23,7 @@ from tcl.data.json_io import load_json
 from tcl.data.text import pre_question
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
+from tcl.evaluation.vqa_metric import FEWER_ANSWERS_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ VQA_FEATURES = datasets.Features({
 SEARCH_FOLDERS = ("annotations", ".", "Questions", "Annotations", "vqa")
 # TCL gives the single Visual Genome answer this weight (TCL.md Part B §4.2).
 VG_ANSWER_WEIGHT = 0.5
+OFFICIAL_ANSWERS = 10  # human answers per question in VQA v2
 
 
 def official_paths(root: str | Path, split: str) -> tuple[Path, Path | None]:
@@ -92,6 +94,7 @@ def _official_rows(questions_path: Path, annotations_path: Path | None, split: s
             annotations[ann.get("question_id")] = ann
     present = {entry.name for entry in os.scandir(image_folder)} if image_folder.is_dir() else set()
     seen: set[int] = set()
+    irregular: Counter = Counter()  # kept, but not as official VQA v2 has them: said once, below
     for position, question in enumerate(questions):
         problem = _official_problem(question, annotations, annotations_path is not None, seen, present, split)
         if problem:
@@ -101,11 +104,27 @@ def _official_rows(questions_path: Path, annotations_path: Path | None, split: s
             continue
         seen.add(question["question_id"])
         ann = annotations.get(question["question_id"], {})
+        answers = human_answers(ann)
+        if annotations_path is not None and len(answers) != OFFICIAL_ANSWERS:
+            irregular[f"{len(answers)} human answers"] += 1
+        irregular["null answers left out"] += len(ann.get("answers", [])) - len(answers)
         yield {"question_id": question["question_id"], "image_id": question["image_id"],
                "question": question["question"], "image": f"{split}/{_coco_name(split, question['image_id'])}",
-               "dataset": "vqa", "answers": [a["answer"] for a in ann.get("answers", [])],
+               "dataset": "vqa", "answers": answers,
                "question_type": ann.get("question_type", ""), "answer_type": ann.get("answer_type", ""),
                "multiple_choice_answer": ann.get("multiple_choice_answer", "")}
+    irregular = +irregular
+    if irregular:
+        logger.warning("%s: questions unlike official VQA v2 (ten answers each): %s. They are kept and scored with %s.",
+                       annotations_path, ", ".join(f"{count} with {what}" if "answers" in what and "null" not in what
+                                                   else f"{count} {what}" for what, count in sorted(irregular.items())),
+                       FEWER_ANSWERS_RULE)
+
+
+def human_answers(annotation: dict) -> list[str]:
+    """The annotation's human answers as strings; entries without an answer (null or missing) are left out."""
+    return [str(a["answer"]) for a in annotation.get("answers", [])
+            if isinstance(a, dict) and a.get("answer") is not None]
 
 
 def _official_problem(question: dict, annotations: dict, annotated: bool, seen: set[int], present: set[str],
@@ -122,8 +141,11 @@ def _official_problem(question: dict, annotations: dict, annotated: bool, seen: 
         ann = annotations.get(question["question_id"])
         if ann is None:
             return "no annotation for this question", "question without annotation"
-        if not ann.get("answers"):
+        if not human_answers(ann):
             return "annotation has no answers", "question without answers"
+        if ann.get("image_id", question["image_id"]) != question["image_id"]:
+            return (f"the annotation's image id {ann['image_id']} differs from the question's {question['image_id']}",
+                    "image id mismatch")
     return None
 
 

@@ -147,17 +147,31 @@ def _accuracy_and_hit(prediction: str, answers: Sequence[str]) -> tuple[float, b
 @functools.lru_cache(maxsize=1 << 16)
 def _leave_one_out_mean(matches: tuple[bool, ...]) -> float:
     """Mean over positions i of min(1, matches among the others / 3), summed in position order as the official code
-    does (so the floating-point result is the same); cached, as ten humans give only 1,024 match patterns."""
+    does (so the floating-point result is the same); cached, as ten humans give only 1,024 match patterns.
+
+    Fewer than four humans leave fewer than three others, so "3" becomes the number of others (a unanimous match
+    then scores 1, as with ten), and a single human is its own reference: 1 if it matches, else 0. With four or more
+    humans this is the official formula unchanged (``FEWER_ANSWERS_RULE``)."""
+    if len(matches) == 1:
+        return float(matches[0])
+    needed = float(min(3, len(matches) - 1))
     total_matches = sum(matches)
-    scores = (min(1.0, (total_matches - is_match) / 3.0) for is_match in matches)
+    scores = (min(1.0, (total_matches - is_match) / needed) for is_match in matches)
     return sum(scores) / len(matches)
+
+
+# Documented where questions with other than ten human answers are reported (loaders and evaluation).
+FEWER_ANSWERS_RULE = ("the official formula (mean over left-out humans of min(1, matches among the others / 3)) "
+                      "with 3 replaced by the number of others when there are fewer than three, and a lone human "
+                      "answer scoring 1 on a match")
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Official VQA accuracy of one predicted answer against the human answers.
 
-    With ten human answers this gives 0, 0.3, 0.6, 0.9 and 1.0 for 0, 1, 2, 3 and 4+ matching humans. Other list
-    lengths use the same leave-one-out mean (a single human answer therefore always scores 0).
+    With ten human answers this gives 0, 0.3, 0.6, 0.9 and 1.0 for 0, 1, 2, 3 and 4+ matching humans (official VQA
+    v2). Other list lengths use the same leave-one-out mean, with the rule ``FEWER_ANSWERS_RULE`` for fewer than
+    four humans (so that one, two or three agreeing humans give a full score instead of a silent 0).
 
     Args:
         prediction: The model's answer, raw.
@@ -217,8 +231,9 @@ _ANSWER_TEXT = operator.itemgetter("answer")
 
 
 def _human_answers(annotation: Mapping[str, Any]) -> list[str]:
-    """The answer strings of one official annotation record, naming the question if it has none."""
-    answers = list(map(_ANSWER_TEXT, annotation["answers"]))
+    """The answer strings of one official annotation record (null answers left out), naming the question if it has
+    none."""
+    answers = [str(answer) for answer in map(_ANSWER_TEXT, annotation["answers"]) if answer is not None]
     if not answers:
         raise ValueError(f"question {annotation['question_id']} has no human answers to score against")
     return answers
@@ -233,6 +248,25 @@ def _percent(total: float, count: int, ndigits: int | None) -> float:
 def _group_percents(groups: Mapping[str, Sequence], ndigits: int | None) -> dict[str, float]:
     """Mean accuracy in percent of each group (``[sum, count]``), keys sorted for a stable report."""
     return {key: _percent(total, count, ndigits) for key, (total, count) in sorted(groups.items())}
+
+
+def _once_per_question(annotations: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The annotations with each question id once (the first record), warning about the repeats: a question must
+    not count twice in the mean."""
+    seen: set[int] = set()
+    unique = []
+    for annotation in annotations:
+        if annotation["question_id"] not in seen:
+            seen.add(annotation["question_id"])
+            unique.append(annotation)
+    if len(unique) < len(annotations):
+        logger.warning("%d annotation records repeat a question id; each question is scored once (its first record)",
+                       len(annotations) - len(unique))
+    irregular = sum(len(_human_answers(annotation)) != 10 for annotation in unique)
+    if irregular:
+        logger.warning("%d of %d questions have other than ten human answers; they are scored with %s", irregular,
+                       len(unique), FEWER_ANSWERS_RULE)
+    return unique
 
 
 def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[str, Any]],
@@ -253,6 +287,7 @@ def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[
         ValueError: No annotations, an annotated question without a prediction (the count and a few ids are given),
             or a question without human answers.
     """
+    annotations = _once_per_question(annotations)
     _check_predictions_cover(predictions, annotations)
     # Running sums add in question order, exactly as summing the per-question lists would.
     total, hits = 0.0, 0

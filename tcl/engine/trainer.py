@@ -37,7 +37,8 @@ def training_parser(prog: str, description: str, default_config: str) -> argpars
     (parse with ``parse_intermixed_args`` so overrides may follow flags)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=default_config, help="YAML config")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder to continue from")
+    parser.add_argument("--resume", default=None, help="'latest', 'latest-intact' (the newest undamaged checkpoint) "
+                        "or a checkpoint folder to continue from")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser

@@ -44,6 +44,10 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
                        f"({type(error).__name__}: {error}). Download the model folder and pass its path.") from None
 
 
+# The architectures a saved model's config.json may name, and the function that loads each.
+LOADERS = {"TCLPretrainModel": "tcl.load_pretrained", "TCLVQAModel": "tcl.load_vqa"}
+
+
 def read_model_config(directory: Path, architecture: str) -> dict[str, Any]:
     """``config.json`` of a saved model, checked to describe ``architecture``."""
     path = directory / CONFIG_FILE
@@ -54,9 +58,12 @@ def read_model_config(directory: Path, architecture: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise TclError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}.") from None
     found = payload.get("architecture") if isinstance(payload, dict) else None
+    if found not in LOADERS:
+        known = ", ".join(f"{name} ({loader})" for name, loader in LOADERS.items())
+        raise TclError(f"{path}: names the architecture {found!r}, which this version of tcl does not know (it knows "
+                       f"{known}). The folder was written by another tool or a newer tcl.")
     if found != architecture:
-        raise TclError(f"{path}: holds a {found or 'unknown'} model, not a {architecture}. Use "
-                       f"{'tcl.load_vqa' if found == 'TCLVQAModel' else 'tcl.load_pretrained'} for it.")
+        raise TclError(f"{path}: holds a {found} model, not a {architecture}. Use {LOADERS[found]} for it.")
     return payload
 
 
@@ -78,7 +85,10 @@ def load_weights(model: nn.Module, directory: Path, allowed_missing: tuple[str, 
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise TclError(f"{directory}: no {WEIGHTS_FILE}.")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type (and OSError) for damaged files
+        raise TclError(f"{path}: damaged or incomplete ({error}); save or download the model again.") from None
     wrong = shape_mismatches(model, state)
     if wrong:
         raise TclError(f"{path}: weights do not fit the model described by {CONFIG_FILE}: {wrong}.")

@@ -9,6 +9,7 @@ its partial folder and stops the run with a message naming the checkpoint to res
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -48,14 +49,26 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
                 shutil.rmtree(final)
             os.replace(tmp, final)
             write_text_atomic(output_dir / "latest", final.name)
-    except OSError as error:
+    except Exception as error:  # OSError, and what torch / safetensors raise for the same failures
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TclError(f"writing checkpoint {final} failed: {error}. {_previous(output_dir)} Free some space (or fix "
-                       "the folder's permissions) and continue with --resume latest.") from error
+        cause = "the disk is full" if _disk_full(error) else f"{type(error).__name__}: {error}"
+        raise TclError(f"writing checkpoint {final} failed ({cause}); the partial folder was removed. "
+                       f"{_previous(output_dir)} Free some space (or fix the folder's permissions) and continue with "
+                       "--resume latest.") from error
     if accelerator.is_main_process:
         _prune(output_dir, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) says the disk is full: errno ENOSPC, or the text safetensors'
+    and torch's writers put in their own error types."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _previous(output_dir: Path) -> str:

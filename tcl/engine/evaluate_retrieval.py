@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def results_name(config: Config) -> str:
-    """``retrieval_<split>[_<N>images][_<K>caps].json``: settings that change the numbers are in the name."""
+    """``retrieval_<split>[_<N>images][_<K>caps].json``: settings that change the numbers are in the name
+    (``retrieval.json`` when ``eval.retrieval_file`` is null: there is then nothing to write)."""
     ev = config.eval
+    if ev.retrieval_file is None:
+        return "retrieval.json"
     name = f"retrieval_{Path(ev.retrieval_file).stem.replace('captions_', '')}"
     if ev.retrieval_images is not None:
         name += f"_{ev.retrieval_images}images"

@@ -51,7 +51,8 @@ def load_rgb_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
         return _decode(stream, str(path), max_pixels)
 
 
-def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_side: int | None = None
+                 ) -> Image.Image:
     """An upright 8-bit RGB image from a path, encoded bytes, a PIL image or a numpy array.
 
     Arrays may be H×W, H×W×1, H×W×3 or H×W×4 (alpha is composited over white) and hold uint8, uint16 (scaled by
@@ -60,6 +61,8 @@ def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
     Args:
         obj: the image.
         max_pixels: as in ``load_rgb_image``; not applied to arrays, which are decoded already.
+        max_side: encoded bytes only: shrink to at most this many pixels a side, decoding JPEGs at a reduced scale
+            already (``Image.draft``), so that a huge upload never holds its full-size pixels (a server's choice).
 
     Raises:
         BadSampleError: as ``load_rgb_image``, or reason ``unsupported image`` for other types, shapes or ranges.
@@ -67,7 +70,7 @@ def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) ->
     if isinstance(obj, (str, os.PathLike)):
         return load_rgb_image(obj, max_pixels)
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(obj), max_pixels)
+        return _from_bytes(bytes(obj), max_pixels, max_side)
     if isinstance(obj, Image.Image):
         return _from_pil(obj, max_pixels)
     if isinstance(obj, np.ndarray):
@@ -132,22 +135,28 @@ def _open_file(path: Path) -> IO[bytes]:
                              "unreadable image") from error
 
 
-def _from_bytes(data: bytes, max_pixels: int | None) -> Image.Image:
+def _from_bytes(data: bytes, max_pixels: int | None, max_side: int | None = None) -> Image.Image:
     name = "image bytes"
     if not data:
         raise BadSampleError(f"{name}: empty (0 bytes); the stored image is missing, re-create the table",
                              "empty image file")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    image = _decode(io.BytesIO(data), name, max_pixels, max_side)
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return image
 
 
-def _decode(stream: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
-    """Opens (header only), checks the size, then decodes all pixels and converts them."""
+def _decode(stream: IO[bytes], name: str, max_pixels: int | None, max_side: int | None = None) -> Image.Image:
+    """Opens (header only), checks the size, then decodes all pixels (at a reduced scale where ``max_side`` allows
+    and the format can) and converts them."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice that; we want every bomb it notices to fail the sample.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream)
             _check_pixels(image, name, max_pixels)
+            if max_side is not None and max(image.size) > max_side:
+                image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _too_large(name, f"PIL's decompression-bomb guard refused it ({error})") from error

@@ -15,6 +15,7 @@ bodies are capped before they are read; images are decoded with a pixel limit; e
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import threading
@@ -47,6 +48,15 @@ class ServeSettings:
     max_question_chars: int = 500
     max_top_k: int = 20
     examples: list[Path] = field(default_factory=list)
+    # A request body (the upload) must arrive within this many seconds of its first byte (slow clients hold memory).
+    body_timeout: float = 30.0
+    # Uploads decoded at once, and the side they are shrunk to while decoding: the model sees 64-384 pixels and the
+    # heat map 320, so a 6,300 x 6,300 photo never needs its 119 million pixels in memory (JPEG decodes at 1/8 scale).
+    concurrent_decodes: int = 2
+    max_image_side: int = 1024
+    # Connections served at once (uvicorn answers 503 beyond); slow request heads are closed after 10 s
+    # (tcl.serving.protocol).
+    max_connections: int = 64
 
 
 class Answer(BaseModel):
@@ -84,6 +94,7 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES = {400: {"model": ErrorBody, "description": "bad question, image or top_k"},
                    404: {"model": ErrorBody, "description": "unknown example id"},
+                   408: {"model": ErrorBody, "description": "the request body arrived too slowly"},
                    413: {"model": ErrorBody, "description": "request body or image too large"},
                    422: {"model": ErrorBody, "description": "malformed form fields"},
                    500: {"model": ErrorBody, "description": "an unforeseen failure (details in the server's log)"}}
@@ -112,8 +123,11 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     app = FastAPI(title="tcl VQA", version="1", description="Ask questions about images with a TCL VQA model.")
     model_lock = threading.Lock()
+    decoding = threading.BoundedSemaphore(settings.concurrent_decodes)
     _install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)  # room for the form fields
+    _refuse_form_fields_that_are_not_utf8()
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024,  # room for the form fields
+                       timeout=settings.body_timeout)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -140,7 +154,8 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
         question = _check_question(question, settings, pipeline.processor)
         if not 1 <= top_k <= settings.max_top_k:
             raise ApiError(400, "bad_top_k", f"top_k must be between 1 and {settings.max_top_k}, got {top_k}.")
-        picture = _read_image(image, example, settings)
+        with decoding:
+            picture = _read_image(image, example, settings)
         start = time.perf_counter()
         with model_lock:
             answers, grid = pipeline.explain(picture, question, top_k)
@@ -157,6 +172,8 @@ def _check_question(question: str, settings: ServeSettings, processor) -> str:
     question = question.strip()
     if not question:
         raise ApiError(400, "empty_question", "the question is empty; type a question about the image.")
+    if "\ufffd" in question:
+        raise ApiError(400, "bad_question", "the question holds bytes that are not UTF-8 text; send it as UTF-8.")
     if len(question) > settings.max_question_chars:
         raise ApiError(400, "question_too_long", f"the question has {len(question)} characters; the limit is "
                                                  f"{settings.max_question_chars}.")
@@ -182,7 +199,7 @@ def _read_image(upload: UploadFile | None, example: int | None, settings: ServeS
     if isinstance(source, bytes) and not source:
         raise ApiError(400, "bad_image", "the uploaded image file is empty.")
     try:
-        return as_rgb_image(source, settings.max_image_pixels)
+        return as_rgb_image(source, settings.max_image_pixels, settings.max_image_side)
     except BadSampleError as error:
         if error.reason == "image too large":
             raise ApiError(413, "image_too_large", f"the image has more than {settings.max_image_pixels:,} pixels; "
@@ -220,12 +237,30 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTooSlow(Exception):
+    pass
+
+
+def _refuse_form_fields_that_are_not_utf8() -> None:
+    """Starlette decodes a multipart text field that is not valid UTF-8 as Latin-1, silently turning the bytes into
+    other characters; make it refuse the request instead (400 through its own MultiPartException handling)."""
+    from starlette import formparsers
+
+    def strict_decode(src: bytes | bytearray, codec: str) -> str:
+        try:
+            return src.decode(codec or "utf-8")
+        except (UnicodeDecodeError, LookupError):
+            raise formparsers.MultiPartException("a form field is not valid UTF-8 text; send text as UTF-8.") from None
+
+    formparsers._user_safe_decode = strict_decode
+
+
 class BodySizeLimit:
     """Refuses request bodies over ``max_bytes`` with 413 — at once from Content-Length, or as soon as a streamed
     body passes the limit — so an oversized upload is never read in full."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout: float | None = None):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -233,11 +268,19 @@ class BodySizeLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(scope, receive, send)
-        received, exceeded, started = 0, False, False
+        received, exceeded, slow, started = 0, False, False, False
+        deadline = None
 
         async def counting_receive():
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received, exceeded, slow, deadline
+            loop = asyncio.get_running_loop()
+            deadline = deadline or (loop.time() + self.timeout if self.timeout else None)
+            try:
+                message = await (receive() if deadline is None else
+                                 asyncio.wait_for(receive(), max(0.0, deadline - loop.time())))
+            except asyncio.TimeoutError:
+                slow = True
+                raise BodyTooSlow from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 exceeded = True
@@ -247,17 +290,20 @@ class BodySizeLimit:
         async def guarded_send(message):
             # Form parsing turns any error while reading into its own 400 reply; over the limit, ours replaces it.
             nonlocal started
-            if exceeded and not started:
+            if (exceeded or slow) and not started:
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
-        except BodyTooLarge:
+        except (BodyTooLarge, BodyTooSlow):
             pass
         if exceeded and not started:
             await self._refuse(scope, receive, send)
+        elif slow and not started:
+            await error_response(408, "too_slow", f"the request body did not arrive within {self.timeout:.0f} s; "
+                                                  "send it again on a faster connection.")(scope, receive, send)
 
     async def _refuse(self, scope, receive, send):
         limit_mb = self.max_bytes / 2**20

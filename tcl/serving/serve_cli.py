@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tcl.inference import load_vqa
+    from tcl.serving.protocol import HeadDeadlineProtocol
 
     pipeline = load_vqa(args.model).to(args.device)
     examples = find_examples(args.examples or DEFAULT_EXAMPLES)
@@ -47,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach this machine can use the model", args.host)
     logger.info("serving %s with %d example images", args.model, len(examples))
-    uvicorn.run(create_app(pipeline, settings), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_app(pipeline, settings), host=args.host, port=args.port, log_level="info",
+                http=HeadDeadlineProtocol, limit_concurrency=settings.max_connections, timeout_keep_alive=5)
     return 0

@@ -156,17 +156,6 @@ def test_question_errors(client):
     assert "501 characters" in message and "500" in message
 
 
-def test_questions_the_model_cannot_take(client, pipeline, examples, monkeypatch):
-    message = error_of(client.post("/api/vqa", data={"question": "?!...", "example": "0"}), 400, "bad_question")
-    assert "empty after normalisation" in message
-    gibberish = " ".join(["qwertyuiopasdfghjklzxcvbnm"] * 3)  # word pieces past the 64 positions: cut, answered
-    assert client.post("/api/vqa", data={"question": gibberish, "example": "0"}).status_code == 200
-    monkeypatch.setattr(pipeline, "explain", lambda *a, **k: 1 / 0)  # any unforeseen failure: the same JSON shape
-    broken = TestClient(create_app(pipeline, ServeSettings(examples=examples)), raise_server_exceptions=False)
-    assert "ZeroDivisionError" in error_of(broken.post("/api/vqa", data={"question": "what?", "example": "0"}), 500,
-                                           "internal_error")
-
-
 def test_image_choice_errors(client):
     assert "exactly one" in error_of(client.post("/api/vqa", data={"question": "what?"}), 400, "image_required")
     both = client.post("/api/vqa", data={"question": "what?", "example": "0"},

@@ -1,7 +1,6 @@
 """The server under slow clients, many connections, huge images and bytes that are not UTF-8: a real uvicorn
 server on 127.0.0.1 with the protocol and limits ``tcl serve`` uses (shorter timeouts, so the test is quick)."""
 
-import io
 import json
 import socket
 import subprocess
@@ -14,9 +13,9 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tcl.serving.app import ServeSettings, create_app
+from tcl.serving.app import ServeSettings, create_app, find_examples
 from tcl.serving.protocol import HeadDeadlineProtocol
-from test_serve import tiny_pipeline
+from test_serve import error_of, tiny_pipeline
 
 
 class QuickDeadline(HeadDeadlineProtocol):
@@ -150,3 +149,16 @@ def test_huge_uploads_are_decoded_small(tmp_path):
     full, small = ([int(v) for v in runs[mode]] for mode in ("full", "small"))
     assert full[:2] == [6300, 6300] and max(small[:2]) == 1024
     assert full[2] > 100 and small[2] < full[2] / 4, (full, small)  # MB of peak memory added by the decode
+
+
+def test_questions_the_model_cannot_take(pipeline, shapes_root, monkeypatch):
+    examples = find_examples(shapes_root / "images" / "val2014", limit=1)
+    client = TestClient(create_app(pipeline, ServeSettings(examples=examples)))
+    message = error_of(client.post("/api/vqa", data={"question": "?!...", "example": "0"}), 400, "bad_question")
+    assert "empty after normalisation" in message
+    gibberish = " ".join(["qwertyuiopasdfghjklzxcvbnm"] * 3)  # word pieces past the 64 positions: cut, answered
+    assert client.post("/api/vqa", data={"question": gibberish, "example": "0"}).status_code == 200
+    monkeypatch.setattr(pipeline, "explain", lambda *a, **k: 1 / 0)  # any unforeseen failure: the same JSON shape
+    broken = TestClient(create_app(pipeline, ServeSettings(examples=examples)), raise_server_exceptions=False)
+    assert "ZeroDivisionError" in error_of(broken.post("/api/vqa", data={"question": "what?", "example": "0"}), 500,
+                                           "internal_error")

@@ -2,7 +2,7 @@
 
 import sys
 
-from tcl.engine.evaluate_retrieval import main
+from tcl.engine.commands import evaluate_retrieval as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from tcl.engine.evaluate_vqa import main
+from tcl.engine.commands import evaluate_vqa as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from tcl.engine.finetune_vqa import main
+from tcl.engine.commands import finetune_vqa as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from tcl.engine.pretrain import main
+from tcl.engine.commands import pretrain as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -142,20 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Subcommands whose whole argument list belongs to a training script (its own --help, --resume, overrides).
-FORWARDED = {"pretrain": "tcl.engine.pretrain", "finetune-vqa": "tcl.engine.finetune_vqa",
-             "evaluate-vqa": "tcl.engine.evaluate_vqa", "evaluate-retrieval": "tcl.engine.evaluate_retrieval"}
+# Subcommands whose whole argument list belongs to a training script (its own --help, --resume, overrides); each
+# parses and checks it before importing torch (tcl.engine.commands).
+FORWARDED = ("pretrain", "finetune-vqa", "evaluate-vqa", "evaluate-retrieval")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in FORWARDED:
-        import importlib
+        from tcl.engine import commands
 
         position = argv.index(command)
         rest = argv[:position] + argv[position + 1:]  # --debug before the subcommand is passed on too
-        return importlib.import_module(FORWARDED[command]).main(rest)
+        return getattr(commands, command.replace("-", "_"))(rest)
     args = build_parser().parse_args(argv)
     return run_command(args.run, args, args.debug)
 

@@ -18,6 +18,15 @@ def load_script(name):
     return module
 
 
+def test_bench_startup_times_every_command(shapes_root, tmp_path, capsys):
+    out = tmp_path / "startup.json"
+    assert load_script("bench_startup").main(["--data-root", str(shapes_root), "--rounds", "1", "--json",
+                                              str(out)]) == 0
+    times = json.loads(out.read_text())
+    assert len(times) == 6 and all(len(v) == 1 and v[0] > 0 for v in times.values())
+    assert "| tcl pretrain --help |" in capsys.readouterr().out
+
+
 def test_bench_eval_metric_only_writes_its_json(tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert load_script("bench_eval").main(["--metric-only", "--questions", "3000", "--json", str(out)]) == 0

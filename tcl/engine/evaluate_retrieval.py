@@ -23,31 +23,14 @@ from tcl.data.builders import build_tokenizer
 from tcl.data.retrieval import coco_retrieval_set
 from tcl.data.shapes import CONTENT_WORD_GROUPS
 from tcl.data.tokenizer import TclTokenizer
-from tcl.errors import run_command
+from tcl.engine import commands
 from tcl.evaluation.retrieval import evaluate_pretraining
 
 logger = logging.getLogger("tcl.evaluate_retrieval")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tcl evaluate-retrieval",
-                                     description="zero-shot image-text retrieval of a pretraining run")
-    parser.add_argument("--run", required=True, help="a pretraining run folder (config.yaml, checkpoints)")
-    parser.add_argument("--split", default=None,
-                        help="captions split: annotations/captions_<split>.json under data.root (default: the run's "
-                             "eval.retrieval_file)")
-    parser.add_argument("--max-images", type=int, default=None, help="the first N images (default: the run's)")
-    parser.add_argument("--captions-per-image", type=int, default=None,
-                        help="the first K captions of each image (default: the run's; 1 = the generated world's "
-                             "full listing)")
-    parser.add_argument("--k-test", type=int, default=None, help="candidates re-ranked by ITM (default: the run's)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(run, args, args.debug)
+# The command line (parsed and checked before this module's imports): tcl.engine.commands.
+main = commands.evaluate_retrieval
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from tcl.config import Config, load_config
 from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, vqa_collator
 from tcl.data.json_io import load_json
 from tcl.data.vqa import official_paths
-from tcl.errors import run_command
+from tcl.engine import commands
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
 from tcl.evaluation.results import check_complete, merge_results, write_results
 from tcl.evaluation.vqa_metric import VQAScores, score_results
@@ -34,19 +34,8 @@ from tcl.inference.answering import AnswerPredictor
 logger = logging.getLogger("tcl.evaluate_vqa")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tcl evaluate-vqa", description="VQA evaluation with the official metric")
-    parser.add_argument("--run", required=True, help="a fine-tuning run folder (config.yaml, answer_list.json)")
-    parser.add_argument("--split", default=None, help="split to evaluate (default: the run's data.vqa_eval)")
-    parser.add_argument("--blind", action="store_true", help="replace every image by one constant image")
-    parser.add_argument("--max-questions", type=int, default=None, help="evaluate the first N questions only")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(run, args, args.debug)
+# The command line (parsed and checked before this module's imports): tcl.engine.commands.
+main = commands.evaluate_vqa
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,14 +19,15 @@ import torch
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, check_data_root, vqa_collator
+from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main
-from tcl.engine.trainer import Trainer, training_parser
+from tcl.engine.trainer import Trainer
 from tcl.engine.weights import read_model_state
-from tcl.errors import TclError, run_command
+from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
 from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
@@ -35,17 +36,8 @@ from tcl.models.vqa import TCLVQAModel
 logger = logging.getLogger("tcl.finetune_vqa")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = training_parser("tcl finetune-vqa", "VQA fine-tuning (classifier or decoder head)",
-                             "configs/vqa_tiny.yaml")
-    parser.add_argument("--freeze-vision", action="store_true", help="keep the image encoder fixed (vqa.freeze_vision)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    return parser.parse_intermixed_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(run, args, args.debug)
+# The command line (parsed and checked before this module's imports): tcl.engine.commands.
+main = commands.finetune_vqa
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import torch
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokenizer, check_data_root, pretrain_collator
+from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
@@ -28,25 +29,16 @@ from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import (build_accelerator, check_distributed_setup, feature_gather, share_from_main,
                                 unwrap)
-from tcl.engine.trainer import Trainer, training_parser
-from tcl.errors import TclError, run_command
+from tcl.engine.trainer import Trainer
+from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
 from tcl.models.pretrained import initialise_from_pretrained
 
 logger = logging.getLogger("tcl.pretrain")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = training_parser("tcl pretrain", "TCL pretraining", "configs/pretrain_tiny.yaml")
-    parser.add_argument("--init", default=None, help="checkpoint folder of ours to start from (continued pretraining)")
-    parser.add_argument("--dump-rank-states", action="store_true",
-                        help="also write every rank's final model state (tests of distributed consistency)")
-    return parser.parse_intermixed_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_command(run, args, args.debug)
+# The command line (parsed and checked before this module's imports): tcl.engine.commands.
+main = commands.pretrain
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ of each optimizer step (momentum updates and enqueues happen then).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import time
@@ -30,18 +29,6 @@ logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Any, dict, float, bool, Any], Any]
 EvalFn = Callable[[Any], dict]
-
-
-def training_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
-    """The arguments every training script takes: --config, --resume, --debug and ``section.key=value`` overrides
-    (parse with ``parse_intermixed_args`` so overrides may follow flags)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", default=default_config, help="YAML config")
-    parser.add_argument("--resume", default=None, help="'latest', 'latest-intact' (the newest undamaged checkpoint) "
-                        "or a checkpoint folder to continue from")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    return parser
 
 
 class _StopRequest:

@@ -4,6 +4,8 @@ Every error the project raises on purpose says what was wrong, where (file, line
 Command-line entry points print these messages without a traceback unless ``--debug`` is given.
 """
 
+import logging
+
 
 class TclError(Exception):
     """Base class of the errors that are the user's to fix (bad config, bad data, bad checkpoint)."""
@@ -28,13 +30,29 @@ class BadSampleError(DataError):
         self.reason = reason
 
 
+class _DropExpected(logging.Filter):
+    """Drops accelerate's warning about tied weights when saving: the MLM decoder shares the word embeddings by
+    design, and every checkpoint would otherwise print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+def quiet_library_logs() -> None:
+    """Our INFO lines stay; the libraries' (accelerate's six lines about every checkpoint folder, for one) are
+    shown from WARNING up."""
+    for name in ("accelerate", "torch.distributed", "datasets", "filelock", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("accelerate.utils.other").addFilter(_DropExpected())
+
+
 def run_command(function, args, debug: bool) -> int:
     """Runs a command-line entry point: user errors become one ``error: ...`` line and exit code 2 (the traceback
     only with ``--debug``); Ctrl-C exits with 130."""
-    import logging
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_library_logs()
     try:
         return function(args)
     except TclError as error:

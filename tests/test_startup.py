@@ -42,3 +42,24 @@ def test_help_imports_nothing_heavy(argv):
 def test_argument_and_config_errors_come_before_the_heavy_imports(argv, message):
     result = run_cli(*argv)
     assert result["code"] == 2 and message in result["stderr"] and result["heavy"] == []
+
+
+def test_a_short_run_prints_only_what_matters(shapes_root, tmp_path):
+    """No DeepSpeed accelerator warning, no accelerate INFO line per checkpoint file, no tied-weights warning, no
+    DataLoader worker warning on one CPU; the output folder named before the first step."""
+    import shutil
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tcl", "pretrain", f"data.root={shapes_root}", f"train.output_dir={out}",
+               "train.max_steps=2", "train.save_every=1", "train.batch_size=8", "model.queue_size=64",
+               "data.num_workers=2", "eval.retrieval_file=null"]
+    if shutil.which("taskset"):
+        command = ["taskset", "-c", "0", *command]  # one usable CPU: two workers would be more than it has
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stdout + result.stderr
+    for noise in ("Setting accelerator to CPU", "Removed shared tensor", "accelerate.checkpointing",
+                  "worker processes in total"):
+        assert noise not in log, noise
+    assert f"pretraining: writing to {out}" in log
+    assert result.stderr.index(f"writing to {out}") < result.stderr.index("train:")  # before the progress bar

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import logging
 from collections import Counter
 from pathlib import Path
@@ -107,11 +109,22 @@ def build_loader(dataset: Dataset, collate: Callable, batch_size: int, shuffle: 
     epoch and resumes mid-epoch; ``groups`` keeps those indices together). Worker errors are re-raised in the caller,
     never swallowed."""
     sampler = ShardedEpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, drop_last, groups)
+    num_workers = usable_workers(num_workers)
     # A private generator: creating an iterator would otherwise draw from the global RNG, which a resumed run
     # restores from its checkpoint, and so shift every later random draw.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed))
+
+
+def usable_workers(requested: int) -> int:
+    """``data.num_workers`` capped at the CPUs this process may run on (``taskset``, cgroups): more workers than
+    CPUs only compete with the training process, and PyTorch warns about each such loader."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return min(requested, available)
 
 
 def pretrain_collator(config: Config, tokenizer: TclTokenizer) -> PretrainCollator:

@@ -12,6 +12,11 @@ from tcl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# DeepSpeed (imported by accelerate when it checks for it) probes for an accelerator and prints a warning on
+# stdout when it finds only the CPU; say so up front. A GPU machine, or a launcher's own setting, is left alone.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 
 def build_accelerator(config: Config):
     """An Accelerator for this config (launcher settings such as DeepSpeed come from ``accelerate launch``)."""

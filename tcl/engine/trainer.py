@@ -68,6 +68,9 @@ class Trainer:
         self.evaluate, self.eval_file, self.final_eval = evaluate, eval_file, None
 
     def fit(self) -> int:
+        if self.accelerator.is_main_process:
+            logger.info("%s: writing to %s (steps %d to %d)", self.name, self.output_dir, self.state["step"],
+                        self.max_steps)
         start = time.perf_counter()
         samples_before = self.state["step"]
         bar = self.metrics.progress(self.max_steps, self.state["step"])

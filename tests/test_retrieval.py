@@ -140,7 +140,10 @@ def test_evaluate_retrieval_names_a_missing_run(tmp_path, capsys):
     from tcl.engine import evaluate_retrieval
 
     assert evaluate_retrieval.main(["--run", str(tmp_path / "nothing")]) == 2
-    assert "config" in capsys.readouterr().err
+    assert f"--run {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert evaluate_retrieval.main(["--run", str(tmp_path / "empty")]) == 2
+    assert "no config.yaml in it" in capsys.readouterr().err
 
 
 def test_coco_retrieval_set_keeps_the_first_captions(shapes_root):

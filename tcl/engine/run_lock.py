@@ -39,7 +39,7 @@ def hold_output_folder(folder: str | Path, is_main_process: bool = True,
     """Holds ``folder`` for this run (only the main process takes the lock; ``share`` hands its verdict to every
     process, so that all of them stop together); raises ``OutputFolderBusy`` naming the run that holds it."""
     folder = Path(folder)
-    lock, problem = None, None
+    lock, problem, created = None, None, not folder.exists()
     if is_main_process:
         lock, problem = _acquire(folder)
     problem = share(problem)
@@ -51,6 +51,10 @@ def hold_output_folder(folder: str | Path, is_main_process: bool = True,
         if lock is not None:
             (folder / HOLDER_FILE).unlink(missing_ok=True)
             lock.release()
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                # A run that stopped before writing anything (a config or data error) leaves no folder behind.
+                (folder / LOCK_FILE).unlink(missing_ok=True)
+                folder.rmdir()
 
 
 def _acquire(folder: Path) -> tuple[FileLock | None, str | None]:

@@ -128,7 +128,7 @@ def test_loading_errors_name_the_problem(vqa_run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TclError, match="could not provide it"):
         tcl.load_vqa("nobody/no-such-model")
-    with pytest.raises(TclError, match="not a model folder"):
+    with pytest.raises(TclError, match="deeper: no such folder"):
         tcl.load_vqa(tmp_path / "missing" / "deeper")
     vqa = tcl.load_vqa(vqa_run)
     vqa.save_pretrained(tmp_path / "m")

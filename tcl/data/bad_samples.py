@@ -19,6 +19,19 @@ logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_BAD = 50
 
 
+# What to check when a dataset sample fails, by reason: training settings, which messages about a user's own input
+# (tcl.data.images, inference) leave out.
+DATASET_HINTS = {"missing image": "check data.root / data.image_root and that the dataset was downloaded completely",
+                 "empty image file": "or remove it from the annotation",
+                 "corrupt image": "or remove it from the annotation",
+                 "image too large": "the setting is data.max_image_pixels"}
+
+
+def _with_hint(error: BadSampleError) -> str:
+    hint = DATASET_HINTS.get(error.reason)
+    return f"{error}; {hint}" if hint else str(error)
+
+
 def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: int, on_bad_sample: str
                      ) -> dict[str, Any]:
     """Calls ``load(index)``; on a BadSampleError skips forward (``skip``) or re-raises (``error``).
@@ -34,10 +47,10 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
             sample = load(position)
         except BadSampleError as error:
             if on_bad_sample == "error":
-                raise BadSampleError(f"{error} (sample {position}; set data.on_bad_sample=skip to skip and count "
-                                     f"such samples)", error.reason) from None
+                raise BadSampleError(f"{_with_hint(error)} (sample {position}; set data.on_bad_sample=skip to skip "
+                                     f"and count such samples)", error.reason) from None
             if offset == 0:
-                logger.warning("skipping sample %d: %s", position, error)
+                logger.warning("skipping sample %d: %s", position, _with_hint(error))
             reasons.append(error.reason)
             continue
         sample["skipped"] = reasons[:1]

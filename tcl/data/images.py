@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -67,6 +68,9 @@ def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, ma
     Raises:
         BadSampleError: as ``load_rgb_image``, or reason ``unsupported image`` for other types, shapes or ranges.
     """
+    if isinstance(obj, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", obj):
+        raise BadSampleError(f"{obj}: URLs are not supported; download the image and give its file (or its bytes)",
+                             "unsupported image")
     if isinstance(obj, (str, os.PathLike)):
         return load_rgb_image(obj, max_pixels)
     if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -121,14 +125,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _open_file(path: Path) -> IO[bytes]:
     if not path.exists():
-        raise BadSampleError(f"{path}: image file not found; check data.root / data.image_root and that the dataset "
-                             "was downloaded completely", "missing image")
+        raise BadSampleError(f"{path}: image file not found", "missing image")
     if not path.is_file():
-        raise BadSampleError(f"{path}: is not a file; check the image path in the annotation", "missing image")
+        raise BadSampleError(f"{path}: is not a file (a folder?); give an image file", "missing image")
     try:
         if path.stat().st_size == 0:
-            raise BadSampleError(f"{path}: image file is empty (0 bytes), probably an interrupted download; "
-                                 "re-download it or remove it from the annotation", "empty image file")
+            raise BadSampleError(f"{path}: image file is empty (0 bytes), probably an interrupted download or copy; "
+                                 "re-download or re-save it", "empty image file")
         return path.open("rb")
     except OSError as error:
         raise BadSampleError(f"{path}: cannot read the image file ({error}); check its permissions",
@@ -138,8 +141,7 @@ def _open_file(path: Path) -> IO[bytes]:
 def _from_bytes(data: bytes, max_pixels: int | None, max_side: int | None = None) -> Image.Image:
     name = "image bytes"
     if not data:
-        raise BadSampleError(f"{name}: empty (0 bytes); the stored image is missing, re-create the table",
-                             "empty image file")
+        raise BadSampleError(f"{name}: empty (0 bytes): there is no image in them", "empty image file")
     image = _decode(io.BytesIO(data), name, max_pixels, max_side)
     if max_side is not None and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
@@ -162,7 +164,7 @@ def _decode(stream: IO[bytes], name: str, max_pixels: int | None, max_side: int 
         raise _too_large(name, f"PIL's decompression-bomb guard refused it ({error})") from error
     except _DECODE_ERRORS as error:
         raise BadSampleError(f"{name}: cannot decode the image, the file is truncated, corrupt or not an image "
-                             f"({type(error).__name__}: {error}); re-download it or remove it from the annotation",
+                             f"({type(error).__name__}: {error}); re-download or re-save it",
                              "corrupt image") from error
     return to_rgb(image)
 
@@ -187,7 +189,7 @@ def _check_pixels(image: Image.Image, name: str, max_pixels: int | None) -> None
 
 def _too_large(name: str, detail: str) -> BadSampleError:
     return BadSampleError(f"{name}: image too large to decode safely: {detail}. Resize the image, or raise "
-                          "data.max_image_pixels if it is genuine", "image too large")
+                          "max_image_pixels if it is genuine", "image too large")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

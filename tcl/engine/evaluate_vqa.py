@@ -26,6 +26,7 @@ from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, 
 from tcl.data.json_io import load_json
 from tcl.data.vqa import official_paths
 from tcl.engine import commands
+from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
 from tcl.evaluation.results import check_complete, merge_results, write_results
 from tcl.evaluation.vqa_metric import VQAScores, score_results
@@ -57,6 +58,10 @@ def load_vqa_run(run_dir: Path, overrides: list[str] | None = None):
     from tcl.engine.weights import load_model_weights
 
     config = load_config(Path(run_dir) / "config.yaml", overrides)
+    if not (Path(run_dir) / ANSWER_LIST).is_file():
+        raise TclError(f"{run_dir} is not a VQA fine-tuning run (it has no {ANSWER_LIST}); if it is a pretraining "
+                       f"run, fine-tune it first: tcl finetune-vqa vqa.init={run_dir} train.output_dir=DIR, then use "
+                       "DIR (tcl.load_pretrained reads a pretraining run as it is).")
     vocabulary = AnswerVocabulary.from_json(Path(run_dir) / ANSWER_LIST)
     tokenizer = build_tokenizer(config)
     model = vqa_model(config, len(tokenizer), len(vocabulary))

@@ -32,6 +32,10 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    if _looks_local(str(name_or_path)):
+        raise TclError(f"{name_or_path}: no such folder. Pass a folder written by save_pretrained / `tcl convert` "
+                       f"or a training run's output folder (check the name: {path.parent} holds "
+                       f"{_few_entries(path.parent)}).")
     if path.exists() or str(name_or_path).count("/") != 1:
         raise TclError(f"{name_or_path}: not a model folder. Pass a folder written by save_pretrained / "
                        f"`tcl convert`, or a Hugging Face hub name such as 'user/tcl-vqa'.")
@@ -42,6 +46,22 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     except Exception as error:  # offline, unknown repository, no permission: all end the same way for the user
         raise TclError(f"{name_or_path}: no such local folder, and the Hugging Face hub could not provide it "
                        f"({type(error).__name__}: {error}). Download the model folder and pass its path.") from None
+
+
+def _looks_local(name: str) -> bool:
+    """A path the user means as a local folder: absolute, ``./``, ``../`` or ``~``, or whose first part is a folder
+    here (``runs/demo``); a hub name is ``user/repo`` with no such folder."""
+    if name.startswith(("/", "./", "../", "~", "\\")) or name in (".", ".."):
+        return True
+    first = Path(name).parts[0] if Path(name).parts else ""
+    return bool(first) and Path(first).is_dir()
+
+
+def _few_entries(folder: Path) -> str:
+    if not folder.is_dir():
+        return "nothing: it does not exist either"
+    names = sorted(p.name for p in folder.iterdir())
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "nothing"
 
 
 # The architectures a saved model's config.json may name, and the function that loads each.

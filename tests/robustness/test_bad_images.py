@@ -42,7 +42,15 @@ def _assert_bad(path, reason: str, **kwargs) -> BadSampleError:
 def test_missing_file(tmp_path):
     error = _assert_bad(tmp_path / "nope.jpg", "missing image")
     assert isinstance(error, DataError)
-    assert "not found" in str(error) and "image_root" in str(error)
+    assert "not found" in str(error) and "data." not in str(error)  # a user's own file: no training settings
+    from tcl.data.bad_samples import load_with_policy
+    from tcl.errors import BadSampleError
+
+    def load(_index):
+        raise error
+
+    with pytest.raises(BadSampleError, match="check data.root / data.image_root"):  # a dataset's sample: they help
+        load_with_policy(load, 0, 1, "error")
 
 
 def test_directory_is_missing_image(tmp_path):

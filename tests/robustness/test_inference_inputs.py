@@ -146,3 +146,22 @@ def test_batch_lines_with_a_bom_or_a_lone_surrogate(model_dir, shapes_root, tmp_
     assert [r["line"] for r in records] == [1, 2, 3]
     assert "answers" in records[0] and "answers" in records[2]
     assert "surrogate" in records[1]["error"] and "question" not in records[1]
+
+
+def test_folders_that_are_missing_or_of_the_wrong_kind(model_dir, shapes_root, tmp_path, monkeypatch):
+    from tcl.config import load_config, save_config
+    from tcl.errors import TclError
+
+    with pytest.raises(TclError, match="no such folder"):
+        tcl.load_pretrained(tmp_path / "missing")  # an absolute path: never sent to the hub
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(TclError, match="runs/pretrain_tiny: no such folder"):
+        tcl.load_vqa("runs/pretrain_tiny")  # looks like user/repo, but runs/ is a folder here
+    pretraining = tmp_path / "runs" / "pre"
+    save_config(load_config(Path(__file__).resolve().parents[2] / "configs/pretrain_tiny.yaml",
+                            [f"data.root={shapes_root}"]), pretraining / "config.yaml")
+    with pytest.raises(TclError, match="not a VQA fine-tuning run.*tcl finetune-vqa vqa.init="):
+        tcl.load_vqa(pretraining)
+    with pytest.raises(BadSampleError, match="URLs are not supported"):
+        tcl.load_vqa(model_dir)("https://example.com/cat.jpg", "what is it?")

@@ -46,13 +46,13 @@ def tiny_model(folder: Path, data_root: Path) -> Path:
     from tcl.evaluation.answers import AnswerVocabulary
     from tcl.inference.pipeline import VQAPipeline
     from tcl.inference.processor import ImageSettings, TCLProcessor
-    from tcl.engine.finetune_vqa import vqa_model
+    from tcl.models.vqa import vqa_model_from_config
 
     config = load_config(REPO / "configs/vqa_tiny.yaml", [f"data.root={data_root}"])
     tokenizer = build_tokenizer(config)
     torch.manual_seed(0)
     answers = AnswerVocabulary(["yes", "no", "red", "blue", "circle", "square", "1", "2"])
-    model = vqa_model(config, len(tokenizer), len(answers))
+    model = vqa_model_from_config(config, len(tokenizer), len(answers))
     processor = TCLProcessor(tokenizer, ImageSettings(image_size=config.model.image_size), answers)
     VQAPipeline(model, processor, k_test=4).save_pretrained(folder)
     return folder

@@ -100,7 +100,6 @@ def final_retrieval(pretrain_dir: Path) -> dict[str, float]:
 
 
 def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
-    from tcl.config import load_config
     from tcl.demo import read_scores, run_stage
     from tcl.engine import finetune_vqa, pretrain
 
@@ -117,8 +116,7 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
     if args.no_finetune:
         return {"arm": arm, "seed": seed, **pretraining, "minutes": round((time.perf_counter() - start) / 60, 2)}
     run_stage(f"{arm} seed {seed}: fine-tune", finetune_vqa.main, finetune_argv)
-    split = load_config(REPO / "configs/vqa_tiny.yaml", args.overrides).data.vqa_eval
-    scores = read_scores(run / "vqa", split)
+    scores = read_scores(run / "vqa")
     return {"arm": arm, "seed": seed, "vqa_accuracy": scores["overall"], "hit_rate": scores["hit_rate"],
             "per_answer_type": scores["per_answer_type"], **pretraining,
             "minutes": round((time.perf_counter() - start) / 60, 2)}

@@ -38,7 +38,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_one(args: argparse.Namespace, budget: str, seed: int, arm: str, out: Path) -> dict:
-    from tcl.config import load_config
     from tcl.demo import read_scores, run_stage
     from tcl.engine import finetune_vqa
 
@@ -49,8 +48,7 @@ def run_one(args: argparse.Namespace, budget: str, seed: int, arm: str, out: Pat
     run_stage(f"{arm}, {budget} questions, seed {seed}", finetune_vqa.main,
               ["--config", str(REPO / "configs/vqa_tiny.yaml"), f"train.output_dir={run}", f"vqa.init={init}",
                f"vqa.max_train_questions={limit}", f"train.seed={seed}", *args.overrides])
-    split = load_config(REPO / "configs/vqa_tiny.yaml", args.overrides).data.vqa_eval
-    scores = read_scores(run, split)
+    scores = read_scores(run)
     return {"budget": budget, "seed": seed, "arm": arm, "vqa_accuracy": scores["overall"],
             "hit_rate": scores["hit_rate"], "per_answer_type": scores["per_answer_type"],
             "minutes": round((time.perf_counter() - start) / 60, 2)}

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from tcl.atomic import write_json_atomic
-from tcl.config import load_config
+from tcl.config import load_config, resolve_config
 
 logger = logging.getLogger("tcl.demo")
-REPO = Path(__file__).resolve().parents[1]
-PRETRAIN_CONFIG = REPO / "configs" / "pretrain_tiny.yaml"
-VQA_CONFIG = REPO / "configs" / "vqa_tiny.yaml"
+PRETRAIN_CONFIG = resolve_config("pretrain_tiny")
+VQA_CONFIG = resolve_config("vqa_tiny")
 
 
 def _fresh_accelerate() -> None:
@@ -54,7 +53,8 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     root, shapes = config.data.root, config.data.shapes
     if not dataset_exists(root):
         make_shapes_dataset(root, shapes.train_images, shapes.val_images, shapes.image_size,
-                            shapes.questions_per_image, shapes.seed)
+                            shapes.questions_per_image, shapes.seed, max_objects=shapes.max_objects,
+                            one_colour_scenes=shapes.one_colour_scenes)
     summary = summarize(root)
     common = [f"data.root={root}", *overrides]
     run_stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), f"train.output_dir={out / 'pretrain'}",
@@ -64,15 +64,17 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     run_stage("fine-tune from scratch", finetune_vqa.main,
            ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null", *common])
     run_stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
-    scores = {name: read_scores(out / name, config.data.vqa_eval) for name in ("vqa", "vqa_scratch")}
+    scores = {name: read_scores(out / name) for name in ("vqa", "vqa_scratch")}
     retrieval = read_retrieval(out / "pretrain", overrides)
-    blind_model = read_scores(out / "vqa", f"{config.data.vqa_eval}_blind")
+    blind_model = read_scores(out / "vqa", blind=True)
     results = {
         "vqa_accuracy": scores["vqa"]["overall"], "hit_rate": scores["vqa"]["hit_rate"],
         "per_answer_type": scores["vqa"]["per_answer_type"],
         "scratch_accuracy": scores["vqa_scratch"]["overall"],
         "scratch_per_answer_type": scores["vqa_scratch"]["per_answer_type"],
         "blind_accuracy": summary["blind_val_accuracy"], "model_blind_accuracy": blind_model["overall"],
+        "blind_per_answer_type": summary["blind_val_per_answer_type"],
+        "model_blind_per_answer_type": blind_model["per_answer_type"],
         **retrieval,
         "examples": _examples(out / "vqa", config),
         "minutes": (time.perf_counter() - start) / 60.0,
@@ -102,15 +104,20 @@ def read_retrieval(pretrain_dir: Path, overrides: list[str]) -> dict[str, float]
         "retrieval_file": str(path)}
 
 
-def read_scores(run_dir: Path, suffix: str) -> dict[str, Any]:
-    """The evaluation scores a run wrote for a split (``vqa_scores_<split>.json``)."""
-    return json.loads((run_dir / f"vqa_scores_{suffix}.json").read_text())
+def read_scores(run_dir: Path, blind: bool = False) -> dict[str, Any]:
+    """The scores a fine-tuning run's own evaluation wrote (``vqa_scores_<tag>.json``, named by the split and
+    ``eval.max_questions`` of its config.yaml)."""
+    from tcl.evaluation.results import vqa_output_tag
+
+    config = load_config(Path(run_dir) / "config.yaml")
+    tag = vqa_output_tag(config.data.vqa_eval, blind, config.eval.max_questions)
+    return json.loads((Path(run_dir) / f"vqa_scores_{tag}.json").read_text())
 
 
 def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
     """The first ``count`` val questions with the model's top-3 answers and the human majority answer."""
     from tcl.data.builders import build_vqa_dataset, vqa_collator
-    from tcl.engine.evaluate_vqa import load_vqa_run
+    from tcl.inference.runs import load_vqa_run
     from tcl.inference.answering import AnswerPredictor
 
     run_config, model, tokenizer, vocabulary = load_vqa_run(run_dir)
@@ -157,25 +164,39 @@ def _row(name: str, overall: float, per_type: dict[str, float]) -> str:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
+    """Per answer type and overall: the two fine-tuned models as labelled bars, and both blind baselines (the
+    question-only prior; the fine-tuned model fed a constant image) as markers across each group, so a type where a
+    model does no better than blind shows at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     types = list(results["per_answer_type"])
-    groups = {"pretrained + fine-tuned": [results["per_answer_type"][t] for t in types] + [results["vqa_accuracy"]],
-              "from scratch": [results["scratch_per_answer_type"].get(t, 0.0) for t in types]
-              + [results["scratch_accuracy"]]}
     labels = types + ["overall"]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+
+    def values(per_type_key: str, overall_key: str) -> list[float]:
+        return [results[per_type_key].get(t, 0.0) for t in types] + [results[overall_key]]
+
+    bars = {"pretrained + fine-tuned": values("per_answer_type", "vqa_accuracy"),
+            "from scratch": values("scratch_per_answer_type", "scratch_accuracy")}
+    blinds = {"blind: question-only prior": (values("blind_per_answer_type", "blind_accuracy"), "dimgray", "--"),
+              "blind: model fed a constant image": (values("model_blind_per_answer_type", "model_blind_accuracy"),
+                                                    "black", ":")}
+    figure, axis = plt.subplots(figsize=(8, 4))
     width = 0.38
-    for offset, (name, values) in enumerate(groups.items()):
-        axis.bar([i + (offset - 0.5) * width for i in range(len(labels))], values, width, label=name)
-    axis.axhline(results["blind_accuracy"], color="grey", linestyle="--", label="blind (question-only prior)")
+    for offset, (name, heights) in enumerate(bars.items()):
+        drawn = axis.bar([i + (offset - 0.5) * width for i in range(len(labels))], heights, width, label=name)
+        axis.bar_label(drawn, fmt="%.1f", fontsize=7, padding=2)
+    for name, (heights, colour, style) in blinds.items():
+        for i, height in enumerate(heights):
+            axis.hlines(height, i - width * 1.1, i + width * 1.1, colors=colour, linestyles=style,
+                        label=name if i == 0 else None)
+            axis.annotate(f"{height:.1f}", (i + width * 1.1, height), fontsize=6, color=colour, va="center")
     axis.set_xticks(range(len(labels)), labels)
-    axis.set_ylabel("VQA accuracy (%)")
-    axis.set_ylim(0, 100)
-    axis.legend(fontsize=8)
+    axis.set_ylabel("official VQA accuracy (%)")
+    axis.set_ylim(0, 105)
+    axis.legend(fontsize=7, loc="upper left", ncols=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=110)
     plt.close(figure)

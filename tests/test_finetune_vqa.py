@@ -38,9 +38,16 @@ def test_finetune_from_pretraining_then_evaluate(shapes_root, tmp_path, capsys):
     assert 0.0 <= scores["overall"] <= 100.0 and set(scores["per_answer_type"]) == {"yes/no", "number", "other"}
     assert "VQA accuracy on val2014" in capsys.readouterr().out
     AcceleratorState._reset_state(True)
+    complete = (out / "vqa_results_val2014.json").read_bytes()
+    capsys.readouterr()
     assert evaluate_vqa.main(["--run", str(out), "--blind", "--max-questions", "20"]) == 0
-    blind = json.loads((out / "vqa_scores_val2014_blind.json").read_text())
-    assert blind["num_questions"] == 20
+    # A partial blind evaluation gets its own name: the complete results stay as they were.
+    blind = json.loads((out / "vqa_scores_val2014_blind_first20.json").read_text())
+    assert blind["num_questions"] == 20 and len(json.loads((out / "vqa_results_val2014_blind_first20.json").read_text())) == 20
+    assert (out / "vqa_results_val2014.json").read_bytes() == complete
+    printed = capsys.readouterr().out
+    for name in ("vqa_results_val2014_blind_first20.json", "vqa_scores_val2014_blind_first20.json"):
+        assert f"wrote {out / name}" in printed
 
 
 def test_test_split_results_cover_every_question(shapes_copy, tmp_path):
@@ -56,7 +63,7 @@ def test_test_split_results_cover_every_question(shapes_copy, tmp_path):
 def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_root, tmp_path, capsys):
     from accelerate.state import AcceleratorState
 
-    from tcl.engine.weights import read_model_state
+    from tcl.models.saving import read_model_state
 
     assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=2"]) == 0
@@ -70,9 +77,9 @@ def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_ro
     assert len(metrics) == 3 and all(math.isfinite(m["loss/answer_nll"]) for m in metrics)
     assert metrics[-1]["alpha"] > 0  # the teacher was used
     vocabulary = AnswerVocabulary.from_json(out / "answer_list.json")
-    results = json.loads((out / "vqa_results_val2014.json").read_text())
+    results = json.loads((out / "vqa_results_val2014_first24.json").read_text())
     assert len(results) == 24 and all(r["answer"] in vocabulary for r in results)
-    scores = json.loads((out / "vqa_scores_val2014.json").read_text())
+    scores = json.loads((out / "vqa_scores_val2014_first24.json").read_text())
     assert scores["num_questions"] == 24 and 0.0 <= scores["overall"] <= 100.0
     AcceleratorState._reset_state(True)
     # evaluation of the saved run (no momentum teacher needed)

@@ -65,6 +65,18 @@ def test_pipeline_from_a_run_round_trips_through_save_pretrained(vqa_run, shapes
         assert torch.equal(tensor, loaded.model.state_dict()[name]), name
 
 
+def test_loaders_take_a_device_and_long_lists_show_progress(vqa_run, shapes_root, capsys):
+    assert tcl.load_vqa(vqa_run, device="meta").device.type == "meta"  # moved, without needing a GPU here
+    vqa = tcl.load_vqa(vqa_run)
+    images = [val_image(shapes_root, k) for k in range(3)]
+    vqa(images, QUESTIONS, batch_size=8)
+    assert "answer" not in capsys.readouterr().err  # one batch: no bar
+    vqa(images, QUESTIONS, batch_size=1)
+    assert "3/3" in capsys.readouterr().err  # more than one batch: a bar, like tcl predict's
+    vqa(images, QUESTIONS, batch_size=1, progress=False)
+    assert "3/3" not in capsys.readouterr().err
+
+
 def test_decoder_head_round_trips_without_its_momentum_teacher(vqa_run, tmp_path):
     config = load_config(REPO / "configs/vqa_tiny.yaml", ["vqa.head=decoder"])
     processor = tcl.load_vqa(vqa_run).processor
@@ -121,6 +133,8 @@ def test_load_pretrained_from_a_pretraining_run(shapes_root, tmp_path):
     AcceleratorState._reset_state(True)
     model = tcl.load_pretrained(tmp_path / "pre")
     assert isinstance(model, TCLPretrainModel) and model.processor is not None
+    moved = tcl.load_pretrained(tmp_path / "pre", device="meta")
+    assert next(moved.parameters()).device.type == "meta" and moved.processor is not None
     assert len(tcl.score_image_text(model, [val_image(shapes_root)], ["a red circle.", "a cross."])["itm"][0]) == 2
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tcl.config import load_config
 from tcl.data.builders import build_tokenizer
-from tcl.engine.finetune_vqa import vqa_model
+from tcl.models.vqa import vqa_model_from_config
 from tcl.evaluation.answers import AnswerVocabulary
 from tcl.inference import TCLProcessor, VQAPipeline
 from tcl.inference.attention import attention_grid, capture_cross_attention, heatmap_overlay
@@ -28,7 +28,7 @@ def tiny_pipeline(shapes_root, head: str = "classifier") -> VQAPipeline:
     config = load_config(REPO / "configs/vqa_tiny.yaml", [f"data.root={shapes_root}", f"vqa.head={head}"])
     tokenizer = build_tokenizer(config)
     torch.manual_seed(0)
-    model = vqa_model(config, len(tokenizer), len(ANSWERS))
+    model = vqa_model_from_config(config, len(tokenizer), len(ANSWERS))
     processor = TCLProcessor(tokenizer, ImageSettings(image_size=config.model.image_size), AnswerVocabulary(ANSWERS))
     return VQAPipeline(model, processor, k_test=4)
 
@@ -72,6 +72,14 @@ def test_page_has_the_upload_question_answers_and_heatmap_elements(client):
     for element in ('id="image-file"', 'id="examples"', 'id="question"', 'id="ask"', 'id="answers"',
                     'id="heatmap"', 'fetch("/api/vqa"'):
         assert element in response.text
+
+
+def test_the_page_icon_is_served_at_both_names_browsers_ask_for(client):
+    assert 'rel="icon" href="/favicon.svg"' in client.get("/").text
+    for name in ("/favicon.svg", "/favicon.ico"):
+        response = client.get(name)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
+        assert response.content.startswith(b"<svg")
 
 
 def test_health_and_examples_list_only_ids_never_paths(client, examples):

@@ -8,6 +8,7 @@ import torch
 
 from tcl.config import load_config
 from tcl.models import TCLPretrainModel
+from tcl.models.surgery import WeightsMismatch
 from tcl.models.vqa import TCLVQAModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_loads_pretraining_encoders_and_resamples_position_embeddings():
 def test_mismatched_checkpoint_is_refused():
     model = TCLVQAModel(config().model, VOCAB, ANSWERS)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fusion_encoder.layer.1.")}
-    with pytest.raises(ValueError, match="does not fit this model"):
+    with pytest.raises(WeightsMismatch, match=r"do not fit the model \(missing \['fusion_encoder\.layer\.1\."):
         model.load_pretrained_encoders(state)
 
 

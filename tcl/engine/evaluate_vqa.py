@@ -21,16 +21,16 @@ import torch
 from tqdm.auto import tqdm
 
 from tcl.atomic import write_json_atomic
-from tcl.config import Config, load_config
-from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, vqa_collator
+from tcl.config import Config
+from tcl.data.builders import build_loader, build_vqa_dataset, vqa_collator
 from tcl.data.json_io import load_json
 from tcl.data.vqa import official_paths
 from tcl.engine import commands
-from tcl.errors import TclError
-from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
-from tcl.evaluation.results import check_complete, merge_results, write_results
+from tcl.evaluation.answers import AnswerVocabulary
+from tcl.evaluation.results import check_complete, merge_results, vqa_output_tag, write_results
 from tcl.evaluation.vqa_metric import VQAScores, score_results
 from tcl.inference.answering import AnswerPredictor
+from tcl.inference.runs import load_vqa_run
 
 logger = logging.getLogger("tcl.evaluate_vqa")
 
@@ -50,24 +50,6 @@ def run(args: argparse.Namespace) -> int:
     accelerator = build_accelerator(config)
     evaluate_model(config, model.to(accelerator.device), tokenizer, vocabulary, run_dir, accelerator, args.blind)
     return 0
-
-
-def load_vqa_run(run_dir: Path, overrides: list[str] | None = None):
-    """(config, model with its latest weights, tokenizer, answer vocabulary) of a fine-tuning run folder."""
-    from tcl.engine.finetune_vqa import vqa_model
-    from tcl.engine.weights import load_model_weights
-
-    config = load_config(Path(run_dir) / "config.yaml", overrides)
-    if not (Path(run_dir) / ANSWER_LIST).is_file():
-        raise TclError(f"{run_dir} is not a VQA fine-tuning run (it has no {ANSWER_LIST}); if it is a pretraining "
-                       f"run, fine-tune it first: tcl finetune-vqa vqa.init={run_dir} train.output_dir=DIR, then use "
-                       "DIR (tcl.load_pretrained reads a pretraining run as it is).")
-    vocabulary = AnswerVocabulary.from_json(Path(run_dir) / ANSWER_LIST)
-    tokenizer = build_tokenizer(config)
-    model = vqa_model(config, len(tokenizer), len(vocabulary))
-    # The decoder head's momentum teacher only matters for training.
-    load_model_weights(model, run_dir, skip_prefixes=("momentum.",))
-    return config, model, tokenizer, vocabulary
 
 
 @torch.no_grad()
@@ -100,8 +82,9 @@ def evaluate_model(config: Config, model, tokenizer, vocabulary: AnswerVocabular
         return None
     results = merge_results(parts)
     split = config.data.vqa_eval
-    suffix = f"{split}_blind" if blind else split
-    write_results(results, output_dir / f"vqa_results_{suffix}.json")
+    tag = vqa_output_tag(split, blind, config.eval.max_questions)
+    write_results(results, output_dir / f"vqa_results_{tag}.json")
+    print(f"wrote {output_dir / f'vqa_results_{tag}.json'} ({len(results):,} answers)")
     questions_path, annotations_path = _split_files(config)
     if annotations_path is None:
         if questions_path is not None and config.eval.max_questions is None:
@@ -109,8 +92,9 @@ def evaluate_model(config: Config, model, tokenizer, vocabulary: AnswerVocabular
         logger.info("%s has no annotations: wrote the results file for EvalAI only", split)
         return None
     scores = _score(results, annotations_path)
-    write_json_atomic(dataclasses.asdict(scores), output_dir / f"vqa_scores_{suffix}.json", indent=2)
+    write_json_atomic(dataclasses.asdict(scores), output_dir / f"vqa_scores_{tag}.json", indent=2)
     print(format_scores(scores, f"{split}{' (blind)' if blind else ''}"))
+    print(f"wrote {output_dir / f'vqa_scores_{tag}.json'} (overall, per answer type and per question type)")
     return scores
 
 

@@ -26,12 +26,12 @@ from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main
 from tcl.engine.trainer import Trainer
-from tcl.engine.weights import read_model_state
 from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
 from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
-from tcl.models.vqa import TCLVQAModel
+from tcl.models.saving import read_model_state
+from tcl.models.vqa import TCLVQAModel, vqa_model_from_config
 
 logger = logging.getLogger("tcl.finetune_vqa")
 
@@ -105,25 +105,14 @@ def answer_vocabulary(dataset, config: Config) -> AnswerVocabulary:
     return vocabulary
 
 
-def vqa_model(config: Config, vocab_size: int, num_answers: int, training: bool = False) -> TCLVQAModel:
-    """A randomly initialised VQA model of the config's architecture and head; the decoder head gets its momentum
-    teacher only for training with distillation (``loss.distill`` and ``loss.alpha`` > 0)."""
-    distill = training and config.vqa.head == "decoder" and config.loss.distill and config.loss.alpha > 0
-    return TCLVQAModel(config.model, config.model.vocab_size or vocab_size, num_answers, config.vqa.classifier_hidden,
-                       head=config.vqa.head, distill=distill)
-
-
 def build_vqa_model(config: Config, vocab_size: int, num_answers: int, training: bool = True) -> TCLVQAModel:
     """The VQA model, initialised from ``vqa.init`` (a pretraining run or checkpoint) when given."""
-    model = vqa_model(config, vocab_size, num_answers, training)
+    model = vqa_model_from_config(config, vocab_size, num_answers, training)
     if not config.vqa.init:
         initialise_from_pretrained(model, config.model)
         model.sync_momentum()
     if config.vqa.init:
-        try:
-            model.load_pretrained_encoders(read_model_state(config.vqa.init))
-        except ValueError as error:
-            raise TclError(f"vqa.init {config.vqa.init}: {error}") from None
+        model.load_pretrained_encoders(read_model_state(config.vqa.init), f"vqa.init {config.vqa.init}")
         logger.info("encoders%s initialised from %s", " and answer decoder" if config.vqa.head == "decoder" else "",
                     config.vqa.init)
     if config.vqa.freeze_vision:

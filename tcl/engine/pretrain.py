@@ -122,7 +122,7 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
     model = TCLPretrainModel(config.model, config.loss, vocab_size, special, swap_word_ids or None)
     initialise_from_pretrained(model, config.model)
     if init:
-        from tcl.engine.weights import load_model_weights
+        from tcl.models.saving import load_model_weights
 
         load_model_weights(model, init)
     if config.train.grad_checkpointing:

@@ -17,7 +17,7 @@ import yaml
 
 from tcl.atomic import write_text_atomic
 from tcl.config import Config
-from tcl.engine.checkpoint import find_checkpoint
+from tcl.run_folder import find_checkpoint
 from tcl.errors import TclError
 
 # Settings a resumed run may change: how long it runs, how often it saves, logs and evaluates, and how it loads

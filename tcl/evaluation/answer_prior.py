@@ -36,13 +36,18 @@ class QuestionOnlyPrior:
         return answer
 
 
-def blind_accuracy(train_questions: list[dict[str, Any]], train_annotations: list[dict[str, Any]],
-                   eval_questions: list[dict[str, Any]], eval_annotations: list[dict[str, Any]]) -> float:
-    """Official VQA accuracy (percent) of the question-only prior fitted on train, measured on the eval split."""
+def blind_scores(train_questions: list[dict[str, Any]], train_annotations: list[dict[str, Any]],
+                 eval_questions: list[dict[str, Any]], eval_annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The question-only prior's official VQA accuracy (percent) on the eval split: ``overall`` and
+    ``per_answer_type`` (yes/no, number, other)."""
     from tcl.evaluation.vqa_metric import vqa_accuracy
 
     prior = QuestionOnlyPrior(train_questions, train_annotations)
     text = {q["question_id"]: q["question"] for q in eval_questions}
-    scores = [vqa_accuracy(prior.predict(text[a["question_id"]], a["question_type"]),
-                           [x["answer"] for x in a["answers"]]) for a in eval_annotations]
-    return 100.0 * sum(scores) / max(len(scores), 1)
+    by_type: dict[str, list[float]] = {}
+    for a in eval_annotations:
+        score = vqa_accuracy(prior.predict(text[a["question_id"]], a["question_type"]), [x["answer"] for x in a["answers"]])
+        by_type.setdefault(a["answer_type"], []).append(score)
+    every = [score for scores in by_type.values() for score in scores]
+    return {"overall": 100.0 * sum(every) / max(len(every), 1),
+            "per_answer_type": {t: 100.0 * sum(v) / len(v) for t, v in sorted(by_type.items())}}

@@ -18,6 +18,13 @@ from tcl.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+
+def vqa_output_tag(split: str, blind: bool = False, max_questions: int | None = None) -> str:
+    """What an evaluation covered, as its files are named (``vqa_results_<tag>.json``, ``vqa_scores_<tag>.json``):
+    ``val2014``, ``val2014_blind`` (constant image), ``val2014_first200`` (``eval.max_questions``: the first 200
+    questions at most), so a partial or blind evaluation never replaces a complete one."""
+    return split + ("_blind" if blind else "") + (f"_first{max_questions}" if max_questions is not None else "")
+
 # How many ids an error message lists; enough to look them up, short enough to read.
 _EXAMPLES = 5
 

@@ -7,6 +7,6 @@ from tcl.inference.processor import TCLProcessor
 __all__ = ["TCLProcessor", "VQAPipeline", "load_pretrained", "load_vqa", "score_image_text"]
 
 
-def load_vqa(name_or_path) -> VQAPipeline:
-    """The VQA pipeline of a saved model folder, a hub name, or a fine-tuning run folder."""
-    return VQAPipeline.from_pretrained(name_or_path)
+def load_vqa(name_or_path, device="cpu") -> VQAPipeline:
+    """The VQA pipeline of a saved model folder, a hub name, or a fine-tuning run folder, on ``device``."""
+    return VQAPipeline.from_pretrained(name_or_path).to(device)

@@ -25,7 +25,8 @@ logger = logging.getLogger("tcl.convert")
 
 def run(args: argparse.Namespace) -> int:
     from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary
-    from tcl.models.convert import load_official_pretrain, load_official_vqa
+    from tcl.models.pretrain import TCLPretrainModel
+    from tcl.models.vqa import TCLVQAModel
 
     out = Path(args.out)
     answers = None
@@ -34,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
             raise TclError("--task vqa needs --answer-list (ALBEF's answer_list.json, or one written by "
                            "`tcl finetune-vqa`).")
         answers = AnswerVocabulary.from_json(args.answer_list)
-        model = load_official_vqa(args.checkpoint, len(answers), args.image_size, args.trust_checkpoint)
+        model = TCLVQAModel.from_official(args.checkpoint, len(answers), args.image_size, args.trust_checkpoint)
     else:
-        model = load_official_pretrain(args.checkpoint, args.image_size, args.trust_checkpoint)
+        model = TCLPretrainModel.from_official(args.checkpoint, args.image_size, args.trust_checkpoint)
     model.save_pretrained(out)
     size = model.model_config.image_size
     print(f"converted {args.source} checkpoint {args.checkpoint} ({args.task}, {size} px) → {out}")

@@ -15,9 +15,13 @@ from tcl.models.pretrain import TCLPretrainModel
 from tcl.models.saving import CONFIG_FILE, RUN_CONFIG, resolve_model_dir
 
 
-def load_pretrained(name_or_path: str | Path) -> TCLPretrainModel:
-    """The pretraining model (CPU, eval mode) with ``model.processor`` (None if the folder has no processor, and for
-    an official ``.pth``, which is converted on the fly)."""
+def load_pretrained(name_or_path: str | Path, device: str = "cpu") -> TCLPretrainModel:
+    """The pretraining model (on ``device``, eval mode) with ``model.processor`` (None if the folder has no
+    processor, and for an official ``.pth``, which is converted on the fly)."""
+    return _load(name_or_path).to(device)  # .to moves the module in place: model.processor stays
+
+
+def _load(name_or_path: str | Path) -> TCLPretrainModel:
     if Path(name_or_path).is_file():
         model = TCLPretrainModel.from_pretrained(name_or_path)
         model.processor = None
@@ -31,19 +35,14 @@ def load_pretrained(name_or_path: str | Path) -> TCLPretrainModel:
 
 
 def _from_run(run_dir: Path) -> TCLPretrainModel:
-    from tcl.config import load_config
-    from tcl.data.builders import build_tokenizer
-    from tcl.engine.weights import load_model_weights
+    from tcl.inference.runs import load_pretrain_run
 
-    config = load_config(run_dir / RUN_CONFIG)
-    tokenizer = build_tokenizer(config)
-    model = TCLPretrainModel(config.model, config.loss, config.model.vocab_size or len(tokenizer))
-    load_model_weights(model, run_dir)
+    config, model, tokenizer = load_pretrain_run(run_dir)
     model.processor = TCLProcessor(tokenizer, ImageSettings(image_size=config.model.image_size,
                                                             max_image_pixels=config.data.max_image_pixels,
                                                             max_caption_words=config.data.max_caption_words,
                                                             max_text_len=config.model.max_text_len))
-    return model.eval()
+    return model
 
 
 def score_image_text(model: TCLPretrainModel, images: Any | Sequence[Any], texts: str | Sequence[str],

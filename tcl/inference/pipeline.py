@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from tcl.atomic import write_json_atomic
 from tcl.inference.answering import AnswerPredictor
@@ -50,11 +51,12 @@ class VQAPipeline:
         return self
 
     def __call__(self, image: Any | Sequence[Any], question: str | Sequence[str], top_k: int = 5,
-                 batch_size: int = 32) -> list[dict] | list[list[dict]]:
+                 batch_size: int = 32, progress: bool | None = None) -> list[dict] | list[list[dict]]:
         """The ``top_k`` answers with confidences for one image and question, or for equal-length lists of both.
 
         Images may be paths, encoded bytes, PIL images or numpy arrays. Confidences are the classifier's sigmoid per
-        answer, or the decoder's softmax over its ranked candidates.
+        answer, or the decoder's softmax over its ranked candidates. ``progress`` shows a progress bar (default: for
+        lists longer than one batch).
         """
         single = isinstance(question, str)
         images = [image] if single else list(image)
@@ -64,9 +66,13 @@ class VQAPipeline:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         answers: list[list[dict]] = []
-        for start in range(0, len(questions), batch_size):
-            batch = self.processor(images[start:start + batch_size], questions[start:start + batch_size])
-            answers += self.predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k)
+        show = len(questions) > batch_size if progress is None else progress
+        with tqdm(total=len(questions), desc="answer", unit="question", disable=not show) as bar:
+            for start in range(0, len(questions), batch_size):
+                batch = self.processor(images[start:start + batch_size], questions[start:start + batch_size])
+                answers += self.predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"],
+                                                      top_k)
+                bar.update(len(batch["input_ids"]))
         return answers[0] if single else answers
 
     def explain(self, image: Any, question: str, top_k: int = 5) -> tuple[list[dict], torch.Tensor]:
@@ -105,7 +111,7 @@ class VQAPipeline:
     @classmethod
     def from_run(cls, run_dir: str | Path) -> VQAPipeline:
         """From a fine-tuning run folder written by ``tcl finetune-vqa``."""
-        from tcl.engine.evaluate_vqa import load_vqa_run
+        from tcl.inference.runs import load_vqa_run
 
         config, model, tokenizer, vocabulary = load_vqa_run(Path(run_dir))
         settings = ImageSettings(image_size=config.model.image_size, max_image_pixels=config.data.max_image_pixels,

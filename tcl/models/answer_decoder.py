@@ -8,12 +8,11 @@ log-likelihood (or TCL's score, which counts the first token twice).
 
 Parameter names follow ALBEF's ``text_decoder`` (``bert.embeddings``, ``bert.encoder.layer.{j}``,
 ``cls.predictions``), so layer j is initialised from the pretrained fusion layer j and the embeddings and head from
-the pretrained text embeddings and MLM head (``decoder_state_from_pretrain``).
+the pretrained text embeddings and MLM head (``tcl.models.surgery.decoder_state_from_pretrain``).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,8 +23,6 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from tcl.models.bert import FusionLayer, MLMHead, attention_mask_4d
-
-logger = logging.getLogger(__name__)
 
 RankScore = Literal["sequence", "tcl"]
 
@@ -137,39 +134,3 @@ def rank_candidates(decoder: AnswerDecoder, question_states: torch.Tensor, quest
 
 
 # Pretraining names → decoder names (TCL.md Part B §6.4 in this project's naming).
-_DECODER_SOURCES = (("text_encoder.embeddings.", "text_decoder.bert.embeddings."),
-                    ("fusion_encoder.layer.", "text_decoder.bert.encoder.layer."),
-                    ("mlm_head.predictions.", "text_decoder.cls.predictions."))
-
-
-def decoder_state_from_pretrain(state: dict[str, torch.Tensor], decoder_state: dict[str, torch.Tensor]
-                                ) -> dict[str, torch.Tensor]:
-    """The decoder's initial weights from a pretraining state dict: layer j ← fusion layer j, embeddings ← text
-    embeddings, LM head ← MLM head.
-
-    Weights whose shapes differ (the cross-attention key/value when the image width is not the text width) keep
-    their random initialisation, with a warning that names them.
-
-    Args:
-        state: pretraining state dict (our names).
-        decoder_state: the VQA model's current ``text_decoder.*`` entries (names and shapes to fill).
-
-    Returns:
-        ``text_decoder.*`` tensors to load.
-    """
-    loaded, mismatched = {}, []
-    for source, target in _DECODER_SOURCES:
-        for name, tensor in state.items():
-            if not name.startswith(source):
-                continue
-            new_name = target + name[len(source):]
-            if new_name not in decoder_state:
-                continue
-            if decoder_state[new_name].shape != tensor.shape:
-                mismatched.append(new_name)
-                continue
-            loaded[new_name] = tensor
-    if mismatched:
-        logger.warning("answer decoder: %d weights keep their random init (shape differs from the pretrained fusion "
-                       "layers, e.g. image width ≠ text width): %s", len(mismatched), ", ".join(mismatched[:4]))
-    return loaded

@@ -15,11 +15,13 @@ from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
+from tcl.models.convert import read_official_pretrain
 from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
 from tcl.models.pooling import pool_image, pool_text
 from tcl.models.momentum import FeatureQueue, GatherFn, KeyQueue, MomentumEncoders, identity_gather
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
                                save_weights, write_model_config)
+from tcl.models.surgery import load_strict
 from tcl.models.vision import build_vision_encoder
 from tcl.models.word_swap import WordSwapper
 
@@ -100,7 +102,7 @@ class TCLPretrainModel(nn.Module):
         # Shape [1] rather than a 0-d scalar: DeepSpeed cannot broadcast 0-d parameters (the official checkpoint's
         # scalar is reshaped on import).
         self.temp = nn.Parameter(torch.full((1,), float(model.temp)))
-        self.momentum = MomentumEncoders(self.online_modules(), model.momentum)
+        self.momentum = MomentumEncoders(self.online_modules(), model.momentum, model.teacher_dropout)
         self.image_queue = FeatureQueue(model.embed_dim, model.queue_size)
         self.text_queue = FeatureQueue(model.embed_dim, model.queue_size)
         if loss.skip_identical_captions:  # only then: the paper models keep TCL's (and the checkpoints') state keys
@@ -343,13 +345,20 @@ class TCLPretrainModel(nn.Module):
         save_weights(self, directory)
 
     @classmethod
+    def from_official(cls, path: str | Path, image_size: int | None = None, trust: bool = False) -> TCLPretrainModel:
+        """An official TCL / ALBEF pretraining checkpoint, loaded strictly, on the CPU in eval mode (the loss settings,
+        which the checkpoint does not store, are TCL's defaults)."""
+        config, state = read_official_pretrain(path, image_size, trust)
+        model = cls(config, LossConfig(), config.vocab_size)
+        load_strict(model, state, str(path), "The converted weights do not fit the model read from the shapes.")
+        return on_cpu(model)
+
+    @classmethod
     def from_pretrained(cls, name_or_path: str | Path) -> TCLPretrainModel:
         """A model saved by ``save_pretrained`` or ``tcl convert`` (local folder or hub name), or an official TCL/ALBEF
         ``.pth`` checkpoint converted on the fly; on the CPU in eval mode."""
         if Path(name_or_path).is_file():
-            from tcl.models.convert import load_official_pretrain
-
-            return on_cpu(load_official_pretrain(name_or_path))
+            return cls.from_official(name_or_path)
         directory = resolve_model_dir(name_or_path)
         payload = read_model_config(directory, cls.__name__)
         source = str(directory / CONFIG_FILE)

@@ -8,38 +8,34 @@ names (used when the hub is reachable) or local paths: a timm checkpoint file fo
 from __future__ import annotations
 
 import logging
-import re
+from pathlib import Path
 
-import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from tcl.config import ModelConfig
-from tcl.models.saving import shape_mismatches
-from tcl.models.vision import load_vision_pretrained
+from tcl.models.convert import read_foreign_checkpoint
+from tcl.models.surgery import bert_to_tcl, load_strict, timm_to_vision
 
 logger = logging.getLogger(__name__)
-_LAYER = re.compile(r"^bert\.encoder\.layer\.(\d+)\.(.*)$")
 
 
-def bert_to_tcl(state: dict[str, torch.Tensor], fusion_layer: int) -> dict[str, torch.Tensor]:
-    """Renames a ``BertForMaskedLM`` state dict to our modules: embeddings and layers [0, fusion_layer) → text
-    encoder, layers from fusion_layer → fusion encoder (their cross-attention stays newly initialised, as in TCL),
-    the MLM transform and bias → MLM head (its decoder is tied to the word embeddings)."""
-    renamed = {}
-    for name, tensor in state.items():
-        layer = _LAYER.match(name)
-        if layer:
-            index, rest = int(layer.group(1)), layer.group(2)
-            target = (f"text_encoder.encoder.layer.{index}.{rest}" if index < fusion_layer
-                      else f"fusion_encoder.layer.{index - fusion_layer}.{rest}")
-        elif name.startswith("bert.embeddings.") and not name.endswith("position_ids"):
-            target = "text_encoder." + name[len("bert."):]
-        elif name.startswith("cls.predictions.transform.") or name == "cls.predictions.bias":
-            target = "mlm_head." + name[len("cls."):]
-        else:
-            continue  # pooler, tied decoder, position_ids
-        renamed[target] = tensor
-    return renamed
+def load_vision_pretrained(encoder: VisionTransformer, name_or_path: str) -> None:
+    """Initialises ``encoder`` from a local checkpoint file or a timm model name (hub, when reachable).
+
+    Position embeddings are resampled to the encoder's resolution; only the classification head may be unused.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        state = read_foreign_checkpoint(path, hint="model.vision_pretrained takes plain weights only: re-save them "
+                                                   "where you trust the file (torch.save(state_dict) or safetensors)")
+    else:
+        import timm
+
+        state = timm.create_model(name_or_path, pretrained=True, num_classes=0).state_dict()
+    load_strict(encoder, timm_to_vision(state, encoder.patch_embed.num_patches), f"vision weights {name_or_path}",
+                "Check the model.vision_* sizes.")
+
 
 
 def load_text_pretrained(model: nn.Module, name_or_path: str, fusion_layer: int) -> None:
@@ -48,12 +44,12 @@ def load_text_pretrained(model: nn.Module, name_or_path: str, fusion_layer: int)
 
     bert = BertForMaskedLM.from_pretrained(name_or_path)
     renamed = bert_to_tcl(bert.state_dict(), fusion_layer)
-    unknown = [k for k in renamed if k not in model.state_dict()]
-    wrong = shape_mismatches(model, renamed) or (f"no place for {unknown[:3]}" if unknown else None)
-    if wrong:
-        raise ValueError(f"BERT weights {name_or_path} do not fit the configured text/fusion encoders ({wrong}); "
-                         f"check model.hidden_size, num_hidden_layers, vocab_size, max_position_embeddings.")
-    model.load_state_dict(renamed, strict=False)
+    # Everything outside the text side (the image encoder, projections, heads) and the fusion layers'
+    # cross-attention (new in TCL) stays as initialised.
+    bert_side = ("text_encoder.", "fusion_encoder.", "mlm_head.")
+    fresh = tuple(name for name in model.state_dict() if not name.startswith(bert_side) or ".crossattention." in name)
+    load_strict(model, renamed, f"BERT weights {name_or_path}", "Check model.hidden_size, num_hidden_layers, "
+                "vocab_size and max_position_embeddings against the BERT checkpoint.", allow_missing=fresh)
     logger.info("text and fusion encoders initialised from %s (%d tensors)", name_or_path, len(renamed))
 
 

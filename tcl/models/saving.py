@@ -19,12 +19,16 @@ from torch import nn
 from tcl.atomic import atomic_write, write_json_atomic
 from tcl.errors import TclError
 from tcl.models.bert import TIED_DECODER_SUFFIX
+from tcl.models.surgery import load_strict
+from tcl.run_folder import resolve_checkpoint
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # The resolved config of a training run folder (``tcl pretrain`` / ``tcl finetune-vqa``), which loaders also accept.
 RUN_CONFIG = "config.yaml"
 FORMAT_VERSION = 1
+# The model weights in a checkpoint written with DeepSpeed.
+DEEPSPEED_MODEL_STATES = Path("pytorch_model") / "mp_rank_00_model_states.pt"
 
 
 def resolve_model_dir(name_or_path: str | Path) -> Path:
@@ -109,27 +113,28 @@ def load_weights(model: nn.Module, directory: Path, allowed_missing: tuple[str, 
         state = load_file(str(path))
     except Exception as error:  # safetensors raises its own error type (and OSError) for damaged files
         raise TclError(f"{path}: damaged or incomplete ({error}); save or download the model again.") from None
-    wrong = shape_mismatches(model, state)
-    if wrong:
-        raise TclError(f"{path}: weights do not fit the model described by {CONFIG_FILE}: {wrong}.")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [name for name in missing if not name.endswith(TIED_DECODER_SUFFIX)
-               and not name.startswith(allowed_missing)]
-    if missing or unexpected:
-        raise TclError(f"{path}: weights do not fit the model described by {CONFIG_FILE} (missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}).")
+    load_strict(model, state, str(path), f"The file does not match the model described by {CONFIG_FILE}.",
+                allowed_missing)
 
 
-def shape_mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """A readable list of the weights whose shapes differ between ``state`` and ``model`` (None if all fit);
-    ``load_state_dict`` would otherwise stop with a bare size-mismatch error."""
-    own = {name: tuple(value.shape) for name, value in model.state_dict().items()}
-    wrong = [f"{name} is {list(value.shape)} there but {list(own[name])} here"
-             for name, value in state.items() if name in own and tuple(value.shape) != own[name]]
-    if not wrong:
-        return None
-    more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
-    return "; ".join(wrong[:3]) + more
+def read_model_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of a training run's checkpoint (a run folder means its latest checkpoint):
+    ``model.safetensors``, or DeepSpeed's model-states file."""
+    folder = resolve_checkpoint(folder)
+    if (folder / WEIGHTS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / WEIGHTS_FILE))
+    if (folder / DEEPSPEED_MODEL_STATES).is_file():
+        return torch.load(folder / DEEPSPEED_MODEL_STATES, map_location="cpu", weights_only=True)["module"]
+    raise TclError(f"{folder}: no {WEIGHTS_FILE} or {DEEPSPEED_MODEL_STATES} in this checkpoint.")
+
+
+def load_model_weights(model: nn.Module, folder: str | Path, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Loads a training checkpoint's weights strictly (momentum copy and queues included, unless their prefixes are
+    in ``skip_prefixes``)."""
+    state = {name: value for name, value in read_model_state(folder).items() if not name.startswith(skip_prefixes)}
+    load_strict(model, state, str(folder), "Use the same model section as the checkpoint's config.yaml.")
 
 
 def write_model_config(directory: Path, payload: dict[str, Any]) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 import math
 from functools import partial
-from pathlib import Path
 
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers import PatchEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from tcl.config import ModelConfig
-from tcl.models.saving import shape_mismatches
 
 logger = logging.getLogger(__name__)
 
@@ -86,41 +84,3 @@ def init_sincos_pos_embed(encoder: VisionTransformer) -> None:
     with torch.no_grad():
         encoder.pos_embed.zero_()
         encoder.pos_embed[0, 1:] = table
-
-
-def resample_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Bicubic resampling of the patch-grid part of [1, 1 + P, D] position embeddings to ``num_patches`` patches,
-    without antialiasing (as TCL's interpolation), keeping the class-token position unchanged."""
-    if pos_embed.shape[1] == num_patches + 1:
-        return pos_embed
-    side = int(round(num_patches ** 0.5))
-    return resample_abs_pos_embed(pos_embed, new_size=(side, side), num_prefix_tokens=1, interpolation="bicubic",
-                                  antialias=False)
-
-
-def load_vision_pretrained(encoder: VisionTransformer, name_or_path: str) -> None:
-    """Initialises ``encoder`` from a local checkpoint file or a timm model name (hub, when reachable).
-
-    Position embeddings are resampled to the encoder's resolution; only the classification head may be unused.
-    """
-    path = Path(name_or_path)
-    if path.is_file():
-        from tcl.models.convert import read_foreign_checkpoint
-
-        state = read_foreign_checkpoint(path, hint="model.vision_pretrained takes plain weights only: re-save them "
-                                                   "where you trust the file (torch.save(state_dict) or safetensors)")
-    else:
-        import timm
-
-        state = timm.create_model(name_or_path, pretrained=True, num_classes=0).state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))}
-    if "pos_embed" in state:
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], encoder.patch_embed.num_patches)
-    wrong = shape_mismatches(encoder, state)
-    if wrong:
-        raise ValueError(f"vision weights {name_or_path} do not fit the configured ViT: {wrong}. Check model.vision_* "
-                         "sizes.")
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"vision weights {name_or_path} do not fit the configured ViT: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}. Check model.vision_* sizes.")

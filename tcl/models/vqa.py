@@ -19,19 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcl.config import ModelConfig, section_from_dict
-from tcl.models.answer_decoder import (AnswerDecoder, AnswerTargets, RankScore, decoder_state_from_pretrain,
-                                       rank_candidates, weighted_answer_loss)
+from tcl.config import Config, ModelConfig, section_from_dict
+from tcl.errors import TclError
+from tcl.models.answer_decoder import AnswerDecoder, AnswerTargets, RankScore, rank_candidates, weighted_answer_loss
 from tcl.models.pooling import pool_text
-from tcl.models.bert import TIED_DECODER_SUFFIX, FusionEncoder, TextEncoder, bert_config, init_bert_weights
+from tcl.models.bert import FusionEncoder, TextEncoder, bert_config, init_bert_weights
+from tcl.models.convert import read_official_vqa
 from tcl.models.momentum import MomentumEncoders
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
-                               save_weights, shape_mismatches, vocab_size_of, write_model_config)
-from tcl.models.vision import build_vision_encoder, resample_pos_embed
+                               save_weights, vocab_size_of, write_model_config)
+from tcl.models.surgery import load_strict, pretrain_to_vqa
+from tcl.models.vision import build_vision_encoder
 
-# Prefixes of a pretraining state dict that the VQA model uses; everything else (momentum copies, queues,
-# projections, ITM/MLM heads, temperature) is pretraining-only.
-ENCODER_PREFIXES = ("vision_encoder.", "text_encoder.", "fusion_encoder.")
 # Modules with a momentum copy when the decoder head distils (TCL: visual_encoder_m, text_encoder_m, text_decoder_m).
 DECODER_MOMENTUM_MODULES = ("vision_encoder", "text_encoder", "fusion_encoder", "text_decoder")
 
@@ -92,8 +91,9 @@ class TCLVQAModel(nn.Module):
             modules += [self.text_decoder.bert, self.text_decoder.cls.predictions.transform]
         for module in modules:
             init_bert_weights(module, model.init_scheme)
-        self.momentum = MomentumEncoders(self._momentum_sources(), model.momentum) if distill and head == "decoder" \
-            else None
+        distilling = distill and head == "decoder"
+        self.momentum = MomentumEncoders(self._momentum_sources(), model.momentum, model.teacher_dropout) \
+            if distilling else None
 
     def _momentum_sources(self) -> nn.ModuleDict:
         return nn.ModuleDict({name: getattr(self, name) for name in DECODER_MOMENTUM_MODULES})
@@ -182,7 +182,8 @@ class TCLVQAModel(nn.Module):
         for parameter in self.vision_encoder.parameters():
             parameter.requires_grad_(False)
 
-    def load_pretrained_encoders(self, state: dict[str, torch.Tensor]) -> list[str]:
+    def load_pretrained_encoders(self, state: dict[str, torch.Tensor], source: str = "the pretraining checkpoint"
+                                 ) -> list[str]:
         """Loads the encoders (and, for the decoder head, the decoder: TCL.md Part B §6.4) from a pretraining state
         dict, resampling position embeddings to this resolution; the momentum copy then starts equal to them.
 
@@ -190,28 +191,15 @@ class TCLVQAModel(nn.Module):
             The names left at their initial values (the classifier head; decoder weights whose shapes differ).
 
         Raises:
-            ValueError: an encoder weight is missing or has another shape.
+            WeightsMismatch: an encoder weight is missing or has another shape.
         """
-        encoders = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
-        key = "vision_encoder.pos_embed"
-        if key in encoders:
-            encoders[key] = resample_pos_embed(encoders[key], self.vision_encoder.patch_embed.num_patches)
-        if self.head == "decoder":
-            own = {k: v for k, v in self.state_dict().items() if k.startswith("text_decoder.")}
-            encoders.update(decoder_state_from_pretrain(state, own))
-        wrong = shape_mismatches(self, encoders)
-        if wrong:
-            raise ValueError(f"the pretraining checkpoint has another architecture: {wrong}. Use the model settings "
-                             "of the pretraining run (its config.yaml).")
-        missing, unexpected = self.load_state_dict(encoders, strict=False)
-        expected = ("answer_head.", "text_decoder.", "momentum.")
-        not_head = [name for name in missing if not name.startswith(expected)]
-        if not_head or unexpected:
-            raise ValueError(f"the pretraining checkpoint does not fit this model: missing {not_head[:5]}, "
-                             f"unexpected {unexpected[:5]}. Use the model section of the pretraining run.")
+        decoder = ({k: v for k, v in self.state_dict().items() if k.startswith("text_decoder.")}
+                   if self.head == "decoder" else None)
+        encoders = pretrain_to_vqa(state, self.vision_encoder.patch_embed.num_patches, decoder)
+        left = load_strict(self, encoders, source, "Use the model section of the pretraining run (its config.yaml).",
+                           allow_missing=("answer_head.", "text_decoder.", "momentum."))
         self.sync_momentum()
-        # A tied LM decoder is stored once (under the word embeddings), so it is not really missing.
-        return [name for name in missing if not name.startswith("momentum.") and not name.endswith(TIED_DECODER_SUFFIX)]
+        return [name for name in left if not name.startswith("momentum.")]
 
     def sync_momentum(self) -> None:
         """Makes the momentum copy equal to the online weights (after loading them)."""
@@ -230,16 +218,29 @@ class TCLVQAModel(nn.Module):
         save_weights(self, directory, skip_prefixes=("momentum.",))
 
     @classmethod
+    def from_official(cls, path: str | Path, num_answers: int, image_size: int | None = None, trust: bool = False
+                      ) -> TCLVQAModel:
+        """A decoder-head model from an official VQA fine-tune, or from a pretraining checkpoint initialised as TCL
+        does before fine-tuning (TCL.md Part B §6.4: the decoder from the fusion layers); CPU, eval mode."""
+        config, state, fine_tuned = read_official_vqa(path, image_size, trust)
+        model = cls(config, config.vocab_size, num_answers, head="decoder")
+        if fine_tuned:
+            load_strict(model, state, str(path), "The converted weights do not fit the model read from the shapes.")
+        else:
+            left = model.load_pretrained_encoders(state, str(path))
+            if left:
+                raise TclError(f"{path}: {len(left)} answer-decoder weights have no pretrained source ({left[:3]}).")
+        return on_cpu(model)
+
+    @classmethod
     def from_pretrained(cls, name_or_path: str | Path, num_answers: int | None = None) -> TCLVQAModel:
         """A model saved by ``save_pretrained`` (local folder or hub name), or an official TCL/ALBEF ``.pth`` converted
         on the fly to the decoder head (then ``num_answers``, the length of its answer list, is needed); on the CPU
         in eval mode."""
         if Path(name_or_path).is_file():
-            from tcl.models.convert import load_official_vqa
-
             if num_answers is None:
                 raise ValueError("loading an official .pth needs num_answers (the length of its answer list)")
-            return on_cpu(load_official_vqa(name_or_path, num_answers))
+            return cls.from_official(name_or_path, num_answers)
         directory = resolve_model_dir(name_or_path)
         payload = read_model_config(directory, cls.__name__)
         model_config = section_from_dict(ModelConfig, config_field(payload, "model", directory),
@@ -249,3 +250,11 @@ class TCLVQAModel(nn.Module):
                     head=config_field(payload, "head", directory))
         load_weights(model, directory)
         return on_cpu(model)
+
+
+def vqa_model_from_config(config: Config, vocab_size: int, num_answers: int, training: bool = False) -> TCLVQAModel:
+    """A randomly initialised VQA model of the config's architecture and head; the decoder head gets its momentum
+    teacher only for training with distillation (``loss.distill`` and ``loss.alpha`` > 0)."""
+    distill = training and config.vqa.head == "decoder" and config.loss.distill and config.loss.alpha > 0
+    return TCLVQAModel(config.model, config.model.vocab_size or vocab_size, num_answers, config.vqa.classifier_hidden,
+                       head=config.vqa.head, distill=distill)

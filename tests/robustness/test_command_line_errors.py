@@ -79,12 +79,12 @@ def test_a_checkpoint_of_another_architecture(shapes_root, tmp_path, capsys):
     out = tmp_path / "vqa"
     fails_cleanly(capsys, ["finetune-vqa", "--config", VQA, f"data.root={shapes_root}", f"vqa.init={source}",
                            f"train.output_dir={out}", "train.batch_size=8", *FAST, *smaller],
-                  f"vqa.init {source}: the pretraining checkpoint has another architecture",
+                  f"vqa.init {source}: weights have other shapes than the model",
                   "is [128] there but [64] here", "more)", "its config.yaml")
     assert not out.exists()
     fails_cleanly(capsys, ["pretrain", "--config", PRETRAIN, f"data.root={shapes_root}", "--init", str(source),
                            f"train.output_dir={tmp_path / 'again'}", "train.batch_size=8", "model.queue_size=32",
-                           *FAST, *smaller], "weights have another architecture", "is [128] there but [64] here")
+                           *FAST, *smaller], "weights have other shapes than the model", "is [128] there but [64] here")
 
 
 def test_impossible_batch_and_queue_combinations(shapes_root, tmp_path, capsys, monkeypatch):

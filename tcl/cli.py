@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from tcl.errors import run_command
+from tcl.config import ShapesConfig
+from tcl.errors import ConfigError, run_command
 from tcl.serving.serve_cli import add_arguments as serve_arguments
 
 logger = logging.getLogger("tcl")
@@ -25,7 +26,7 @@ def _make_data(args: argparse.Namespace) -> int:
         return 0
     summary = make_shapes_dataset(args.out, args.train_images, args.val_images, args.image_size,
                                   args.questions_per_image, args.seed, show_progress=not args.quiet,
-                                  max_objects=args.max_objects)
+                                  max_objects=args.max_objects, one_colour_scenes=args.one_colour_scenes)
     print(format_summary(summary))
     return 0
 
@@ -40,8 +41,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from tcl.config import load_config
+    from tcl.config import SHIPPED_CONFIGS, load_config, shipped_configs
 
+    if args.list:
+        print(f"shipped configs (in {SHIPPED_CONFIGS}); pass a name or a path to --config:")
+        print("\n".join(f"  {name}" for name in shipped_configs()))
+        print(f"accelerate launch configs: {SHIPPED_CONFIGS / 'accelerate'}")
+        return 0
+    if args.config is None:
+        raise ConfigError("tcl config: name a config (a YAML file or a shipped name such as pretrain_tiny), or "
+                          "pass --list.")
     config = load_config(args.config, args.overrides)
     print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
     return 0
@@ -97,15 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    make = commands.add_parser("make-data", help="generate the embedded COCO/VQA-format shapes dataset")
+    make = commands.add_parser("make-data", help="generate the embedded COCO/VQA-format shapes dataset",
+                               description="Renders the generated shapes world in the official COCO/VQA file layout "
+                                           "(images, captions, questions, answers) and builds its tokenizer. The same "
+                                           "options always give byte-identical files.")
+    shapes = ShapesConfig()
     make.add_argument("--out", default="data/shapes", help="output folder (default: data/shapes)")
-    make.add_argument("--train-images", type=int, default=2000)
-    make.add_argument("--val-images", type=int, default=500)
-    make.add_argument("--image-size", type=int, default=64)
-    make.add_argument("--questions-per-image", type=int, default=6)
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--max-objects", type=int, default=4, choices=range(1, 5), metavar="{1..4}",
-                      help="objects per image at most (default 4; fewer make an easier world)")
+    make.add_argument("--train-images", type=int, default=shapes.train_images,
+                      help=f"images of train2014 (default {shapes.train_images})")
+    make.add_argument("--val-images", type=int, default=shapes.val_images,
+                      help=f"images of val2014 (default {shapes.val_images})")
+    make.add_argument("--image-size", type=int, default=shapes.image_size,
+                      help=f"side of the square images in pixels (default {shapes.image_size})")
+    make.add_argument("--questions-per-image", type=int, default=shapes.questions_per_image,
+                      help=f"VQA questions per image (default {shapes.questions_per_image})")
+    make.add_argument("--seed", type=int, default=shapes.seed, help=f"random seed (default {shapes.seed})")
+    make.add_argument("--max-objects", type=int, default=shapes.max_objects, choices=range(1, 5), metavar="{1..4}",
+                      help=f"objects per image at most (default {shapes.max_objects}; fewer make an easier world)")
+    make.add_argument("--one-colour-scenes", type=float, default=shapes.one_colour_scenes, metavar="FRACTION",
+                      help="fraction of scenes whose objects share one colour, so that only shapes and sizes tell "
+                           f"them apart (default {shapes.one_colour_scenes})")
     make.add_argument("--force", action="store_true", help="regenerate even if the data exists")
     make.add_argument("--quiet", action="store_true", help="no progress bars")
     make.set_defaults(run=_make_data)
@@ -135,8 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_arguments(serve)
     serve.set_defaults(run=_serve)
 
-    check = commands.add_parser("config", help="validate a config with overrides and print the resolved values")
-    check.add_argument("config", help="YAML config file")
+    check = commands.add_parser("config", help="validate a config with overrides and print the resolved values",
+                                description="Validates a config (a YAML file or a shipped name) with its overrides "
+                                            "and prints every resolved value as YAML, defaults and base files "
+                                            "included: the file a run would write as its config.yaml.")
+    check.add_argument("config", nargs="?", help="YAML config file or shipped name (pretrain_tiny, vqa_tiny, "
+                                                 "pretrain_4m, vqa)")
+    check.add_argument("--list", action="store_true", help="list the shipped configs and where they are")
     check.add_argument("overrides", nargs="*", help="section.key=value overrides")
     check.set_defaults(run=_check_config)
     return parser

@@ -61,7 +61,11 @@ class ModelConfig:
     # docs/BENCHMARKS.md "Pretraining from scratch").
     init_scheme: Literal["bert", "xavier", "xavier_qk"] = "bert"
     hidden_dropout: float = 0.1
+    # 0 lets the text and fusion layers' attention take PyTorch's fused SDPA kernels (docs/BENCHMARKS.md).
     attention_dropout: float = 0.1
+    # Dropout in the momentum (teacher) encoders, as in TCL; false makes the teacher deterministic and its forward
+    # cheaper (docs/BENCHMARKS.md).
+    teacher_dropout: bool = True
     # Vocabulary size; null = taken from the tokenizer.
     vocab_size: Optional[int] = None
     # Hugging Face name or local directory of a BERT checkpoint (e.g. bert-base-uncased); null = random init.
@@ -83,6 +87,10 @@ class ShapesConfig:
     image_size: int = 64
     questions_per_image: int = 6
     seed: int = 0
+    # Objects per image at most (1-4; fewer make an easier world).
+    max_objects: int = 4
+    # Fraction of scenes whose objects all share one colour, so that only shapes and sizes tell them apart.
+    one_colour_scenes: float = 0.0
 
 
 @dataclass
@@ -185,6 +193,9 @@ class TrainConfig:
     warmup_lr: float = 1e-5
     min_lr: float = 1e-5
     weight_decay: float = 0.02
+    # AdamW's fused kernel (one pass over all parameters; the same update), where this PyTorch build has it for the
+    # device; otherwise the foreach one, with a log line.
+    fused_adamw: bool = True
     warmup_steps: int = 100
     grad_clip: Optional[float] = None
     # An optimizer step whose loss (or, with grad_clip, gradient norm) is NaN/Inf on any process is skipped with a
@@ -264,7 +275,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """Loads a YAML config, applies ``a.b=c`` overrides and validates the result.
 
     Args:
-        path: YAML file; None starts from the defaults.
+        path: YAML file, or the name of a shipped config (``pretrain_tiny``: ``shipped_configs()``); None starts
+            from the defaults. A file may name ``base:`` files (relative to it, or shipped names) that it extends.
         overrides: ``section.key=value`` strings; values are parsed as YAML (``train.batch_size=8``, ``x=null``).
         world_size: number of training processes, for the queue divisibility check; None reads ``WORLD_SIZE``
             (set by ``accelerate launch``) and defaults to 1.
@@ -272,10 +284,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     Raises:
         ConfigError: the first problem found, naming the file or override, the key and the fix.
     """
-    source = str(path) if path is not None else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        path = resolve_config(path)
+        raw = _read_with_bases(path, ())
+    source = str(path) if path is not None else "<defaults>"
     config = _build(Config, raw, source, prefix="")
     for item in overrides or []:
         _apply_override(config, item)
@@ -292,9 +305,58 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+# The configs shipped inside the package (the repository's configs/ is a link to this folder).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+BASE_KEY = "base"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs, as commands accept them (``--config pretrain_tiny``)."""
+    names = (p.relative_to(SHIPPED_CONFIGS).with_suffix("").as_posix() for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+    return sorted(name for name in names if not name.startswith("accelerate/"))  # those are accelerate's own
+
+
+def resolve_config(path_or_name: str | os.PathLike) -> Path:
+    """An existing YAML file as given, else a shipped config of that name (``pretrain_tiny``, ``vqa_tiny.yaml``,
+    ``accelerate/cpu_multiprocess``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / (path if path.suffix in (".yaml", ".yml") else path.with_suffix(".yaml"))
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"{path_or_name}: config file not found. Pass a YAML file or the name of a shipped config: "
+                      f"{', '.join(name for name in shipped_configs() if '/' not in name)}.")
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A config file's mapping over the files its ``base:`` names (each resolved next to it first, then among
+    the shipped configs); later bases and the file itself win, section by section and key by key."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}' makes a loop ({' -> '.join(str(p) for p in seen + (path,))}).")
+    raw = _read_yaml(path)
+    bases = raw.pop(BASE_KEY, None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: '{BASE_KEY}' names config files (a name or a list of names), got {base!r}.")
+        beside = path.parent / base
+        _merge(merged, _read_with_bases(beside if beside.is_file() else resolve_config(base), seen + (path.resolve(),)))
+    return _merge(merged, raw)
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found. Pass an existing YAML file (see configs/).")
+        raise ConfigError(f"{path}: config file not found. Pass an existing YAML file or a shipped config name.")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -69,8 +69,9 @@ def test_official_vqa_fields_and_types(shapes_root):
         assert isinstance(q["question_id"], int) and isinstance(q["image_id"], int) and q["question"].endswith("?")
     by_id = {q["question_id"]: q for q in questions["questions"]}
     for ann in annotations["annotations"]:
+        # The official fields, and the generator's family (an extra field, which the official readers ignore).
         assert set(ann) == {"question_id", "image_id", "question_type", "answer_type", "multiple_choice_answer",
-                            "answers"}
+                            "answers", "question_family"}
         assert ann["answer_type"] in {"yes/no", "number", "other"}
         assert by_id[ann["question_id"]]["image_id"] == ann["image_id"]
         assert ann["question_type"] in FAMILY_OF_QUESTION_TYPE
@@ -121,14 +122,42 @@ def test_referring_expressions_are_unique():
     assert refer(objects[2], objects, exclude="shape") == "blue object"
 
 
-def test_question_kind_reads_every_family_back_from_its_wording():
-    from tcl.data.shapes import question_kind
+def test_annotations_carry_each_question_family_and_each_image_object_count(shapes_root):
+    from tcl.data.shapes import FAMILIES
 
-    assert [question_kind(q) for q in ("what color is the cross?", "what shape is the large gray object?",
-                                       "how many squares are there?", "is there a gray cross?",
-                                       "are there any red objects?", "where is the cross, left or right?",
-                                       "is the cross above the green circle?", "hello")] == \
-        ["colour", "shape", "count", "existence", "existence", "position", "relation", "other"]
+    annotations = json.loads((shapes_root / "annotations/v2_mscoco_val2014_annotations.json").read_text())
+    questions = {q["question_id"]: q["question"] for q in json.loads(
+        (shapes_root / "annotations/v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]}
+    families = {a["question_family"] for a in annotations["annotations"]}
+    assert families == set(FAMILIES)
+    for a in annotations["annotations"]:  # the wording agrees with the family the generator wrote
+        first = questions[a["question_id"]].split()[:2]
+        expected = {"where": "position", "how": "count"}.get(first[0]) or {"color": "color", "shape": "shape"}.get(
+            first[1]) or ("relation" if first == ["is", "the"] else "existence")
+        assert a["question_family"] == expected
+    images = json.loads((shapes_root / "annotations/captions_val2014.json").read_text())
+    captions = {}
+    for c in images["annotations"]:
+        captions.setdefault(c["image_id"], []).append(c["caption"])
+    for image in images["images"]:
+        assert 1 <= image["num_objects"] <= 4
+        assert (image["num_objects"] == 1) == any(c.startswith("a single") for c in captions[image["id"]])
+
+
+def test_one_colour_scenes_paint_some_scenes_in_one_colour_and_leave_the_default_stream_alone():
+    from tcl.data.shapes import sample_scene
+
+    assert sample_scene(np.random.default_rng(5), 64) == sample_scene(np.random.default_rng(5), 64,
+                                                                      one_colour_scenes=0.0)
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng, 64, one_colour_scenes=1.0) for _ in range(30)]
+    assert all(len({o.color for o in scene}) == 1 for scene in scenes)
+    assert any(len(scene) > 1 for scene in scenes)
+    rng = np.random.default_rng(0)
+    mixed = [sample_scene(rng, 64, one_colour_scenes=0.5) for _ in range(200)]
+    several = [scene for scene in mixed if len(scene) > 1]
+    share = sum(len({o.color for o in scene}) == 1 for scene in several) / len(several)
+    assert 0.4 < share < 0.65  # half by choice, a few more by chance
 
 
 def test_max_objects_bounds_the_scenes_and_keeps_the_default_world(shapes_root, tmp_path):

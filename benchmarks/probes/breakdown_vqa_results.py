@@ -2,10 +2,10 @@
 holds one object or several — a diagnostic: with one object, "what color is the circle?" needs no shape at all, while
 "what shape is the red object?" needs nothing else.
 
-    python scripts/breakdown_vqa_results.py --run runs/demo/vqa [--split val2014] [--json FILE]
+    python benchmarks/probes/breakdown_vqa_results.py --run runs/demo/vqa [--split val2014] [--json FILE]
 
-Single-object images are the ones the generator captions "a single ..." (tcl.data.shapes). Also prints, for the
-shape questions, how often each true shape gets each predicted answer.
+Families and object counts are the generator's own (``question_family`` of each annotation, ``num_objects`` of each
+image: tcl.data.shapes). Also prints, for the shape questions, how often each true shape gets each predicted answer.
 """
 
 from __future__ import annotations
@@ -17,23 +17,20 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from tcl.config import load_config
-from tcl.data.shapes import question_kind
 from tcl.evaluation import vqa_accuracy
 
 
 def breakdown(root: Path, split: str, results: list[dict]) -> dict:
     annotations_dir = root / "annotations"
-    captions = json.loads((annotations_dir / f"captions_{split}.json").read_text())["annotations"]
-    single = {c["image_id"] for c in captions if c["caption"].startswith("a single")}
-    questions = {q["question_id"]: q for q in
-                 json.loads((annotations_dir / f"v2_OpenEnded_mscoco_{split}_questions.json").read_text())["questions"]}
+    images = json.loads((annotations_dir / f"captions_{split}.json").read_text())["images"]
+    single = {image["id"] for image in images if image["num_objects"] == 1}
     annotations = {a["question_id"]: a for a in
                    json.loads((annotations_dir / f"v2_mscoco_{split}_annotations.json").read_text())["annotations"]}
     scores: dict[str, list[float]] = defaultdict(list)
     confusion: Counter = Counter()
     for result in results:
         annotation = annotations[result["question_id"]]
-        kind = question_kind(questions[result["question_id"]]["question"])
+        kind = annotation["question_family"]
         objects = "one object" if annotation["image_id"] in single else "several objects"
         score = vqa_accuracy(result["answer"], [a["answer"] for a in annotation["answers"]])
         scores[f"{kind} | {objects}"].append(score)

@@ -5,13 +5,13 @@ scratch with a linear head on its class token to name the object's shape (4 clas
 every 100 steps. If the encoder learns this quickly with direct labels, a VQA model that stays at chance on "what
 shape is the ...?" is limited by how little shape supervision reaches the encoder, not by what it can represent.
 
-    python scripts/probe_shape_perception.py                          # patch stem, lr 3e-4, 400 steps
-    python scripts/probe_shape_perception.py model.vision_stem=conv --steps 400 --json shape_probe.json
-    python scripts/probe_shape_perception.py --through-vqa      # the same task asked as a question to the VQA model
-    python scripts/probe_shape_perception.py --task side [--through-vqa]   # left or right of the centre instead
-    python scripts/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 [--init runs/demo/pretrain]
-    python scripts/probe_shape_perception.py --save-vision vit.pt && \
-        python scripts/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 --init-vision vit.pt
+    python benchmarks/probes/probe_shape_perception.py                          # patch stem, lr 3e-4, 400 steps
+    python benchmarks/probes/probe_shape_perception.py model.vision_stem=conv --steps 400 --json shape_probe.json
+    python benchmarks/probes/probe_shape_perception.py --through-vqa      # the same task asked as a question to the VQA model
+    python benchmarks/probes/probe_shape_perception.py --task side [--through-vqa]   # left or right of the centre instead
+    python benchmarks/probes/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 [--init runs/demo/pretrain]
+    python benchmarks/probes/probe_shape_perception.py --save-vision vit.pt && \
+        python benchmarks/probes/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 --init-vision vit.pt
 
 ``--through-vqa`` asks "what shape is the <colour> object?" about the same images and trains the whole VQA model
 (image, text and fusion encoders, classifier head over the four shapes, cross-entropy): the gap to the direct probe
@@ -32,9 +32,9 @@ from torch import nn
 
 from tcl.config import load_config
 from tcl.data.builders import build_tokenizer
-from tcl.data.shapes import SHAPES, _place_object, render_scene
+from tcl.data.shapes import SHAPES, place_object, render_scene
 from tcl.data.transforms import test_transform
-from tcl.engine.weights import read_model_state
+from tcl.models.saving import read_model_state
 from tcl.models.vision import build_vision_encoder
 from tcl.models.vqa import TCLVQAModel
 
@@ -51,11 +51,11 @@ def scene_images(count: int, image_size: int, rng: np.random.Generator, max_obje
     it). For ``side`` the first object keeps the dataset's margin from the vertical centre line."""
     transform, images, labels, colours = test_transform(image_size), [], [], []
     for _ in range(count):
-        objects = [_place_object(rng, image_size, [])]
+        objects = [place_object(rng, image_size, [])]
         while task == "side" and abs(objects[0].x - image_size / 2) <= 0.1 * image_size:
-            objects = [_place_object(rng, image_size, [])]
+            objects = [place_object(rng, image_size, [])]
         for _ in range(int(rng.integers(1, max_objects + 1)) - 1):
-            other = _place_object(rng, image_size, objects)
+            other = place_object(rng, image_size, objects)
             if other is not None and other.color not in {o.color for o in objects}:
                 objects.append(other)
         images.append(transform(render_scene(objects, image_size, rng)))
@@ -106,7 +106,7 @@ def shape_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/vqa_tiny.yaml")
+    parser.add_argument("--config", default="vqa_tiny")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--train-images", type=int, default=6000)

@@ -2,14 +2,14 @@
 
 Trains the VQA model (classifier head, from scratch) on the generated train split with every image decoded once
 into memory (no augmentation, no DataLoader: only the model's own learning speed is measured) and prints, after each
-epoch, the official VQA accuracy on val per question kind (colour, shape, count, existence, position, relation) and
+epoch, the official VQA accuracy on val per question family (color, shape, count, existence, position, relation) and
 on 2,000 train questions. Config overrides select the arm:
 
-    python scripts/probe_vqa_learning.py --epochs 2                                   # the tiny config
-    python scripts/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
-    python scripts/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
-    python scripts/probe_vqa_learning.py --epochs 4 --group-by-image                # image-grouped batches
-    python scripts/probe_vqa_learning.py --epochs 20 --kinds shape                   # one skill alone
+    python benchmarks/probes/probe_vqa_learning.py --epochs 2                                   # the tiny config
+    python benchmarks/probes/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
+    python benchmarks/probes/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
+    python benchmarks/probes/probe_vqa_learning.py --epochs 4 --group-by-image                # image-grouped batches
+    python benchmarks/probes/probe_vqa_learning.py --epochs 20 --kinds shape                   # one skill alone
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_tokenizer, build_vqa_dataset
-from tcl.data.shapes import question_kind
+from tcl.data.json_io import load_json
 from tcl.data.transforms import test_transform
-from tcl.engine.finetune_vqa import answer_vocabulary, vqa_model
+from tcl.data.vqa import official_paths
+from tcl.engine.finetune_vqa import answer_vocabulary
+from tcl.models.vqa import vqa_model_from_config
 from tcl.engine.optim import build_optimizer, learning_rate
 from tcl.evaluation import vqa_accuracy
 from tcl.evaluation.answers import soft_target_matrix
@@ -34,10 +36,16 @@ from tcl.models.pretrained import initialise_from_pretrained
 
 
 def load_split(config, train: bool):
-    """The split's dataset and every sample decoded once (test transform: no augmentation)."""
+    """The split's dataset and every sample decoded once (test transform: no augmentation), each with the
+    generator's question family."""
     dataset = build_vqa_dataset(config, train=train)
     dataset.transform = test_transform(config.model.image_size)
-    return dataset, [dataset[i] for i in range(len(dataset))]
+    families = {}
+    for split in config.data.vqa_train if train else [config.data.vqa_eval]:
+        annotations = load_json(official_paths(config.data.root, split)[1])["annotations"]
+        families.update({a["question_id"]: a["question_family"] for a in annotations})
+    rows = [dataset[i] for i in range(len(dataset))]
+    return dataset, [{**row, "family": families[row["question_id"]]} for row in rows]
 
 
 def tensors(rows: list[dict], tokenizer, vocabulary) -> tuple[torch.Tensor, ...]:
@@ -78,14 +86,14 @@ def accuracy_by_kind(model, data, rows, vocabulary) -> dict[str, float]:
     scores = defaultdict(list)
     for row, prediction in zip(rows, predictions.tolist()):
         score = vqa_accuracy(vocabulary.answers[prediction], row["human_answers"])
-        scores[question_kind(row["question"])].append(score)
+        scores[row["family"]].append(score)
         scores["all"].append(score)
     return {kind: round(100 * sum(v) / len(v), 2) for kind, v in sorted(scores.items())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/vqa_tiny.yaml")
+    parser.add_argument("--config", default="vqa_tiny")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the per-epoch results here")
     parser.add_argument("--group-by-image", action="store_true",
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     (train_set, train_rows), (_, val_rows) = load_split(config, True), load_split(config, False)
     if args.kinds:
-        train_rows, val_rows = ([r for r in rows if question_kind(r["question"]) in args.kinds]
+        train_rows, val_rows = ([r for r in rows if r["family"] in args.kinds]
                                 for rows in (train_rows, val_rows))
     vocabulary = answer_vocabulary(train_set, config)
     train, val = tensors(train_rows, tokenizer, vocabulary), tensors(val_rows, tokenizer, vocabulary)
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     probe_rows, probe_data = train_rows[probe][:2000], tuple(t[probe][:2000] for t in train)
     print(f"loaded {len(train_rows)} train / {len(val_rows)} val questions in {time.perf_counter() - start:.0f} s")
 
-    model = vqa_model(config, len(tokenizer), len(vocabulary), training=True)
+    model = vqa_model_from_config(config, len(tokenizer), len(vocabulary), training=True)
     initialise_from_pretrained(model, config.model)
     optimizer = build_optimizer(model, config.train)
     batch, steps_per_epoch = config.train.batch_size, len(train_rows) // config.train.batch_size

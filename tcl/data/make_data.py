@@ -26,21 +26,24 @@ def dataset_exists(root: str | Path) -> bool:
 
 def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: int = 500, image_size: int = 64,
                         questions_per_image: int = 6, seed: int = 0, show_progress: bool = True,
-                        max_objects: int = MAX_OBJECTS) -> dict[str, Any]:
+                        max_objects: int = MAX_OBJECTS, one_colour_scenes: float = 0.0) -> dict[str, Any]:
     """Writes the dataset in the official COCO/VQA layout under ``out`` and returns its summary.
 
     The same arguments always produce byte-identical files. ``max_objects`` (1-4) bounds the objects per image:
-    fewer make an easier world (a single object leaves no relation questions).
+    fewer make an easier world (a single object leaves no relation questions). ``one_colour_scenes`` (0-1) is the
+    fraction of scenes whose objects all share one colour, so that only their shapes and sizes tell them apart.
     """
     if not 1 <= max_objects <= MAX_OBJECTS:
         raise ValueError(f"max_objects must be between 1 and {MAX_OBJECTS}, got {max_objects}")
+    if not 0.0 <= one_colour_scenes <= 1.0:
+        raise ValueError(f"one_colour_scenes is a fraction between 0 and 1, got {one_colour_scenes}")
     out = Path(out)
     sizes = {"train2014": train_images, "val2014": val_images}
     splits = {}
     for split in SPLITS:
         progress = (lambda it, s=split: tqdm(it, desc=f"render {s}", unit="img")) if show_progress else iter
         splits[split] = generate_split(split, sizes[split], image_size, questions_per_image, seed,
-                                       out / "images" / split, progress, max_objects)
+                                       out / "images" / split, progress, max_objects, one_colour_scenes)
         write_split(out, split, splits[split])
     corpus = [pre_caption(c["caption"]) for d in splits.values() for c in d.captions]
     corpus += [pre_question(q["question"]) for d in splits.values() for q in d.questions]
@@ -49,6 +52,8 @@ def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: i
     summary = summarize(out)
     summary["generator"] = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
                             "questions_per_image": questions_per_image, "seed": seed, "max_objects": max_objects}
+    if one_colour_scenes:  # absent by default, so the default world's summary stays byte-identical
+        summary["generator"]["one_colour_scenes"] = one_colour_scenes
     # The folder is left out of the file so that the same arguments give identical files wherever they are written.
     write_json_atomic({k: v for k, v in summary.items() if k != "root"}, out / SUMMARY_FILE, indent=2)
     return summary
@@ -56,7 +61,7 @@ def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: i
 
 def summarize(root: str | Path) -> dict[str, Any]:
     """Counts per split and question family, answer balance, and the blind (question-only) baseline on val."""
-    from tcl.evaluation.answer_prior import blind_accuracy
+    from tcl.evaluation.answer_prior import blind_scores
 
     root = Path(root)
     files = {}
@@ -76,7 +81,9 @@ def summarize(root: str | Path) -> dict[str, Any]:
             "questions": len(questions), "questions_per_family": dict(sorted(families.items())),
             "answers_per_family": {f: dict(c.most_common()) for f, c in sorted(answers.items())},
         }
-    summary["blind_val_accuracy"] = blind_accuracy(*files["train2014"], *files["val2014"])
+    blind = blind_scores(*files["train2014"], *files["val2014"])
+    summary["blind_val_accuracy"] = blind["overall"]
+    summary["blind_val_per_answer_type"] = blind["per_answer_type"]
     return summary
 
 

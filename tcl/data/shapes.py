@@ -2,6 +2,8 @@
 
 Every file is written in the official layout (COCO ``images/<split>/COCO_<split>_%012d.jpg``, COCO captions JSON,
 VQA v2 questions and annotations JSON), so the loaders that read real COCO and VQA v2 read this data unchanged.
+Two extra fields, which the official layout allows and its readers ignore, serve diagnostics: each image's
+``num_objects`` and each annotation's ``question_family``.
 
 Each image holds 1-4 non-overlapping objects (colour x shape x size). Questions come in six families (colour, shape,
 count, existence, position, relation) whose ground-truth answers are balanced within each family, so a model that
@@ -100,13 +102,17 @@ class QA:
 MAX_OBJECTS = 4
 
 
-def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = MAX_OBJECTS) -> list[SceneObject]:
-    """Samples 1..``max_objects`` objects that do not overlap and stay inside the image."""
+def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = MAX_OBJECTS,
+                 one_colour_scenes: float = 0.0) -> list[SceneObject]:
+    """Samples 1..``max_objects`` objects that do not overlap and stay inside the image; a ``one_colour_scenes``
+    fraction of the scenes paint all their objects in one colour, so that only shapes and sizes tell them apart."""
     num_objects = int(rng.integers(1, max_objects + 1))
+    # Drawn only when asked for, so that the default world's random stream (and its files) stay as they were.
+    one_colour = one_colour_scenes > 0 and rng.random() < one_colour_scenes
     while True:
         objects: list[SceneObject] = []
         for _ in range(num_objects):
-            placed = _place_object(rng, image_size, objects)
+            placed = place_object(rng, image_size, objects, objects[0].color if one_colour and objects else None)
             if placed is None:
                 break
             objects.append(placed)
@@ -114,8 +120,12 @@ def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = M
             return objects
 
 
-def _place_object(rng: np.random.Generator, image_size: int, others: list[SceneObject]) -> SceneObject | None:
-    color = str(rng.choice(list(COLORS)))
+def place_object(rng: np.random.Generator, image_size: int, others: list[SceneObject],
+                  color: str | None = None) -> SceneObject | None:
+    """One object of random colour (or ``color``), shape and size, placed at random clear of ``others`` and of the
+    border; None when 100 tries find no room."""
+    drawn = str(rng.choice(list(COLORS)))  # drawn even when ``color`` is given: the random stream stays the same
+    color = color or drawn
     shape = str(rng.choice(SHAPES))
     size = str(rng.choice(list(SIZES)))
     r = SIZES[size] * image_size
@@ -227,21 +237,6 @@ def question_candidates(family: str, objects: list[SceneObject], image_size: int
                         rng: np.random.Generator) -> list[QA]:
     """All well-posed questions of one family about the scene (ambiguous ones are left out)."""
     return _FAMILY_BUILDERS[family](objects, image_size, rng)
-
-
-def question_kind(question: str) -> str:
-    """The family of a generated question read back from its wording (for per-kind diagnostics): ``colour``,
-    ``shape``, ``count``, ``existence``, ``position``, ``relation``, or ``other``."""
-    words = question.split()
-    if words[0] == "where":
-        return "position"
-    if words[0] == "how":
-        return "count"
-    if words[:2] == ["is", "the"]:
-        return "relation"
-    if words[0] in ("is", "are"):
-        return "existence"
-    return {"color": "colour", "shape": "shape"}.get(words[1] if len(words) > 1 else "", "other")
 
 
 def _color_questions(objects, image_size, rng) -> list[QA]:
@@ -383,9 +378,9 @@ class SplitData:
 
 def generate_split(split: str, num_images: int, image_size: int, questions_per_image: int, seed: int,
                    image_dir: Path, progress: Callable[[Iterator], Iterator] = iter,
-                   max_objects: int = MAX_OBJECTS) -> SplitData:
-    """Renders and annotates one split (scenes of 1..``max_objects`` objects), writing its JPEG files into
-    ``image_dir``."""
+                   max_objects: int = MAX_OBJECTS, one_colour_scenes: float = 0.0) -> SplitData:
+    """Renders and annotates one split (scenes of 1..``max_objects`` objects, ``one_colour_scenes`` of them in a
+    single colour), writing its JPEG files into ``image_dir``."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     sampler = BalancedQuestionSampler(rng)
     data = SplitData([], [], [], [])
@@ -393,10 +388,11 @@ def generate_split(split: str, num_images: int, image_size: int, questions_per_i
     for index in progress(range(num_images)):
         image_id = FIRST_IMAGE_ID[split] + index
         file_name = f"COCO_{split}_{image_id:012d}.jpg"
-        objects = sample_scene(rng, image_size, max_objects)
+        objects = sample_scene(rng, image_size, max_objects, one_colour_scenes)
         render_scene(objects, image_size, rng).save(image_dir / file_name, quality=92)
         data.images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
-                            "license": 1, "coco_url": "", "flickr_url": "", "date_captured": "2014-01-01 00:00:00"})
+                            "license": 1, "coco_url": "", "flickr_url": "", "date_captured": "2014-01-01 00:00:00",
+                            "num_objects": len(objects)})
         for caption in make_captions(objects, image_size, rng):
             data.captions.append({"id": len(data.captions) + 1, "image_id": image_id, "caption": caption})
         for k, qa in enumerate(_questions_for_image(objects, image_size, questions_per_image, sampler, rng)):
@@ -425,7 +421,7 @@ def _append_question(data: SplitData, image_id: int, question_id: int, qa: QA, r
     data.questions.append({"image_id": image_id, "question": qa.question, "question_id": question_id})
     data.annotations.append({"question_type": qa.question_type, "multiple_choice_answer": most_common,
                              "answers": answers, "image_id": image_id, "answer_type": ANSWER_TYPES[qa.family],
-                             "question_id": question_id})
+                             "question_id": question_id, "question_family": qa.family})
 
 
 def write_split(out: Path, split: str, data: SplitData) -> None:

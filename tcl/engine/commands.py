@@ -21,7 +21,8 @@ def training_parser(prog: str, description: str, default_config: str) -> argpars
     """The arguments every training script takes: --config, --resume, --debug and ``section.key=value`` overrides
     (parse with ``parse_intermixed_args`` so overrides may follow flags)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", default=default_config, help="YAML config")
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML config file or shipped config name (default {default_config}; see tcl config --list)")
     parser.add_argument("--resume", default=None, help="'latest', 'latest-intact' (the newest undamaged checkpoint) "
                         "or a checkpoint folder to continue from")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -30,7 +31,7 @@ def training_parser(prog: str, description: str, default_config: str) -> argpars
 
 
 def pretrain_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = training_parser("tcl pretrain", "TCL pretraining", "configs/pretrain_tiny.yaml")
+    parser = training_parser("tcl pretrain", "TCL pretraining", "pretrain_tiny")
     parser.add_argument("--init", default=None, help="checkpoint folder of ours to start from (continued pretraining)")
     parser.add_argument("--dump-rank-states", action="store_true",
                         help="also write every rank's final model state (tests of distributed consistency)")
@@ -38,8 +39,7 @@ def pretrain_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def finetune_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = training_parser("tcl finetune-vqa", "VQA fine-tuning (classifier or decoder head)",
-                             "configs/vqa_tiny.yaml")
+    parser = training_parser("tcl finetune-vqa", "VQA fine-tuning (classifier or decoder head)", "vqa_tiny")
     parser.add_argument("--freeze-vision", action="store_true", help="keep the image encoder fixed (vqa.freeze_vision)")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     return parser.parse_intermixed_args(argv)

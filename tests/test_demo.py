@@ -23,6 +23,9 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path):
         assert key in saved, key
     assert all(0.0 <= saved[k] <= 100.0 for k in ("vqa_accuracy", "blind_accuracy", "scratch_accuracy", "hit_rate"))
     assert set(saved["per_answer_type"]) == {"yes/no", "number", "other"}
+    # Both blind baselines per answer type too (the plot draws them for each group).
+    assert set(saved["blind_per_answer_type"]) == set(saved["model_blind_per_answer_type"]) == {"yes/no", "number",
+                                                                                                "other"}
     assert len(saved["examples"]) == 3 and all(len(e["top3"]) == 3 for e in saved["examples"])
     assert (out / "demo_accuracy.png").stat().st_size > 0
     assert all(0.0 <= saved[k] <= 100.0 for k in ("retrieval_i2t_r1", "retrieval_t2i_r1", "itm_accuracy"))

@@ -88,8 +88,23 @@ def test_page_in_chromium_with_an_example_and_an_error(server):
     url, _process = server
     driver = screenshot_serve.browser()
     try:
+        driver.get(url)
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples img"))
+        # Before an image is chosen: a placeholder, and no image element that would show a broken-image icon.
+        assert not driver.find_element(By.ID, "preview").is_displayed()
+        assert driver.find_element(By.ID, "preview-placeholder").is_displayed()
+        shown_images = "[...document.images].filter(i => !i.hidden && i.offsetParent !== null)"
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(f"return {shown_images}.every(i => i.complete)"))
+        broken = driver.execute_script(f"return {shown_images}.filter(i => i.naturalWidth === 0).map(i => i.id || i.src)")
+        assert broken == []
+        icon = driver.execute_script("return document.querySelector('link[rel=icon]').href")
+        response = httpx.get(icon)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
+        assert httpx.get(f"{url}/favicon.ico").status_code == 200  # browsers that ask for it anyway: no 404
         shown = screenshot_serve.ask(driver, url, "how many shapes are there?", example=1)
         assert shown["error"] == "" and len(shown["answers"]) == 5
+        assert driver.find_element(By.ID, "preview").is_displayed()
+        assert not driver.find_element(By.ID, "preview-placeholder").is_displayed()
         # An over-long question is refused by the server and the page shows its message.
         driver.execute_script("document.getElementById('question').removeAttribute('maxlength')")
         box = driver.find_element(By.ID, "question")
@@ -97,9 +112,12 @@ def test_page_in_chromium_with_an_example_and_an_error(server):
         box.send_keys("what " * 120)
         driver.find_element(By.ID, "ask").click()
         message = WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "error").text)
+        # The previous question's answers and heat map are gone: they do not answer this question.
+        left = (driver.find_elements(By.CSS_SELECTOR, "#answers li"), driver.find_element(By.ID, "heatmap").is_displayed())
     finally:
         driver.quit()
     assert "the limit is 500" in message
+    assert left == ([], False)
 
 
 def rss_mb(pid: int) -> float:

@@ -62,8 +62,41 @@ def headline(results: dict) -> str:
     return ", ".join(f"{key} {results[key]:.1f}" for key in EVAL_SHOWN if key in results)
 
 
-def plot_losses(metrics_file: Path, out: Path) -> Path | None:
-    """One panel per loss term against the step; returns the PNG path (None without metrics)."""
+# ITM's binary cross-entropy when it predicts only its label prior: one positive to two negatives per image.
+ITM_PRIOR_ENTROPY = 0.637
+IMAGE_REGIONS = 16  # LMI's 4 x 4 pooled image regions (tcl.losses.contrastive_terms.pool_image_regions)
+
+
+def chance_levels(config) -> dict[str, float]:
+    """What each pretraining loss term is at chance, for the plots: ln(number of candidates) for the contrastive
+    terms (the batch and the queue for CMA and IMC; one local positive among the other samples' locals for LMI, its
+    text side bounded by ``model.max_text_len`` tokens), and the label-prior entropy for ITM. Terms of other runs
+    (VQA) have no entry."""
+    import math
+
+    batch, queue = config.train.batch_size, config.model.queue_size
+    contrastive = math.log(batch + queue)
+    levels = {f"loss/{term}": contrastive for term in ("i2t", "t2i", "i2i", "t2t")}
+    levels["loss/lmi_image"] = math.log(1 + (batch - 1) * IMAGE_REGIONS)
+    levels["loss/lmi_text"] = math.log(1 + (batch - 1) * config.model.max_text_len)
+    levels["loss/itm"] = ITM_PRIOR_ENTROPY
+    return levels
+
+
+def smoothed(values: list[float], span: int) -> list[float]:
+    """Exponential moving average with the given span (pandas' ``ewm(span=...)`` without bias correction), so a
+    noisy per-step loss shows its trend."""
+    alpha, out, level = 2.0 / (span + 1.0), [], None
+    for value in values:
+        level = value if level is None else alpha * value + (1 - alpha) * level
+        out.append(level)
+    return out
+
+
+def plot_losses(metrics_file: Path, out: Path, chance: dict[str, float] | None = None) -> Path | None:
+    """One panel per loss term against the step — the raw values faint, their moving average drawn over them, the
+    term's chance level (``chance_levels``) as a dashed line so that a stalled term shows at a glance — and the
+    evaluation curves; returns the PNG path (None without metrics)."""
     if not metrics_file.exists():
         return None
     records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
@@ -74,6 +107,7 @@ def plot_losses(metrics_file: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chance = chance or {}
     present = {k for r in records for k in r}
     panels = {key.replace("loss/", ""): (key,) for key in ["loss"] + sorted(k for k in present
                                                                                if k.startswith("loss/"))}
@@ -81,13 +115,23 @@ def plot_losses(metrics_file: Path, out: Path) -> Path | None:
     columns = 3
     rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.6 * rows), squeeze=False)
+    span = max(5, len(records) // 40)
     for axis, (title, keys) in zip(axes.flat, panels.items()):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
-            if points:
-                axis.plot(*zip(*points), linewidth=1, marker="o" if key.startswith("eval/") else None,
-                          markersize=3, label=key.replace("eval/", ""))
-        if len(keys) > 1:
+            if not points:
+                continue
+            steps, values = zip(*points)
+            if key.startswith("eval/"):
+                axis.plot(steps, values, linewidth=1, marker="o", markersize=3, label=key.replace("eval/", ""))
+                continue
+            axis.plot(steps, values, linewidth=0.6, alpha=0.3, color="tab:blue")
+            axis.plot(steps, smoothed(list(values), span), linewidth=1.4, color="tab:blue",
+                      label=f"moving average, span {span}")
+            if key in chance:
+                axis.axhline(chance[key], color="tab:red", linestyle="--", linewidth=1,
+                             label=f"chance {chance[key]:.2f}")
+        if len(keys) > 1 or any(key in chance for key in keys):
             axis.legend(fontsize=7)
         axis.set_title(title)
         axis.set_xlabel("step")

@@ -20,7 +20,7 @@ from tcl.atomic import write_json_atomic
 from tcl.config import Config
 from tcl.data.bad_samples import SkipReport
 from tcl.engine.checkpoint import save_checkpoint
-from tcl.engine.metrics import MetricsLogger, headline, plot_losses
+from tcl.engine.metrics import MetricsLogger, chance_levels, headline, plot_losses
 from tcl.engine.optim import alpha_at
 from tcl.engine.runtime import peak_memory_mb
 from tcl.errors import TclError
@@ -200,7 +200,8 @@ class Trainer:
         self.metrics.close()
         if not self.accelerator.is_main_process:
             return
-        plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png")
+        plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png",
+                           chance_levels(self.config))
         evaluation = ""
         if self.final_eval is not None:
             path = self.output_dir / self.eval_file

@@ -2,6 +2,8 @@
 
     python scripts/bench_train.py                       # tiny and base configurations (fp32; add --dtypes fp32 bf16)
     python scripts/bench_train.py --configs tiny --steps 10 --json out.json
+    python scripts/bench_train.py --configs tiny --steps 20 --ab train.fused_adamw=false:true \
+        model.teacher_dropout=true:false model.attention_dropout=0.1:0.0     # in-process A/B of settings
 
 Each run builds the TCL pretraining model with random weights and random inputs (so no data or downloads are
 needed), times ``--steps`` full optimizer steps (forward with every loss, backward, AdamW, momentum update) after
@@ -11,6 +13,11 @@ time) ÷ the FLOP/s of a dense square matmul of the same dtype measured in the s
 depend on how fast this particular machine happens to be. The objective part times the base configuration with a
 65,536 queue under ``infonce``, ``debiased_neg`` and ``debiased_pos`` and reports the extra step time of the debiased
 objectives over InfoNCE. Writes JSON and prints one markdown row per run.
+
+``--ab KEY=A:B ...`` instead compares settings in one process: arm A has every listed key at its A value, each
+other arm switches one key to its B value, the last arm all of them; the arms' steps are timed in turn (A, B1, B2,
+..., A, B1, ...) so that drift of the machine hits every arm alike, and each arm's median is reported with its ratio
+to A.
 """
 
 from __future__ import annotations
@@ -26,11 +33,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
-    "tiny": ("configs/pretrain_tiny.yaml", [], 32),
+    "tiny": ("pretrain_tiny", [], 32),
     # ViT-B/16 + BERT-base at 224 px, a small batch that fits a CPU machine
-    "base": ("configs/pretrain_4m.yaml", ["model.image_size=224", "model.vision_pretrained=null",
+    "base": ("pretrain_4m", ["model.image_size=224", "model.vision_pretrained=null",
                                           "model.text_pretrained=null"], 4),
 }
 
@@ -53,7 +59,7 @@ def build(config_name: str, overrides: list[str], objective: str):
     from tcl.models import TCLPretrainModel
 
     path, base_overrides, batch = CONFIGS[config_name]
-    config = load_config(REPO / path, [*base_overrides, f"loss.objective={objective}", *overrides], world_size=1)
+    config = load_config(path, [*base_overrides, f"loss.objective={objective}", *overrides], world_size=1)
     vocab = config.model.vocab_size or 1000
     torch.manual_seed(0)
     model = TCLPretrainModel(config.model, config.loss, vocab).train()
@@ -107,6 +113,40 @@ def bench(config_name: str, objective: str, bf16: bool, steps: int, warmup: int,
             "peak_rss_mb": peak_memory_mb()}
 
 
+def ab_arms(pairs: list[str]) -> dict[str, list[str]]:
+    """``KEY=A:B`` settings → arm name → overrides: the baseline (every A), one arm per B, and all B together."""
+    parsed = []
+    for pair in pairs:
+        key, _, values = pair.partition("=")
+        a, sep, b = values.partition(":")
+        if not key or not sep:
+            raise SystemExit(f"--ab {pair}: expected KEY=A:B, e.g. train.fused_adamw=false:true")
+        parsed.append((key, a, b))
+    baseline = [f"{key}={a}" for key, a, _ in parsed]
+    arms = {"A (" + " ".join(baseline) + ")": baseline}
+    for i, (key, _, b) in enumerate(parsed):
+        arms[f"{key}={b}"] = [*baseline[:i], f"{key}={b}", *baseline[i + 1:]]
+    if len(parsed) > 1:
+        arms["all B"] = [f"{key}={b}" for key, _, b in parsed]
+    return arms
+
+
+def bench_ab(config_name: str, pairs: list[str], steps: int, warmup: int) -> list[dict]:
+    """Median step time of each arm of ``ab_arms``, the arms' steps interleaved, and its ratio to the baseline."""
+    arms = ab_arms(pairs)
+    built = {name: build(config_name, overrides, "infonce") for name, overrides in arms.items()}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for round_index in range(warmup + steps):
+        for name, (model, optimizer, inputs, _) in built.items():
+            start = time.perf_counter()
+            train_step(model, optimizer, inputs, False)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    baseline = statistics.median(next(iter(times.values())))
+    return [{"arm": name, "overrides": arms[name], "median_step_s": statistics.median(values),
+             "ratio_to_a": statistics.median(values) / baseline, "steps": steps} for name, values in times.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "base"], choices=sorted(CONFIGS))
@@ -117,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-objectives", action="store_true", help="skip the objective-overhead part")
     parser.add_argument("--json", default="benchmarks/results/bench_train.json")
+    parser.add_argument("--ab", nargs="+", default=None, metavar="KEY=A:B",
+                        help="compare settings in one process, their steps interleaved (first of --configs)")
     args = parser.parse_args(argv)
+    if args.ab:
+        return run_ab(args, argv)
     peak = {"fp32": matmul_flops_per_s(torch.float32)}
     if "bf16" in args.dtypes:
         peak["bf16"] = matmul_flops_per_s(torch.bfloat16, size=1024, repeats=3)
@@ -148,6 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     print("| config | dtype | batch | median step | samples/s | FLOPs/step | achieved | matmul peak | MFU | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print(f"wrote {out}")
+    return 0
+
+
+def run_ab(args: argparse.Namespace, argv: list[str] | None) -> int:
+    arms = bench_ab(args.configs[0], args.ab, args.steps, args.warmup)
+    result = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
+                          "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"), "config": args.configs[0],
+              "command": " ".join(["python scripts/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
+              "arms": arms}
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"| arm ({args.configs[0]}, {args.steps} interleaved steps each) | median step | ratio to A |\n|---|---|---|")
+    for arm in arms:
+        print(f"| {arm['arm']} | {1000 * arm['median_step_s']:.0f} ms | {arm['ratio_to_a']:.3f} |")
     print(f"wrote {out}")
     return 0
 

@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    """A user entry point of scripts/, or a research probe of benchmarks/probes/."""
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path if path.is_file() else REPO / "benchmarks" / "probes" /
+                                                  f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,6 +47,23 @@ def test_bench_train_tiny_reports_mfu(tmp_path):
     assert run["config"] == "tiny" and run["flops_per_step"] > 1e9 and 0 < run["mfu"] < 1.5
 
 
+def test_bench_train_ab_builds_one_arm_per_setting_and_interleaves_them(tmp_path, capsys):
+    bench = load_script("bench_train")
+    arms = bench.ab_arms(["train.fused_adamw=false:true", "model.teacher_dropout=true:false"])
+    assert list(arms.values()) == [["train.fused_adamw=false", "model.teacher_dropout=true"],
+                                   ["train.fused_adamw=true", "model.teacher_dropout=true"],
+                                   ["train.fused_adamw=false", "model.teacher_dropout=false"],
+                                   ["train.fused_adamw=true", "model.teacher_dropout=false"]]
+    out = tmp_path / "ab.json"
+    assert bench.main(["--configs", "tiny", "--steps", "2", "--warmup", "0", "--ab", "train.fused_adamw=false:true",
+                       "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["arms"]
+    assert [arm["steps"] for arm in result] == [2, 2] and result[0]["ratio_to_a"] == 1.0
+    assert "| train.fused_adamw=true |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="expected KEY=A:B"):
+        bench.ab_arms(["train.fused_adamw=true"])
+
+
 def test_bench_vqa_step_times_both_batch_layouts(tmp_path, capsys):
     out = tmp_path / "vqa_step.json"
     assert load_script("bench_vqa_step").main(["--configs", "tiny", "--steps", "1", "--warmup", "0",
@@ -66,17 +87,17 @@ def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
 
 def test_vqa_learning_probe_reports_every_question_kind(shapes_root, tmp_path):
     out = tmp_path / "probe.json"
-    assert load_script("probe_vqa_learning").main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--epochs", "1",
+    assert load_script("probe_vqa_learning").main(["--config", "vqa_tiny", "--epochs", "1",
                                                    "--json", str(out), "--group-by-image", f"data.root={shapes_root}",
                                                    "train.batch_size=16", "data.num_workers=0"]) == 0
     epoch = json.loads(out.read_text())["epochs"][0]
-    assert set(epoch["val"]) == {"all", "colour", "shape", "count", "existence", "position", "relation"}
+    assert set(epoch["val"]) == {"all", "color", "shape", "count", "existence", "position", "relation"}
     assert all(0 <= v <= 100 for v in epoch["val"].values()) and 0 <= epoch["train"] <= 100
 
 
 def test_vqa_learning_probe_isolates_question_kinds(shapes_root, tmp_path):
     out = tmp_path / "probe.json"
-    assert load_script("probe_vqa_learning").main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--epochs", "1",
+    assert load_script("probe_vqa_learning").main(["--config", "vqa_tiny", "--epochs", "1",
                                                    "--json", str(out), "--kinds", "shape,count",
                                                    f"data.root={shapes_root}", "train.batch_size=16"]) == 0
     assert set(json.loads(out.read_text())["epochs"][0]["val"]) == {"all", "shape", "count"}
@@ -113,7 +134,7 @@ def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_ro
 
 def test_shape_perception_probe_reports_held_out_accuracy(tmp_path):
     out = tmp_path / "shape.json"
-    assert load_script("probe_shape_perception").main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps",
+    assert load_script("probe_shape_perception").main(["--config", "vqa_tiny", "--steps",
                                                        "3", "--train-images", "40", "--json", str(out)]) == 0
     history = json.loads(out.read_text())["history"]
     assert history[-1]["step"] == 3 and 0 <= history[-1]["test_accuracy"] <= 100
@@ -124,7 +145,7 @@ def test_shape_probe_asks_the_vqa_model_about_one_of_several_objects(shapes_root
     images, labels, colours = probe.scene_images(30, 64, np.random.default_rng(0), max_objects=3)
     assert images.shape == (30, 3, 64, 64) and set(labels.tolist()) <= {0, 1, 2, 3} and len(colours) == 30
     out = tmp_path / "shape.json"
-    assert probe.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps", "2", "--train-images", "20",
+    assert probe.main(["--config", "vqa_tiny", "--steps", "2", "--train-images", "20",
                        "--through-vqa", "--max-objects", "3", "--loss", "bce", "--json", str(out),
                        f"data.root={shapes_root}"]) == 0
     result = json.loads(out.read_text())
@@ -146,7 +167,7 @@ def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_
 
     run = tmp_path / "run"
     run.mkdir()
-    save_config(load_config(REPO / "configs/vqa_tiny.yaml", [f"data.root={shapes_root}"]), run / "config.yaml")
+    save_config(load_config("vqa_tiny", [f"data.root={shapes_root}"]), run / "config.yaml")
     annotations = json.loads((shapes_root / "annotations/v2_mscoco_val2014_annotations.json").read_text())
     # The human majority answer everywhere: every kind scores 100 %.
     results = [{"question_id": a["question_id"], "answer": a["multiple_choice_answer"]}
@@ -169,7 +190,7 @@ def test_side_probe_labels_each_scene_by_where_its_named_object_is(shapes_root, 
     centre = (columns * torch.arange(64.0)).sum(1) / columns.sum(1)
     assert torch.equal((centre > 32).long(), labels) and set(labels.tolist()) == {0, 1}
     out = tmp_path / "side.json"
-    assert probe.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), "--steps", "2", "--train-images", "20",
+    assert probe.main(["--config", "vqa_tiny", "--steps", "2", "--train-images", "20",
                        "--through-vqa", "--task", "side", "--json", str(out), f"data.root={shapes_root}"]) == 0
     assert json.loads(out.read_text())["task"] == "side"
 

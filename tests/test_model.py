@@ -187,3 +187,29 @@ def test_state_dict_holds_everything_to_resume():
     got = restored(*batch(seed=2), alpha=0.4)
     assert got.loss.item() == expected.loss.item()
     assert torch.equal(model.image_queue.queue, restored.image_queue.queue)
+
+
+def test_teacher_dropout_off_makes_only_the_momentum_copy_deterministic():
+    def pairs(model):  # each online dropout with its copy in the teacher (the copy is a deepcopy: same order)
+        def of(module):
+            return [m.p for m in module.modules() if isinstance(m, torch.nn.Dropout)]
+        return list(zip(of(model.online_modules()), of(model.momentum.models), strict=True))
+
+    off = tiny("model.teacher_dropout=false").train()
+    assert sum(online > 0 for online, _ in pairs(off)) >= 10  # the cross-attention's dropout is a module too
+    assert all(teacher == 0.0 for _, teacher in pairs(off))
+    _, _, ids, mask = batch()
+    text = off.momentum["text_encoder"]
+    assert torch.equal(text(ids, mask), text(ids, mask))  # in training mode, two teacher passes agree
+    assert all(online == teacher for online, teacher in pairs(tiny()))  # TCL's teacher keeps its dropout
+
+
+def test_adamw_is_fused_where_the_build_has_it_and_foreach_otherwise():
+    from tcl.engine.optim import build_optimizer
+
+    config = load_config(REPO / "configs/pretrain_tiny.yaml")
+    model = tiny()
+    assert build_optimizer(model, config.train).defaults["fused"] is True
+    off = load_config(REPO / "configs/pretrain_tiny.yaml", ["train.fused_adamw=false"])
+    optimizer = build_optimizer(model, off.train)
+    assert not optimizer.defaults["fused"] and optimizer.defaults["foreach"] is True

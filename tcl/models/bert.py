@@ -62,12 +62,13 @@ class AttentionProjections(nn.Module):
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(kv_width, hidden)
         self.value = nn.Linear(kv_width, hidden)
-        self.dropout = dropout
+        # A module (no weights) rather than a float, so that dropout can be switched off like every other one.
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q, k, v = (self._split(proj(x)) for proj, x in ((self.query, hidden), (self.key, context),
                                                           (self.value, context)))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0)
         return out.transpose(1, 2).flatten(2)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,16 @@ def identity_gather(tensor: torch.Tensor) -> torch.Tensor:
 class MomentumEncoders(nn.Module):
     """An EMA copy of a set of online modules (tied weights stay tied in the copy)."""
 
-    def __init__(self, online: nn.ModuleDict, momentum: float):
+    def __init__(self, online: nn.ModuleDict, momentum: float, dropout: bool = True):
         super().__init__()
         self.momentum = momentum
         self.models = copy.deepcopy(online).float()
         for parameter in self.models.parameters():
             parameter.requires_grad_(False)
+        if not dropout:  # a deterministic teacher (TCL keeps dropout on in its momentum encoders)
+            for module in self.models.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
 
     def __getitem__(self, name: str) -> nn.Module:
         return self.models[name]

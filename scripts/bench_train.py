@@ -41,37 +41,55 @@ CONFIGS = {
 }
 
 
+# Where the runs go (--device); CPU unless told otherwise.
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    """Waits for queued GPU work, so that wall-clock times measure it (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def matmul_flops_per_s(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Dense square matmul throughput (the denominator of MFU), best of ``repeats``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    """Dense square matmul throughput on ``DEVICE`` (the denominator of MFU), best of ``repeats``."""
+    size = size * 4 if DEVICE.type == "cuda" else size  # a GPU needs a larger matmul to reach its peak
+    a, b = (torch.randn(size, size, dtype=dtype, device=DEVICE) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         a @ b
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
 
 
-def build(config_name: str, overrides: list[str], objective: str):
+def build(config_name: str, overrides: list[str], objective: str, batch: int | None = None, compile: bool = False):
     from tcl.config import load_config
     from tcl.engine.optim import build_optimizer
     from tcl.models import TCLPretrainModel
 
-    path, base_overrides, batch = CONFIGS[config_name]
-    config = load_config(path, [*base_overrides, f"loss.objective={objective}", *overrides], world_size=1)
+    path, base_overrides, default_batch = CONFIGS[config_name]
+    batch = batch or default_batch
+    config = load_config(path, [*base_overrides, f"loss.objective={objective}", f"train.batch_size={batch}",
+                                *overrides], world_size=1)
     vocab = config.model.vocab_size or 1000
     torch.manual_seed(0)
-    model = TCLPretrainModel(config.model, config.loss, vocab).train()
+    model = TCLPretrainModel(config.model, config.loss, vocab).train().to(DEVICE)
     optimizer = build_optimizer(model, config.train)
+    if compile:
+        model = torch.compile(model)
     size, length = config.model.image_size, config.model.max_text_len
-    inputs = (torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size),
-              torch.randint(5, vocab, (batch, length)), torch.ones(batch, length, dtype=torch.long))
+    inputs = tuple(t.to(DEVICE) for t in (torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size),
+                                          torch.randint(5, vocab, (batch, length)),
+                                          torch.ones(batch, length, dtype=torch.long)))
     return model, optimizer, inputs, batch
 
 
 def train_step(model, optimizer, inputs, bf16: bool) -> None:
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
         loss = model(*inputs, alpha=0.4).loss
     loss.backward()
@@ -89,28 +107,45 @@ def count_flops(model, optimizer, inputs, bf16: bool) -> float:
 
 
 def peak_memory_mb() -> float:
+    """Peak GPU memory allocated (on a GPU), or the process's peak resident memory (on the CPU)."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated(DEVICE) / 2 ** 20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def bench(config_name: str, objective: str, bf16: bool, steps: int, warmup: int, peak: dict) -> dict:
-    model, optimizer, inputs, batch = build(config_name, [], objective)
+def bench(config_name: str, objective: str, bf16: bool, steps: int, warmup: int, peak: dict,
+          batch: int | None = None, compile: bool = False) -> dict:
+    model, optimizer, inputs, batch = build(config_name, [], objective, batch, compile)
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
     for _ in range(warmup):
         train_step(model, optimizer, inputs, bf16)
     times = []
     for _ in range(steps):
+        synchronize()
         start = time.perf_counter()
         train_step(model, optimizer, inputs, bf16)
+        synchronize()
         times.append(time.perf_counter() - start)
     flops = count_flops(model, optimizer, inputs, bf16)
     median = statistics.median(times)
     dtype = "bf16" if bf16 else "fp32"
     achieved = flops / median
-    return {"config": config_name, "objective": objective, "dtype": dtype, "batch": batch, "steps": steps,
+    return {"config": config_name, "objective": objective, "dtype": dtype, "device": str(DEVICE),
+            "compiled": compile, "batch": batch, "steps": steps,
             "median_step_s": median, "samples_per_s": batch / median, "flops_per_step": flops,
             "achieved_flops_per_s": achieved, "matmul_flops_per_s": peak[dtype], "mfu": achieved / peak[dtype],
             "peak_rss_mb": peak_memory_mb()}
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": str(DEVICE)}
+    if DEVICE.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(DEVICE)
+    return info
 
 
 def ab_arms(pairs: list[str]) -> dict[str, list[str]]:
@@ -157,23 +192,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-objectives", action="store_true", help="skip the objective-overhead part")
     parser.add_argument("--json", default="benchmarks/results/bench_train.json")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (bf16 autocast on that device)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 32 tiny, 4 base)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slower to start)")
     parser.add_argument("--ab", nargs="+", default=None, metavar="KEY=A:B",
                         help="compare settings in one process, their steps interleaved (first of --configs)")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is visible to PyTorch here")
     if args.ab:
         return run_ab(args, argv)
     peak = {"fp32": matmul_flops_per_s(torch.float32)}
     if "bf16" in args.dtypes:
         peak["bf16"] = matmul_flops_per_s(torch.bfloat16, size=1024, repeats=3)
     print("dense matmul peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peak.items()), flush=True)
-    runs = [bench(name, "infonce", dtype == "bf16", args.steps, args.warmup, peak)
+    runs = [bench(name, "infonce", dtype == "bf16", args.steps, args.warmup, peak, args.batch, args.compile)
             for name in args.configs for dtype in args.dtypes]
     rows = [f"| {r['config']} | {r['dtype']} | {r['batch']} | {r['median_step_s']:.3f} s | {r['samples_per_s']:.1f} | "
             f"{r['flops_per_step'] / 1e9:.1f} GFLOP | {r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s | "
             f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s | {100 * r['mfu']:.1f} % | {r['peak_rss_mb']:.0f} MB |"
             for r in runs]
-    result = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"),
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "command": " ".join(["python scripts/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
               "matmul_flops_per_s": peak, "runs": runs}
     if not args.no_objectives:
@@ -198,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_ab(args: argparse.Namespace, argv: list[str] | None) -> int:
     arms = bench_ab(args.configs[0], args.ab, args.steps, args.warmup)
-    result = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__}, "date": time.strftime("%Y-%m-%d"), "config": args.configs[0],
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": args.configs[0],
               "command": " ".join(["python scripts/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
               "arms": arms}
     out = Path(args.json)

@@ -148,6 +148,9 @@ class LossConfig:
     cma_weight: float = 1.0
     imc_weight: float = 1.0
     lmi_weight: float = 1.0
+    # LMI's image regions: adaptive 4 x 4 average pooling at any resolution (regions4), or TCL's pretraining code
+    # (tcl_pretrain: kernel and stride int(sqrt(grid side)), 16 regions only at 256 px; 2 x 2 at a 4 x 4 grid).
+    lmi_pooling: Literal["regions4", "tcl_pretrain"] = "regions4"
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
     align_uniform_weight: float = 0.0
@@ -193,6 +196,11 @@ class TrainConfig:
     warmup_lr: float = 1e-5
     min_lr: float = 1e-5
     weight_decay: float = 0.02
+    # TCL's optimizer grouping decays the contrastive temperature (a 0-d tensor there); ours exempts it, as it does
+    # every parameter of fewer than 2 dimensions.
+    decay_temperature: bool = False
+    # The cosine after the warm-up: updated every step (iteration), or held for each epoch as TCL's code does (epoch).
+    lr_schedule: Literal["iteration", "epoch"] = "iteration"
     # AdamW's fused kernel (one pass over all parameters; the same update), where this PyTorch build has it for the
     # device; otherwise the foreach one, with a log line.
     fused_adamw: bool = True
@@ -245,6 +253,9 @@ class VQAConfig:
     init: Optional[str] = None
     # Ranking score of the decoder head: full-sequence likelihood, or TCL's (first token counted twice).
     rank_score: Literal["sequence", "tcl"] = "sequence"
+    # The decoder head's training answers: one per official normal form ("Yes", "yes." and "yes" are one, as the
+    # metric counts them), or one per distinct string as TCL's dataset does (exact).
+    merge_answers: Literal["normal_form", "exact"] = "normal_form"
     # Training batches made of whole images' questions, each image augmented once per epoch and encoded once for all
     # its questions: several times fewer image-encoder passes (VQA v2 has 5.4 questions per image). TCL samples
     # questions independently, so the paper configs keep it off.

@@ -47,6 +47,18 @@ def test_bench_train_tiny_reports_mfu(tmp_path):
     assert run["config"] == "tiny" and run["flops_per_step"] > 1e9 and 0 < run["mfu"] < 1.5
 
 
+def test_bench_train_takes_a_device_and_a_batch_and_says_when_there_is_no_gpu(tmp_path):
+    bench = load_script("bench_train")
+    out = tmp_path / "train.json"
+    assert bench.main(["--configs", "tiny", "--steps", "1", "--warmup", "0", "--no-objectives", "--device", "cpu",
+                       "--batch", "8", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["batch"] == 8 and run["device"] == "cpu" and not run["compiled"]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            bench.main(["--configs", "tiny", "--device", "cuda", "--json", str(out)])
+
+
 def test_bench_train_ab_builds_one_arm_per_setting_and_interleaves_them(tmp_path, capsys):
     bench = load_script("bench_train")
     arms = bench.ab_arms(["train.fused_adamw=false:true", "model.teacher_dropout=true:false"])

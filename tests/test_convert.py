@@ -17,6 +17,8 @@ from tcl.models.convert import convert_pretrain_state, convert_vqa_state, infer_
 from tcl.models.vqa import TCLVQAModel
 
 REPO = Path(__file__).resolve().parents[1]
+# The official checkpoints have the linear patch embedding (the tiny configs use a convolutional stem).
+OFFICIAL_STEM = ["model.vision_stem=patch"]
 # The shared design fixture when the checkout has ../shared beside it, else the copy kept with the tests (so CI on a
 # bare clone runs the check too).
 FIXTURE = next(path for path in (REPO.parent / "shared/fixtures/tcl_pretrain_base_state_dict.json",
@@ -86,7 +88,7 @@ def official_layout(model: TCLPretrainModel, fusion_layer: int) -> dict:
 
 
 def tiny_pretrain_model(seed=0, vocab_size=50):
-    config = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32"])
+    config = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", *OFFICIAL_STEM])
     torch.manual_seed(seed)
     model = TCLPretrainModel(config.model, config.loss, vocab_size)
     with torch.no_grad():  # make the momentum copy differ from the online weights, so routing errors show
@@ -127,7 +129,7 @@ def test_pretraining_checkpoint_to_vqa_initialises_the_decoder_from_the_fusion_l
 
 
 def test_official_vqa_checkpoint_imports(tmp_path):
-    config = load_config(REPO / "configs/vqa_tiny.yaml", ["vqa.head=decoder"])
+    config = load_config(REPO / "configs/vqa_tiny.yaml", ["vqa.head=decoder", *OFFICIAL_STEM])
     torch.manual_seed(1)
     ours = TCLVQAModel(config.model, 50, 5, head="decoder")
     official = {}

@@ -50,6 +50,40 @@ def test_two_processes_stay_identical(accelerate_config, shapes_root, tmp_path):
     assert (out / "latest").read_text() == f"checkpoint-{STEPS:08d}"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_machines_on_loopback_stay_identical(shapes_root, tmp_path):
+    """The multi-node launcher config, as two accelerate "machines" of one process each on 127.0.0.1 (gloo,
+    loopback only): both end with identical weights, momentum weights and queues."""
+    out, port = tmp_path / "run", free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    machines = []
+    for rank in range(2):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(REPO / "configs/accelerate/multi_node.yaml"), "--machine_rank", str(rank),
+                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                   str(REPO / "scripts/pretrain.py"), "--config", "pretrain_tiny", "--dump-rank-states",
+                   f"data.root={shapes_root}", f"train.output_dir={out}", f"train.batch_size={BATCH}",
+                   f"model.queue_size={QUEUE}", "data.num_workers=0", f"train.max_steps={STEPS}"]
+        machines.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+    try:
+        logs = [machine.communicate(timeout=600) for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()
+    for machine, (stdout, stderr) in zip(machines, logs):
+        assert machine.returncode == 0, stderr[-3000:]
+    assert f"{STEPS} steps on {PROCESSES} process(es)" in logs[0][0]
+    assert_ranks_agree(out)
+
+
 def test_both_processes_stop_when_the_folder_is_held(shapes_root, tmp_path):
     """The main process finds the folder held and every process stops with it (none waits at a barrier)."""
     sys.path.insert(0, str(REPO / "tests" / "robustness"))

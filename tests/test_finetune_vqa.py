@@ -135,3 +135,41 @@ def test_finetune_with_visual_genome_extra_data(shapes_root, tmp_path):
     # single-answer VG questions are trained but never enter the answer list (TCL)
     assert "hexagon" not in AnswerVocabulary.from_json(out / "answer_list.json")
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# The tiny architecture on the generated data, for configs written for ViT-B/BERT-base on COCO.
+TINY_MODEL = ["model.image_size=64", "model.patch_size=8", "model.vision_width=128", "model.vision_depth=4",
+              "model.vision_heads=4", "model.hidden_size=128", "model.num_hidden_layers=4",
+              "model.num_attention_heads=4", "model.intermediate_size=512", "model.max_position_embeddings=64",
+              "model.fusion_layer=2", "model.vocab_size=null", "model.text_pretrained=null", "data.tokenizer=null",
+              "data.vqa_train=[train2014]", "data.vqa_eval=val2014", "data.num_workers=0", "data.randaugment=false",
+              "vqa.min_answer_count=1", "train.batch_size=8", "train.warmup_steps=2", "eval.batch_size=16",
+              "eval.k_test=4", "vqa.init=null"]
+
+
+def test_the_tcl_exact_vqa_recipe_loads_with_every_switch_and_trains(shapes_root, tmp_path):
+    from tcl.config import load_config
+
+    config = load_config("vqa_tcl_exact")
+    assert config.loss.alpha == 0.0 and config.vqa.rank_score == "tcl" and config.vqa.merge_answers == "exact"
+    assert config.train.lr_schedule == "epoch" and config.train.decay_temperature
+    assert config.data.vqa_train == ["train2014", "val2014"] and config.data.vqa_extra_train == ["vg_qa.json"]
+    assert config.vqa.head == "decoder" and config.eval.k_test == 128 and config.model.image_size == 384
+    vg_root = write_vg_qa(tmp_path, shapes_root)
+    out = tmp_path / "exact"
+    assert finetune_vqa.main(["--config", "vqa_tcl_exact", f"data.root={shapes_root}", f"train.output_dir={out}",
+                              *TINY_MODEL, f"data.vqa_extra_train=[{tmp_path / 'vg_qa.json'}]",
+                              f"data.vg_root={vg_root}", "train.max_steps=3", "eval.max_questions=16"]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(math.isfinite(line["loss"]) for line in lines)
+    assert json.loads((out / "vqa_scores_val2014_first16.json").read_text())["num_questions"] == 16
+
+
+def test_exact_answer_merging_keeps_strings_apart_that_the_normal_form_joins():
+    from tcl.evaluation.answers import merge_normalized
+
+    answers, weights = ["Yes", "yes.", "yes", "two", "2"], [0.1, 0.1, 0.3, 0.2, 0.3]
+    assert merge_normalized(answers, weights) == (["yes", "2"], pytest.approx([0.5, 0.5]))
+    assert merge_normalized(answers, weights, exact=True) == (["Yes", "yes.", "yes", "two", "2"],
+                                                              pytest.approx(weights))
+    assert merge_normalized(["a", "a"], [0.3, 0.3], exact=True) == (["a"], pytest.approx([0.6]))

@@ -200,3 +200,15 @@ def test_alignment_and_uniformity_against_loops():
     pairs = [math.exp(-2 * float((x[i] - x[j]).pow(2).sum())) for i in range(5) for j in range(i + 1, 5)]
     assert uniformity(x).item() == pytest.approx(math.log(sum(pairs) / len(pairs)))
     assert uniformity(x[:1]).item() == 0.0
+
+
+def test_lmi_pooling_reproduces_tcl_pretraining_kernel_or_pools_4x4_everywhere():
+    side, dim = 4, 3
+    patches = torch.arange(side * side * dim, dtype=torch.float32).reshape(1, side * side, dim)
+    assert pool_image_regions(patches).shape == (1, 16, dim)  # ours: 4 x 4 regions at any grid
+    assert torch.equal(pool_image_regions(patches), patches)  # a 4 x 4 grid is its own 4 x 4 regions
+    tcl = pool_image_regions(patches, tcl_pretrain_kernel=True)  # kernel int(sqrt(4)) = 2: 2 x 2 regions
+    grid = patches[0].reshape(side, side, dim)
+    assert tcl.shape == (1, 4, dim) and torch.allclose(tcl[0, 0], grid[:2, :2].mean(dim=(0, 1)))
+    assert pool_image_regions(torch.zeros(1, 256, dim), tcl_pretrain_kernel=True).shape == (1, 16, dim)  # 256 px
+    assert pool_image_regions(torch.zeros(1, 576, dim), tcl_pretrain_kernel=True).shape == (1, 36, dim)  # 384 px

@@ -164,7 +164,8 @@ def regression_losses() -> dict[str, dict[str, float]]:
     values = {}
     # TCL's recipe as the tiny config had it when these values were recorded: they pin the maths, not the recipe.
     tcl = ["model.init_scheme=xavier", "model.feature_pool=cls", "model.momentum=0.995", "loss.distill=true",
-           "loss.itm_negatives=hard", "loss.skip_identical_captions=false"]
+           "loss.itm_negatives=hard", "loss.skip_identical_captions=false", "model.vision_stem=patch",
+           "model.teacher_dropout=true", "model.attention_dropout=0.1"]
     for objective in ("infonce", "debiased_neg", "debiased_pos"):
         model = tiny(f"loss.objective={objective}", *tcl)
         torch.manual_seed(123)
@@ -201,7 +202,8 @@ def test_teacher_dropout_off_makes_only_the_momentum_copy_deterministic():
     _, _, ids, mask = batch()
     text = off.momentum["text_encoder"]
     assert torch.equal(text(ids, mask), text(ids, mask))  # in training mode, two teacher passes agree
-    assert all(online == teacher for online, teacher in pairs(tiny()))  # TCL's teacher keeps its dropout
+    on = tiny("model.teacher_dropout=true")
+    assert all(online == teacher for online, teacher in pairs(on))  # TCL's teacher keeps its dropout
 
 
 def test_adamw_is_fused_where_the_build_has_it_and_foreach_otherwise():
@@ -213,3 +215,33 @@ def test_adamw_is_fused_where_the_build_has_it_and_foreach_otherwise():
     off = load_config(REPO / "configs/pretrain_tiny.yaml", ["train.fused_adamw=false"])
     optimizer = build_optimizer(model, off.train)
     assert not optimizer.defaults["fused"] and optimizer.defaults["foreach"] is True
+
+
+def test_tcl_grouping_decays_the_temperature_and_ours_does_not():
+    from tcl.engine.optim import parameter_groups
+
+    model = tiny()
+    decayed = lambda groups: {id(p) for p in groups[0]["params"]}  # noqa: E731 - the decayed group comes first
+    assert id(model.temp) not in decayed(parameter_groups(model, 0.02))
+    assert id(model.temp) in decayed(parameter_groups(model, 0.02, decay_temperature=True))
+    biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
+    assert not {id(p) for p in biases} & decayed(parameter_groups(model, 0.02, decay_temperature=True))
+
+
+def test_the_epoch_schedule_holds_each_epoch_at_the_cosine_of_the_epochs_done():
+    import math
+
+    from tcl.engine.optim import learning_rate
+
+    config = load_config(REPO / "configs/pretrain_tiny.yaml", ["train.lr_schedule=epoch", "train.epochs=4",
+                                                               "train.warmup_steps=5", "train.lr=1e-3",
+                                                               "train.min_lr=1e-5", "train.warmup_lr=1e-5"])
+    train, per_epoch = config.train, 10
+    lrs = [learning_rate(step, 40, train, per_epoch) for step in range(40)]
+    assert lrs[0] == 1e-5 and lrs[4] < 1e-3  # the warm-up is per step
+    assert lrs[5:10] == [1e-3] * 5  # the rest of epoch 0: cos(0)
+    expected = [1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * e / 4)) for e in (1, 2, 3)]
+    for epoch, value in zip((1, 2, 3), expected):
+        assert lrs[epoch * 10:(epoch + 1) * 10] == pytest.approx([value] * 10)
+    per_step = load_config(REPO / "configs/pretrain_tiny.yaml", ["train.warmup_steps=5"]).train
+    assert len({learning_rate(step, 40, per_step, per_epoch) for step in range(10, 20)}) == 10  # ours: every step

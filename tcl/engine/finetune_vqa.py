@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     model = build_vqa_model(config, len(tokenizer), len(vocabulary), training=True)
     torch.manual_seed(config.train.seed + accelerator.process_index)
     optimizer = build_optimizer(model, config.train)
-    scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if accelerator.is_main_process:  # written only once everything is known to fit
         save_config(config, output_dir / "config.yaml")
@@ -124,7 +124,7 @@ def target_collator(config: Config, tokenizer, vocabulary: AnswerVocabulary):
     """The training collator of the configured head."""
     collate = vqa_collator(config, tokenizer, train=True)
     if config.vqa.head == "decoder":
-        return AnswerSequenceCollator(collate, tokenizer)
+        return AnswerSequenceCollator(collate, tokenizer, exact=config.vqa.merge_answers == "exact")
     return TargetCollator(collate, vocabulary)
 
 
@@ -149,17 +149,17 @@ class TargetCollator:
 
 
 class AnswerSequenceCollator:
-    """Adds the decoder head's training answers (``AnswerTargets``): every question's unique answers in normal form
-    with TCL's weights, tokenised ``[CLS] a [SEP]``."""
+    """Adds the decoder head's training answers (``AnswerTargets``): every question's unique answers (by normal form,
+    or as written with ``vqa.merge_answers: exact``) with TCL's weights, tokenised ``[CLS] a [SEP]``."""
 
-    def __init__(self, collate, tokenizer):
-        self.collate, self.tokenizer = collate, tokenizer
+    def __init__(self, collate, tokenizer, exact: bool = False):
+        self.collate, self.tokenizer, self.exact = collate, tokenizer, exact
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.collate(samples)
         answers, weights, counts = [], [], []
         for question_answers, question_weights in zip(batch["answers"], batch["weights"]):
-            merged, merged_weights = merge_normalized(question_answers, question_weights)
+            merged, merged_weights = merge_normalized(question_answers, question_weights, self.exact)
             answers += merged
             weights += merged_weights
             counts.append(len(merged))

@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     model = build_model(config, tokenizer, args.init)
     torch.manual_seed(config.train.seed + accelerator.process_index)
     optimizer = build_optimizer(model, config.train)
-    scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train)
+    scheduler = build_scheduler(optimizer, steps_per_epoch * config.train.epochs, config.train, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrap(accelerator, model).gather = feature_gather(accelerator)
     output_dir = Path(config.train.output_dir)

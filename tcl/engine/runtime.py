@@ -79,6 +79,25 @@ def feature_gather(accelerator):
     return gather
 
 
+def average_batchnorm_statistics(accelerator, model) -> None:
+    """Averages BatchNorm's running means and variances over the processes (after each optimizer step).
+
+    Each process normalises its own batch, so these buffers would drift apart between processes (and DeepSpeed does
+    not broadcast buffers): averaged, every process holds the same model, as with one process. PyTorch has no
+    SyncBatchNorm on the CPU, and the batch statistics of a training step stay per process, as DDP's are.
+    """
+    if accelerator.num_processes == 1:
+        return
+    buffers = [buffer for module in unwrap(accelerator, model).modules()
+               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+               for buffer in (module.running_mean, module.running_var)]
+    if not buffers:
+        return
+    flat = accelerator.reduce(torch.cat([buffer.reshape(-1) for buffer in buffers]), reduction="mean")
+    for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+        buffer.copy_(value.view_as(buffer))
+
+
 def unwrap(accelerator, model):
     return accelerator.unwrap_model(model)
 

@@ -22,7 +22,7 @@ from tcl.data.bad_samples import SkipReport
 from tcl.engine.checkpoint import save_checkpoint
 from tcl.engine.metrics import MetricsLogger, chance_levels, headline, plot_losses
 from tcl.engine.optim import alpha_at
-from tcl.engine.runtime import peak_memory_mb
+from tcl.engine.runtime import average_batchnorm_statistics, peak_memory_mb
 from tcl.errors import TclError
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()  # the schedule counts optimizer steps, not micro-batches
+        average_batchnorm_statistics(self.accelerator, self.model)
 
     def _finite_on_every_process(self, value) -> bool:
         bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(value)).all() else 1.0],

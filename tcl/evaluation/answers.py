@@ -184,12 +184,14 @@ def soft_target_matrix(batch_humans: Sequence[Sequence[str]], vocabulary: Answer
     return targets
 
 
-def merge_normalized(answers: Sequence[str], weights: Sequence[float]) -> tuple[list[str], list[float]]:
+def merge_normalized(answers: Sequence[str], weights: Sequence[float], exact: bool = False
+                     ) -> tuple[list[str], list[float]]:
     """Training answers of the decoder head: answers with the same official normal form become one, their weights
-    summed ("Yes", "yes." and "yes" are one target, as the metric counts them as one answer). Order: first seen."""
+    summed ("Yes", "yes." and "yes" are one target, as the metric counts them as one answer); with ``exact``, only
+    identical strings are merged, as TCL's dataset does. Order: first seen."""
     merged: dict[str, float] = {}
     for answer, weight in zip(answers, weights):
-        form = normalize_answer(answer)
+        form = answer if exact else normalize_answer(answer)
         if form:
             merged[form] = merged.get(form, 0.0) + float(weight)
     return list(merged), list(merged.values())

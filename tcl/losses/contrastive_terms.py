@@ -6,6 +6,8 @@ column b of the first B columns is row b's positive.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -86,14 +88,20 @@ def lmi_loss(global_feat: torch.Tensor, local_feat: torch.Tensor, local_mask: to
     return per_sample[has_rows].mean()
 
 
-def pool_image_regions(patch_feat: torch.Tensor, regions: int = 4) -> torch.Tensor:
+def pool_image_regions(patch_feat: torch.Tensor, regions: int = 4, tcl_pretrain_kernel: bool = False
+                       ) -> torch.Tensor:
     """Averages [B, P, d] patch features on their square grid into regions x regions cells: [B, regions², d].
 
-    Adaptive pooling gives 4 x 4 = 16 regions at any resolution (TCL's pretraining code is only right at 256 px).
+    Adaptive pooling gives 4 x 4 = 16 regions at any resolution. ``tcl_pretrain_kernel`` reproduces TCL's pretraining
+    code instead: kernel and stride int(√side) on a side x side grid, which gives 16 regions only at 256 px (2 x 2 at
+    a 4 x 4 grid, 6 x 6 at 384 px; TCL.md Part B §3.3).
     """
     batch, num_patches, dim = patch_feat.shape
     side = int(round(num_patches ** 0.5))
     if side * side != num_patches:
         raise ValueError(f"{num_patches} patch tokens do not form a square grid")
     grid = patch_feat.transpose(1, 2).reshape(batch, dim, side, side)
+    if tcl_pretrain_kernel:
+        kernel = math.isqrt(side)
+        return F.avg_pool2d(grid, kernel, stride=kernel).flatten(2).transpose(1, 2)
     return F.adaptive_avg_pool2d(grid, regions).flatten(2).transpose(1, 2)

@@ -264,7 +264,8 @@ class TCLPretrainModel(nn.Module):
         image_embeds = m["vision_encoder"].forward_features(image_aug)
         pool = self.model_config.feature_pool
         image_feat = F.normalize(m["vision_proj"](pool_image(image_embeds, pool)), dim=-1)
-        image_local = pool_image_regions(F.normalize(m["vision_proj"](image_embeds[:, 1:]), dim=-1))
+        image_local = pool_image_regions(F.normalize(m["vision_proj"](image_embeds[:, 1:]), dim=-1),
+                                         tcl_pretrain_kernel=self.loss_config.lmi_pooling == "tcl_pretrain")
         text_out = m["text_encoder"](input_ids, attention_mask)
         text_feat = F.normalize(m["text_proj"](pool_text(text_out, attention_mask, pool)), dim=-1)
         text_local = F.normalize(m["text_proj"](text_out[:, 1:]), dim=-1)

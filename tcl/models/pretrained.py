@@ -44,6 +44,8 @@ def load_text_pretrained(model: nn.Module, name_or_path: str, fusion_layer: int)
 
     bert = BertForMaskedLM.from_pretrained(name_or_path)
     renamed = bert_to_tcl(bert.state_dict(), fusion_layer)
+    if not hasattr(model, "mlm_head"):  # a VQA model: BERT's MLM head has no place in it
+        renamed = {name: tensor for name, tensor in renamed.items() if not name.startswith("mlm_head.")}
     # Everything outside the text side (the image encoder, projections, heads) and the fusion layers'
     # cross-attention (new in TCL) stays as initialised.
     bert_side = ("text_encoder.", "fusion_encoder.", "mlm_head.")
@@ -59,5 +61,8 @@ def initialise_from_pretrained(model: nn.Module, config: ModelConfig) -> None:
         load_vision_pretrained(model.vision_encoder, config.vision_pretrained)
     if config.text_pretrained:
         load_text_pretrained(model, config.text_pretrained, config.fusion_layer)
-    if hasattr(model, "momentum") and (config.vision_pretrained or config.text_pretrained):
-        model.momentum.copy_from(model.online_modules())
+    if getattr(model, "momentum", None) is not None and (config.vision_pretrained or config.text_pretrained):
+        if hasattr(model, "sync_momentum"):  # the VQA model's teacher covers its own set of modules
+            model.sync_momentum()
+        else:
+            model.momentum.copy_from(model.online_modules())

@@ -23,7 +23,9 @@ class ConvStemPatchEmbed(PatchEmbed):
 
     The token grid is the same as the linear patch embedding's, so everything after it is unchanged. The locality
     prior makes a ViT trained from scratch on little data learn far faster; checkpoints with the standard linear
-    embedding (the official ones) need ``model.vision_stem: patch``.
+    embedding (the official ones) need ``model.vision_stem: patch``. BatchNorm measured better here than GroupNorm
+    (R@1 47 / 54 against 40 / 47 after the tiny pretraining); in multi-process runs its running statistics are
+    averaged over the processes after every step (``tcl.engine.runtime.average_batchnorm_statistics``).
     """
 
     def __init__(self, *args, **kwargs):

@@ -101,6 +101,9 @@ def official_step_fn(cfg: dict, checkout: Path, deps: Path, device):
               "vision_width": cfg["vision_width"], "bert_config": str(bert_file), "temp": 0.07,
               "queue_size": cfg["queue"], "momentum": 0.995}
     tokenizer = types.SimpleNamespace(pad_token_id=PAD, cls_token_id=CLS, mask_token_id=MASK)
+    if not torch.distributed.is_initialized():  # its queue update all-gathers, as under its distributed launcher
+        store = Path(tempfile.mkdtemp()) / "store"
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     torch.manual_seed(0)
     model = official.ALBEF(text_encoder="random", tokenizer=tokenizer, config=config, init_deit=False).to(device)
     model.train()

@@ -23,6 +23,9 @@ from tcl.evaluation import vqa_accuracy
 def breakdown(root: Path, split: str, results: list[dict]) -> dict:
     annotations_dir = root / "annotations"
     images = json.loads((annotations_dir / f"captions_{split}.json").read_text())["images"]
+    if images and "num_objects" not in images[0]:
+        raise SystemExit(f"{root}: generated before the annotations carried question_family and num_objects "
+                         f"(2026-12-02); regenerate it: tcl make-data --out {root} --force")
     single = {image["id"] for image in images if image["num_objects"] == 1}
     annotations = {a["question_id"]: a for a in
                    json.loads((annotations_dir / f"v2_mscoco_{split}_annotations.json").read_text())["annotations"]}

@@ -43,6 +43,10 @@ def load_split(config, train: bool):
     families = {}
     for split in config.data.vqa_train if train else [config.data.vqa_eval]:
         annotations = load_json(official_paths(config.data.root, split)[1])["annotations"]
+        if annotations and "question_family" not in annotations[0]:
+            root = config.data.root
+            raise SystemExit(f"{root}: generated before the annotations carried question_family and num_objects "
+                             f"(2026-12-02); regenerate it: tcl make-data --out {root} --force")
         families.update({a["question_id"]: a["question_family"] for a in annotations})
     rows = [dataset[i] for i in range(len(dataset))]
     return dataset, [{**row, "family": families[row["question_id"]]} for row in rows]

@@ -103,7 +103,8 @@ def official_step_fn(cfg: dict, checkout: Path, deps: Path, device):
     tokenizer = types.SimpleNamespace(pad_token_id=PAD, cls_token_id=CLS, mask_token_id=MASK)
     if not torch.distributed.is_initialized():  # its queue update all-gathers, as under its distributed launcher
         store = Path(tempfile.mkdtemp()) / "store"
-        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        backend = "nccl" if device.type == "cuda" else "gloo"  # gloo cannot gather CUDA tensors
+        torch.distributed.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
     torch.manual_seed(0)
     model = official.ALBEF(text_encoder="random", tokenizer=tokenizer, config=config, init_deit=False).to(device)
     model.train()

@@ -176,6 +176,10 @@ class LossConfig:
     itm_swap_negatives: float = 0.0
     # Classes of interchangeable words (each word a single token of the vocabulary), e.g. colours, shape names.
     swap_word_classes: list[list[str]] = field(default_factory=list)
+    # MLM also chooses each word of ``swap_word_classes`` with this probability (on top of model.mlm_probability
+    # for every token): more masked words that can only be recovered from the image. 0 = TCL (BERT's uniform
+    # masking).
+    mlm_content_probability: float = 0.0
 
 
 @dataclass
@@ -534,6 +538,11 @@ def _check_loss(config: Config, world_size: int) -> str | None:
     if loss.itm_swap_negatives > 0 and not loss.swap_word_classes:
         return ("loss.itm_swap_negatives > 0 needs loss.swap_word_classes, e.g. [[red, green, blue], "
                 "[circle, square]].")
+    if not 0.0 <= loss.mlm_content_probability <= 1.0:
+        return f"loss.mlm_content_probability = {loss.mlm_content_probability} must lie in [0, 1]."
+    if loss.mlm_content_probability > 0 and not loss.swap_word_classes:
+        return ("loss.mlm_content_probability > 0 needs loss.swap_word_classes (the content words), e.g. "
+                "[[red, green, blue], [circle, square]].")
     short = [words for words in loss.swap_word_classes if len(set(words)) < 2]
     if short:
         return f"loss.swap_word_classes: every class needs two or more words; {short[0]} has fewer."

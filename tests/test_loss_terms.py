@@ -171,6 +171,29 @@ def test_masking_rules():
     assert (masked[~chosen] == ids[~chosen]).all()
 
 
+def test_content_word_masking_rates_and_default_draws():
+    """Content positions are chosen with p + (1 - p) * p_content, the others with p; no content = BERT's draws."""
+    ids = torch.randint(5, 1000, (256, 40), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 2
+    ids[:, 30:] = 0
+    content = torch.zeros_like(ids, dtype=torch.bool)
+    content[:, 1:11] = True
+    content[:, 35:] = True  # padding stays unchosen even when marked
+    masked, labels = mask_tokens(ids, 1000, mask_id=4, pad_id=0, cls_id=2, probability=0.15,
+                                 generator=torch.Generator().manual_seed(1), content=content,
+                                 content_probability=0.5)
+    chosen = labels != IGNORE
+    assert not chosen[:, 30:].any() and not chosen[:, 0].any()
+    content_rate = chosen[:, 1:11].float().mean().item()
+    other_rate = chosen[:, 11:30].float().mean().item()
+    assert abs(content_rate - (0.15 + 0.85 * 0.5)) < 0.03, content_rate
+    assert abs(other_rate - 0.15) < 0.02, other_rate
+    plain = mask_tokens(ids, 1000, 4, 0, 2, 0.15, generator=torch.Generator().manual_seed(1))
+    unused = mask_tokens(ids, 1000, 4, 0, 2, 0.15, generator=torch.Generator().manual_seed(1), content=content,
+                         content_probability=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, unused))
+
+
 def test_mlm_loss_against_loop_with_distillation():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)

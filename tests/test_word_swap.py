@@ -81,3 +81,31 @@ def test_the_tiny_config_swaps_the_generated_worlds_words():
 
     classes = load_config(REPO / "configs/pretrain_tiny.yaml").loss.swap_word_classes
     assert sorted(map(tuple, classes)) == sorted(c for group in CONTENT_WORD_GROUPS.values() for c in group)
+
+
+def test_content_word_masking_masks_the_class_words_more_often(monkeypatch):
+    """loss.mlm_content_probability: the MLM labels fall on the class words far more often than BERT's 15 %."""
+    import tcl.models.pretrain as pretrain_module
+    from tcl.config import validate
+    from tcl.models import TCLPretrainModel
+
+    with pytest.raises(ConfigError, match="mlm_content_probability"):
+        validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.mlm_content_probability=0.5",
+                                                                    "loss.swap_word_classes=[]"]))
+    cfg = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "loss.mlm_content_probability=1.0",
+                                                            "model.image_size=32", "model.patch_size=16"])
+    torch.manual_seed(0)
+    model = TCLPretrainModel(cfg.model, cfg.loss, 40, swap_word_ids=[COLOURS, SHAPES])
+    labels_seen = []
+    original = pretrain_module.mlm_loss
+    monkeypatch.setattr(pretrain_module, "mlm_loss",
+                        lambda logits, labels, *rest: labels_seen.append(labels.clone()) or original(logits, labels,
+                                                                                                      *rest))
+    ids = torch.tensor([[2, 5, 10, 20, 6, 7], [2, 11, 5, 21, 6, 0]])
+    out = model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), ids, (ids != 0).long())
+    assert torch.isfinite(out.losses["mlm"])
+    labelled = labels_seen[-1].tolist()  # every class word is chosen with probability 1
+    assert sorted(w for w in labelled if w in COLOURS + SHAPES) == [10, 11, 20, 21]
+    with pytest.raises(ValueError, match="swap_word_ids"):
+        TCLPretrainModel(cfg.model, cfg.loss, 40)(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), ids,
+                                                  (ids != 0).long())

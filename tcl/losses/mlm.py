@@ -9,16 +9,24 @@ IGNORE = -100
 
 
 def mask_tokens(input_ids: torch.Tensor, vocab_size: int, mask_id: int, pad_id: int, cls_id: int,
-                probability: float = 0.15, generator: torch.Generator | None = None
+                probability: float = 0.15, generator: torch.Generator | None = None,
+                content: torch.Tensor | None = None, content_probability: float = 0.0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: each token (never [PAD] or [CLS]) is chosen with ``probability``; of the chosen, 80 % become
-    [MASK], 10 % a random id from the whole vocabulary, 10 % stay. Returns (masked ids, labels with -100 elsewhere)."""
+    [MASK], 10 % a random id from the whole vocabulary, 10 % stay. Returns (masked ids, labels with -100 elsewhere).
+
+    ``content`` ([B, L] bool) marks positions that are chosen with ``content_probability`` besides (content-word
+    masking); without it the draws, and so the masks of a seeded generator, are BERT's exactly.
+    """
     device = input_ids.device
 
     def draw(p: float) -> torch.Tensor:
         return torch.rand(input_ids.shape, generator=generator, device=device) < p
 
-    chosen = draw(probability) & (input_ids != pad_id) & (input_ids != cls_id)
+    chosen = draw(probability)
+    if content is not None and content_probability > 0:
+        chosen = chosen | (content & draw(content_probability))
+    chosen = chosen & (input_ids != pad_id) & (input_ids != cls_id)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
     to_mask = chosen & draw(0.8)
     to_random = chosen & ~to_mask & draw(0.5)

@@ -320,8 +320,16 @@ class TCLPretrainModel(nn.Module):
 
     def _mlm(self, input_ids, attention_mask, image_embeds, image_embeds_m, alpha: float) -> torch.Tensor:
         """MLM on a re-encoded masked copy of the text; the head runs on masked positions only."""
+        content_probability = self.loss_config.mlm_content_probability
+        content = None
+        if content_probability > 0:
+            if self.word_swapper is None:
+                raise ValueError("loss.mlm_content_probability needs the model built with swap_word_ids "
+                                 "(the token ids of loss.swap_word_classes)")
+            content = self.word_swapper.swappable(input_ids, attention_mask)
         masked_ids, labels = mask_tokens(input_ids, self.vocab_size, self.special.mask, self.special.pad,
-                                         self.special.cls, self.model_config.mlm_probability)
+                                         self.special.cls, self.model_config.mlm_probability,
+                                         content=content, content_probability=content_probability)
         keep = labels != IGNORE
         hidden = self.fuse(self.text_encoder(masked_ids, attention_mask), attention_mask, image_embeds)
         logits = self.mlm_head(hidden[keep])

@@ -322,10 +322,9 @@ class TCLPretrainModel(nn.Module):
         """MLM on a re-encoded masked copy of the text; the head runs on masked positions only."""
         content_probability = self.loss_config.mlm_content_probability
         content = None
-        if content_probability > 0:
-            if self.word_swapper is None:
-                raise ValueError("loss.mlm_content_probability needs the model built with swap_word_ids "
-                                 "(the token ids of loss.swap_word_classes)")
+        # A model built without the word ids (for inference, or a test) keeps BERT's masking; the engine always
+        # builds with them (tcl.engine.pretrain.build_model).
+        if content_probability > 0 and self.word_swapper is not None:
             content = self.word_swapper.swappable(input_ids, attention_mask)
         masked_ids, labels = mask_tokens(input_ids, self.vocab_size, self.special.mask, self.special.pad,
                                          self.special.cls, self.model_config.mlm_probability,

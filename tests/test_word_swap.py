@@ -14,6 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 COLOURS, SHAPES = [10, 11, 12], [20, 21]
 
 
+def small_model(override: str):
+    """The tiny pretraining config at 32 px with a short queue and one override, built with the test's word classes."""
+    from tcl.models import TCLPretrainModel
+
+    cfg = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "model.image_size=32",
+                                                            "model.patch_size=16", override])
+    torch.manual_seed(0)
+    return cfg, TCLPretrainModel(cfg.model, cfg.loss, 40, swap_word_ids=[COLOURS, SHAPES])
+
+
 def test_one_word_changes_to_another_of_its_class():
     swapper = WordSwapper([COLOURS, SHAPES], vocab_size=30)
     ids = torch.tensor([[2, 5, 10, 20, 7, 0], [2, 5, 6, 7, 0, 0], [2, 12, 12, 0, 0, 0]])
@@ -53,10 +63,7 @@ def test_bad_classes_are_refused():
 def test_itm_negatives_include_the_swapped_captions(monkeypatch):
     from tcl.models import TCLPretrainModel
 
-    cfg = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "loss.itm_swap_negatives=1.0",
-                                                            "model.image_size=32", "model.patch_size=16"])
-    torch.manual_seed(0)
-    model = TCLPretrainModel(cfg.model, cfg.loss, 40, swap_word_ids=[COLOURS, SHAPES])
+    cfg, model = small_model("loss.itm_swap_negatives=1.0")
     seen = []
     original = model.itm_logits
     monkeypatch.setattr(model, "itm_logits", lambda t, m, i: seen.append((t.shape[0], m.clone())) or original(t, m, i))
@@ -92,10 +99,7 @@ def test_content_word_masking_masks_the_class_words_more_often(monkeypatch):
     with pytest.raises(ConfigError, match="mlm_content_probability"):
         validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.mlm_content_probability=0.5",
                                                                     "loss.swap_word_classes=[]"]))
-    cfg = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "loss.mlm_content_probability=1.0",
-                                                            "model.image_size=32", "model.patch_size=16"])
-    torch.manual_seed(0)
-    model = TCLPretrainModel(cfg.model, cfg.loss, 40, swap_word_ids=[COLOURS, SHAPES])
+    cfg, model = small_model("loss.mlm_content_probability=1.0")
     labels_seen = []
     original = pretrain_module.mlm_loss
     monkeypatch.setattr(pretrain_module, "mlm_loss",

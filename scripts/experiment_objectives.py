@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--protocol", choices=("default", "thesis"), default="default")
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="cap on pretraining steps (default: 2 epochs)")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="cap on pretraining steps (default: the tiny config's epochs)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="VQA epochs (default: the tiny config's 3)")
     parser.add_argument("--max-train-questions", type=int, default=5000, help="thesis protocol: training questions")
     parser.add_argument("--max-eval-questions", type=int, default=2000, help="thesis protocol: evaluation questions")

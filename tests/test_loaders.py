@@ -34,6 +34,25 @@ def test_coco_pretrain_pairs_two_views(shapes_root, tiny_config):
     assert len(set(keys)) < len(keys) and all(0 <= key < 2 ** 63 for key in keys)
 
 
+def test_a_sample_key_fixes_its_augmentation_whatever_the_callers_rng(shapes_root, tiny_config):
+    dataset = build_pretrain_dataset(tiny_config(shapes_root))
+    key = 3 * len(dataset) + 5  # epoch 3, row 5
+    torch.manual_seed(1)
+    first = dataset[key]
+    caller_state = torch.get_rng_state()
+    torch.manual_seed(2)
+    second = dataset[key]
+    assert torch.equal(first["image"], second["image"]) and torch.equal(first["image_aug"], second["image_aug"])
+    assert first["caption"] == second["caption"]
+    assert not torch.equal(first["image"], dataset[key + len(dataset)]["image"])  # the same row, the next epoch
+    # The sample's seeding is undone: the caller's generator continues where it was.
+    torch.set_rng_state(caller_state)
+    expected = torch.rand(4)
+    torch.set_rng_state(caller_state)
+    dataset[key]
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_image_keys_are_the_same_in_every_process():
     import subprocess
     import sys

@@ -99,6 +99,18 @@ def test_bench_vqa_step_times_both_batch_layouts(tmp_path, capsys):
     assert "| tiny | 32 | 6 |" in capsys.readouterr().out
 
 
+def test_bench_loading_times_samples_and_steps_beside_workers(shapes_root, tmp_path, capsys):
+    out = tmp_path / "loading.json"
+    assert load_script("bench_loading").main([f"data.root={shapes_root}", "train.batch_size=4", "--workers", "0",
+                                              "--warmup", "0", "--steps", "2", "--samples", "8", "--json",
+                                              str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["loading"]["sample_ms"] > 0 and result["loading"]["view_ms_torchvision_v2"] > 0
+    (row,) = result["steps"]
+    assert row["workers"] == 0 and row["fresh_s"] > 0 and row["again_s"] > 0 and row["ratio"] > 0
+    assert "| 0 |" in capsys.readouterr().out
+
+
 def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "toy"
     assert load_script("experiment_toy2d").main(["--seeds", "2", "--epochs", "1", "--flow-steps", "20",

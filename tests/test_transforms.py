@@ -108,9 +108,39 @@ def test_switches_remove_steps():
     full = step_types(T.pretrain_transform(64))
     assert full[:6] == ["RandomResizedCrop", "RandomApply", "RandomGrayscale", "RandomApply", "RandomHorizontalFlip",
                         "RandomAugment"]
-    assert full[-4:] == ["ToImage", "ToDtype", "Normalize", "ToPureTensor"]
+    assert full[-1] == "ToNormalisedTensor"
     bare = step_types(T.vqa_train_transform(64, hflip=False, color_jitter=False, randaugment=False))
-    assert bare == ["RandomResizedCrop", "ToImage", "ToDtype", "Normalize", "ToPureTensor"]
+    assert bare == ["RandomResizedCrop", "ToNormalisedTensor"]
+
+
+@pytest.mark.parametrize("input_size", [(64, 64), (320, 200), (90, 500), (40, 41)])
+@pytest.mark.parametrize("scale", [(0.2, 1.0), (0.8, 1.0), (1.0, 1.0)])
+def test_lean_crop_draws_and_resamples_as_torchvision(input_size, scale):
+    from torchvision.transforms import InterpolationMode, v2
+
+    reference = v2.RandomResizedCrop(64, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    lean = T.RandomResizedCrop(64, scale=scale)
+    image = _noise(*input_size, seed=input_size[0])
+    for seed in range(10):
+        torch.manual_seed(seed)
+        expected = _pixels(reference(image))
+        next_after_reference = torch.rand(3)
+        torch.manual_seed(seed)
+        got = lean(image)
+        assert got.size == (64, 64) and np.array_equal(_pixels(got), expected)
+        # The same number of draws: the steps after it in a chain see the same RNG state.
+        assert torch.equal(torch.rand(3), next_after_reference)
+
+
+@pytest.mark.parametrize("image", [_noise(64, 64), _noise(37, 90, seed=3), Image.new("RGB", (5, 7), (0, 255, 128))])
+def test_lean_tensor_conversion_is_torchvisions_bit_for_bit(image):
+    from torchvision.transforms import v2
+
+    reference = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(T.CLIP_MEAN, T.CLIP_STD),
+                            v2.ToPureTensor()])
+    got = T.ToNormalisedTensor()(image)
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == (3, image.height, image.width)
+    assert torch.equal(got, reference(image))
 
 
 def test_crop_scales_and_blur():

@@ -4,6 +4,11 @@ Pretraining: RandomResizedCrop → colour jitter / grayscale / Gaussian blur (TC
 → horizontal flip → RandomAugment(2, 7) → float tensor → CLIP normalisation, drawn twice per sample (``TwoViews``).
 Fine-tuning uses the same chain with milder crops; evaluation only resizes and normalises.
 
+The crop and the conversion to a normalised tensor, which every chain has, are our own lean steps: they draw the
+same random numbers and compute the same pixels as torchvision's ``RandomResizedCrop``, ``ToImage``, ``ToDtype`` and
+``Normalize``, without v2's per-call dispatch, which cost three quarters of a view (docs/BENCHMARKS.md, "The loading
+path").
+
 Every random draw comes from torch's global RNG (torchvision v2 and ``RandomAugment`` alike), so seeding torch
 reproduces a view exactly, and DataLoader workers, which torch seeds per worker, draw independent views.
 """
@@ -15,6 +20,8 @@ from typing import Callable
 
 import torch
 from PIL import Image
+import numpy as np
+from torchvision import transforms as v1
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -176,6 +183,52 @@ def test_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     return v2.Compose([resize, *_to_normalised_tensor()])
 
 
+class RandomResizedCrop:
+    """A random crop resized to ``size`` × ``size`` with PIL's bicubic filter, drawn as torchvision's
+    ``RandomResizedCrop`` draws it (area fraction in ``scale``, log-uniform aspect ratio in ``ratio``, ten tries, then
+    a central crop), from torch's global RNG.
+
+    Args:
+        size: side of the square output.
+        scale: range of the crop's area as a fraction of the image's.
+        ratio: range of the crop's aspect ratio (width / height).
+    """
+
+    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        self.size, self.scale, self.ratio = int(size), tuple(scale), tuple(ratio)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        top, left, height, width = v1.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        image = image.crop((left, top, left + width, top + height))
+        if image.size == (self.size, self.size):
+            return image
+        return image.resize((self.size, self.size), resample=Image.Resampling.BICUBIC)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+class ToNormalisedTensor:
+    """An RGB PIL image as a float32 (3, H, W) tensor in [0, 1], normalised with ``mean`` and ``std`` per channel:
+    the same arithmetic as torchvision's ``ToImage`` → ``ToDtype(float32, scale=True)`` → ``Normalize``."""
+
+    def __init__(self, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        # Channels first in memory too: batches then stack with plain copies.
+        chw = pixels.permute(2, 0, 1).contiguous()
+        return chw.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+        return f"{type(self).__name__}(mean={mean}, std={std})"
+
+
 class TwoViews:
     """Two independent draws of a transform, ``(view1, view2)``.
 
@@ -199,8 +252,7 @@ def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, co
     low, high = crop_scale
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
-    steps: list[Callable] = [v2.RandomResizedCrop(image_size, scale=(low, high),
-                                                  interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    steps: list[Callable] = [RandomResizedCrop(image_size, scale=(low, high))]
     if color_jitter:
         steps += _colour_steps(image_size)
     if hflip:
@@ -217,9 +269,7 @@ def _colour_steps(image_size: int) -> list[Callable]:
 
 
 def _to_normalised_tensor() -> list[Callable]:
-    # ToPureTensor: plain tensors collate and pickle without torchvision's tensor subclass.
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CLIP_MEAN, CLIP_STD),
-            v2.ToPureTensor()]
+    return [ToNormalisedTensor(CLIP_MEAN, CLIP_STD)]
 
 
 def _check_size(image_size: int) -> None:

@@ -127,6 +127,10 @@ class DataConfig:
     hflip: bool = True
     color_jitter: bool = True
     randaugment: bool = True
+    # Probability that the momentum encoders' view of a pretraining pair (image_aug) is turned grey; the online view
+    # keeps its colours. 0 = TCL. From scratch on the shapes world, colour alone tells most images apart, and the
+    # image tower learns nothing else; a grey teacher view makes the intra-modal terms need shapes and sizes.
+    teacher_grayscale: float = 0.0
     # Decompression-bomb guard: images with more pixels are refused before decoding.
     max_image_pixels: int = 89_478_485
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
@@ -582,6 +586,8 @@ def _check_data(config: Config, world_size: int) -> str | None:
         return f"data.num_workers = {data.num_workers} must not be negative."
     if not 0.0 < data.crop_scale_min <= 1.0:
         return f"data.crop_scale_min = {data.crop_scale_min} must lie in (0, 1]."
+    if not 0.0 <= data.teacher_grayscale <= 1.0:
+        return f"data.teacher_grayscale = {data.teacher_grayscale} must lie in [0, 1] (a probability)."
     if data.max_image_pixels <= 0:
         return f"data.max_image_pixels = {data.max_image_pixels} must be positive."
     if not data.pretrain_files:

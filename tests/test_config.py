@@ -130,3 +130,11 @@ def test_saved_config_round_trips(tmp_path):
     config = load_config(REPO / "configs/pretrain_tiny.yaml", ["train.max_steps=5", "loss.objective=debiased_pos"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_teacher_grayscale_is_a_probability():
+    from tcl.config import validate
+
+    validate(load_config("pretrain_tiny", ["data.teacher_grayscale=0.5"]))
+    with pytest.raises(ConfigError, match=r"data\.teacher_grayscale = 1\.5 must lie in \[0, 1\]"):
+        validate(load_config("pretrain_tiny", ["data.teacher_grayscale=1.5"]))

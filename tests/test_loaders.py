@@ -34,6 +34,23 @@ def test_coco_pretrain_pairs_two_views(shapes_root, tiny_config):
     assert len(set(keys)) < len(keys) and all(0 <= key < 2 ** 63 for key in keys)
 
 
+def _denormalised(view: torch.Tensor) -> torch.Tensor:
+    from tcl.data.transforms import CLIP_MEAN, CLIP_STD
+    return view * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
+
+
+def test_teacher_grayscale_greys_only_the_momentum_view(shapes_root, tiny_config):
+    dataset = build_pretrain_dataset(tiny_config(shapes_root, "data.teacher_grayscale=1.0"))
+    for index in range(3):
+        sample = dataset[index]
+        grey, coloured = _denormalised(sample["image_aug"]), _denormalised(sample["image"])
+        # Grey: the three channels hold the same level (up to float rounding of the normalisation).
+        assert (grey - grey[:1]).abs().max() < 1e-5
+        assert (coloured - coloured[:1]).abs().max() > 0.2  # the shapes world's colours stay in the online view
+    default = build_pretrain_dataset(tiny_config(shapes_root))
+    assert default.aug_transform is default.transform  # off: TCL's two draws of one chain
+
+
 def test_a_sample_key_fixes_its_augmentation_whatever_the_callers_rng(shapes_root, tiny_config):
     dataset = build_pretrain_dataset(tiny_config(shapes_root))
     key = 3 * len(dataset) + 5  # epoch 3, row 5

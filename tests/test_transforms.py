@@ -113,6 +113,22 @@ def test_switches_remove_steps():
     assert bare == ["RandomResizedCrop", "ToNormalisedTensor"]
 
 
+def test_random_gray_is_torchvisions_grayscale_with_probability_p():
+    from torchvision.transforms.v2 import functional as TF
+
+    image = _noise(40, 30)
+    expected = _pixels(TF.rgb_to_grayscale(image, num_output_channels=3))
+    assert np.array_equal(_pixels(T.RandomGray(1.0)(image)), expected)
+    assert T.RandomGray(0.0)(image) is image
+    torch.manual_seed(0)
+    greyed = sum(np.array_equal(_pixels(T.RandomGray(0.5)(image)), expected) for _ in range(400))
+    assert 160 < greyed < 240
+    assert [type(step).__name__ for step in T.pretrain_transform(64, grayscale=0.5).transforms][-2:] == [
+        "RandomGray", "ToNormalisedTensor"]
+    with pytest.raises(ValueError, match="probability"):
+        T.RandomGray(1.5)
+
+
 @pytest.mark.parametrize("input_size", [(64, 64), (320, 200), (90, 500), (40, 41)])
 @pytest.mark.parametrize("scale", [(0.2, 1.0), (0.8, 1.0), (1.0, 1.0)])
 def test_lean_crop_draws_and_resamples_as_torchvision(input_size, scale):

@@ -37,12 +37,15 @@ def _resolve(config: Config, path: str) -> Path:
 def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     """Image-text pairs from ``data.pretrain_source`` with TCL's two-view pretraining augmentation."""
     data = config.data
-    transform = pretrain_transform(config.model.image_size, crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip,
-                                   color_jitter=data.color_jitter, randaugment=data.randaugment)
+    chain = dict(crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip, color_jitter=data.color_jitter,
+                 randaugment=data.randaugment)
+    transform = pretrain_transform(config.model.image_size, **chain)
     image_root = _resolve(config, data.image_root)
     files = [_resolve(config, f) for f in data.pretrain_files]
     kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
                               "max_image_pixels": data.max_image_pixels, "seed": config.train.seed}
+    if data.teacher_grayscale > 0:
+        kwargs["aug_transform"] = pretrain_transform(config.model.image_size, grayscale=data.teacher_grayscale, **chain)
     if data.pretrain_source == "hf":
         # A saved table under data.root, or else a hub name.
         source = str(files[0]) if files[0].exists() else data.pretrain_files[0]

@@ -186,6 +186,7 @@ class ImageTextDataset(TableDataset):
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
         image_root: folder that relative image paths are resolved against.
         transform: image transform applied twice, independently.
+        aug_transform: the second view's transform instead (the momentum encoders' view), if given.
         on_bad_sample: ``skip`` or ``error``.
         image_column / caption_column: column names in ``table``.
     """
@@ -193,13 +194,15 @@ class ImageTextDataset(TableDataset):
     def __init__(self, table: datasets.Dataset, image_root: str | Path, transform: Callable,
                  on_bad_sample: str = "skip",
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
-                 caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0):
+                 caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
+                 aug_transform: Callable | None = None):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
         self.image_root = Path(image_root)
         self.image_column = image_column
         self.caption_column = caption_column
+        self.aug_transform = aug_transform or transform
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
@@ -210,7 +213,7 @@ class ImageTextDataset(TableDataset):
         if not caption:
             raise BadSampleError(f"empty caption for image {row[self.image_column]!r}", "empty caption")
         image = self._image(row[self.image_column])
-        return {"image": self.transform(image), "image_aug": self.transform(image), "caption": caption,
+        return {"image": self.transform(image), "image_aug": self.aug_transform(image), "caption": caption,
                 "image_key": image_key(row[self.image_column], index)}
 
     def _image(self, value: Any):

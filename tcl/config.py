@@ -164,6 +164,10 @@ class LossConfig:
     # ITM negatives: drawn by similarity (TCL's hard negatives) or uniformly from the batch. On data whose captions
     # often fit other images too, the hard ones are mostly such captions, and ITM then learns only its label prior.
     itm_negatives: Literal["hard", "random"] = "hard"
+    # Which negatives ITM scores: ``both`` (TCL) a negative text for every image and a negative image for every text,
+    # 3B fused pairs a batch; ``half`` a negative text for the first half of the batch and a negative image for the
+    # second, 2B fused pairs with labels 1 : 1 (ITM's fusion passes are about a third of a tiny step's FLOPs).
+    itm_negative_pairs: Literal["both", "half"] = "both"
     # A copy of a sample's own caption (another image's identical caption, in the batch or the queue) is neither an
     # ITM negative nor a contrastive negative of it (i2t, t2i, t2t): it is a match labelled a mismatch. TCL does not
     # check; COCO captions are nearly all distinct, while generated or web captions repeat (two thirds of the embedded

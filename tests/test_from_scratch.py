@@ -118,7 +118,7 @@ def test_the_paper_configs_keep_tcl():
         cfg = load_config(REPO / "configs" / name)
         assert cfg.model.init_scheme == "bert" and cfg.model.feature_pool == "cls"
         assert cfg.loss.online_keys_steps == 0 and cfg.loss.distill and cfg.loss.itm_negatives == "hard"
-        assert not cfg.loss.skip_identical_captions
+        assert not cfg.loss.skip_identical_captions and cfg.loss.itm_negative_pairs == "both"
 
 
 def test_negative_warmup_is_refused():
@@ -148,6 +148,31 @@ def test_random_negatives_draw_itm_negatives_uniformly(monkeypatch):
     seen.clear()
     model("loss.itm_negatives=hard")(*inputs())
     assert not torch.allclose(seen[0][off_diagonal], torch.full((56,), 1 / 8))
+
+
+@pytest.mark.parametrize("pairs", ["both", "half"])
+def test_itm_negative_pairs_choose_which_negatives_are_fused(monkeypatch, pairs):
+    import tcl.models.pretrain as pretrain
+
+    drawn, fused = [], []
+    original = pretrain.sample_hard_negatives
+    monkeypatch.setattr(pretrain, "sample_hard_negatives", lambda w, g=None: drawn.append(original(w, g)) or drawn[-1])
+    m = model(f"loss.itm_negative_pairs={pairs}")
+    real_itm_logits = m.itm_logits
+    monkeypatch.setattr(m, "itm_logits", lambda t, a, i: fused.append((t, a, i)) or real_itm_logits(t, a, i))
+    m(*inputs())
+    (positive_texts, _, positive_images), (texts, masks, images) = fused
+    negative_image, negative_text = drawn  # drawn per text, then per image
+    assert positive_texts.shape[0] == 8
+    if pairs == "both":  # TCL: every text with a negative image, then every image with a negative text
+        assert texts.shape[0] == 16
+        assert torch.equal(images[:8], positive_images[negative_image]) and torch.equal(texts[:8], positive_texts)
+        assert torch.equal(texts[8:], positive_texts[negative_text]) and torch.equal(images[8:], positive_images)
+    else:  # half the batch each way: as many negatives as positives
+        assert texts.shape[0] == 8
+        assert torch.equal(texts[:4], positive_texts[negative_text[:4]]) and torch.equal(images[:4], positive_images[:4])
+        assert torch.equal(texts[4:], positive_texts[4:]) and torch.equal(images[4:], positive_images[negative_image[4:]])
+    assert torch.isfinite(m(*inputs()).losses["itm"])
 
 
 def test_the_online_keys_warmup_follows_the_step():

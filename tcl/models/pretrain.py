@@ -292,9 +292,16 @@ class TCLPretrainModel(nn.Module):
         negative_texts, negative_masks = self._swapped_negatives(text_embeds[negative_text],
                                                                  attention_mask[negative_text], input_ids,
                                                                  attention_mask)
-        texts = torch.cat([text_embeds, negative_texts])
-        masks = torch.cat([attention_mask, negative_masks])
-        images = torch.cat([image_embeds[negative_image], image_embeds])
+        if self.loss_config.itm_negative_pairs == "half":
+            # Rows [0, B/2): image i with its negative text; rows [B/2, B): text j with its negative image.
+            half = batch // 2
+            texts = torch.cat([negative_texts[:half], text_embeds[half:]])
+            masks = torch.cat([negative_masks[:half], attention_mask[half:]])
+            images = torch.cat([image_embeds[:half], image_embeds[negative_image[half:]]])
+        else:
+            texts = torch.cat([text_embeds, negative_texts])
+            masks = torch.cat([attention_mask, negative_masks])
+            images = torch.cat([image_embeds[negative_image], image_embeds])
         negative = self.itm_logits(texts, masks, images)
         return itm_loss(torch.cat([positive, negative]), batch)
 

@@ -190,6 +190,21 @@ def test_shape_probe_asks_the_vqa_model_about_one_of_several_objects(shapes_root
     assert 0 <= result["history"][-1]["test_accuracy"] <= 100
 
 
+def test_frozen_shape_probe_fits_separable_features_and_reports_both_tasks(tmp_path):
+    probe = load_script("probe_frozen_shapes")
+    labels = torch.arange(40) % 4
+    features = torch.nn.functional.one_hot(labels, 4).float() * 3 + 0.1 * torch.randn(40, 4)
+    assert torch.equal(probe.fit_linear(features[:32], labels[:32], features[32:], multilabel=False), labels[32:])
+    images, present = probe.presence_scenes(12, 64, np.random.default_rng(0))
+    assert images.shape == (12, 3, 64, 64) and present.shape == (12, 4) and (present.sum(1) >= 1).all()
+    out = tmp_path / "frozen.json"
+    assert probe.main(["--run", "random", "--train-images", "24", "--test-images", "12", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 0 <= result["lone_shape_accuracy"] <= 100
+    assert set(result["presence_accuracy"]) == set(result["presence_floor"]) == {"circle", "square", "triangle",
+                                                                               "cross"}
+
+
 def test_shape_probe_bce_matches_the_vqa_classifier_loss():
     probe = load_script("probe_shape_perception")
     logits, labels = torch.tensor([[2.0, -1.0, 0.0, 0.5]]), torch.tensor([0])

@@ -20,11 +20,14 @@ import argparse
 import json
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-from probe_shape_perception import scene_images  # the sibling probe's scene renderer
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling probe, also when loaded from a file path
+from probe_shape_perception import scene_images  # noqa: E402  (its scene renderer)
 
 from tcl.config import load_config
 from tcl.data.shapes import SHAPES, place_object, render_scene

@@ -275,9 +275,10 @@ class TCLPretrainModel(nn.Module):
 
     def _itm(self, image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text=None
              ) -> torch.Tensor:
-        """Positive pairs plus, per image and per text, one hard negative drawn by similarity; ``same_text`` [B, B]
-        marks pairs of samples that match anyway (identical captions, or the same image), which are never drawn as
-        each other's negatives."""
+        """Positive pairs plus, per image and per text, one hard negative drawn by similarity (with
+        ``loss.itm_negative_pairs: half``, a negative text for the first half of the images and a negative image for
+        the second half of the texts); ``same_text`` [B, B] marks pairs of samples that match anyway (identical
+        captions, or the same image), which are never drawn as each other's negatives."""
         batch = image_embeds.shape[0]
         positive = self.itm_logits(text_embeds, attention_mask, image_embeds)
         if batch == 1:  # no other sample to contrast with

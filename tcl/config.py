@@ -161,6 +161,10 @@ class LossConfig:
     # From-scratch warm-up: for this many first optimizer steps CMA contrasts the online image and text features of
     # the batch (CLIP's in-batch loss) instead of momentum keys and queues. 0 = TCL (the paper configs).
     online_keys_steps: int = 0
+    # From-scratch warm-up: the intra-modal and local terms (IMC, LMI) ramp in linearly over this many first optimizer
+    # steps (weight 0 at step 0, full from then on). On the shapes world they suppress the shape features that MLM
+    # builds in the image tower while colour alone solves them (docs/BENCHMARKS.md). 0 = TCL.
+    intra_modal_warmup_steps: int = 0
     # ITM negatives: drawn by similarity (TCL's hard negatives) or uniformly from the batch. On data whose captions
     # often fit other images too, the hard ones are mostly such captions, and ITM then learns only its label prior.
     itm_negatives: Literal["hard", "random"] = "hard"
@@ -541,6 +545,8 @@ def _check_loss(config: Config, world_size: int) -> str | None:
         return f"loss.uota_tau = {loss.uota_tau} must be positive (or null: the feature dimension)."
     if loss.online_keys_steps < 0:
         return f"loss.online_keys_steps = {loss.online_keys_steps} must not be negative."
+    if loss.intra_modal_warmup_steps < 0:
+        return f"loss.intra_modal_warmup_steps = {loss.intra_modal_warmup_steps} must not be negative."
     if not 0.0 <= loss.itm_swap_negatives <= 1.0:
         return f"loss.itm_swap_negatives = {loss.itm_swap_negatives} must lie in [0, 1]."
     if loss.itm_swap_negatives > 0 and not loss.swap_word_classes:

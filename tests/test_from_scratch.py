@@ -118,6 +118,7 @@ def test_the_paper_configs_keep_tcl():
         cfg = load_config(REPO / "configs" / name)
         assert cfg.model.init_scheme == "bert" and cfg.model.feature_pool == "cls"
         assert cfg.loss.online_keys_steps == 0 and cfg.loss.distill and cfg.loss.itm_negatives == "hard"
+        assert cfg.loss.intra_modal_warmup_steps == 0
         assert not cfg.loss.skip_identical_captions and cfg.loss.itm_negative_pairs == "both"
 
 
@@ -173,6 +174,25 @@ def test_itm_negative_pairs_choose_which_negatives_are_fused(monkeypatch, pairs)
         assert torch.equal(texts[:4], positive_texts[negative_text[:4]]) and torch.equal(images[:4], positive_images[:4])
         assert torch.equal(texts[4:], positive_texts[4:]) and torch.equal(images[4:], positive_images[negative_image[4:]])
     assert torch.isfinite(m(*inputs()).losses["itm"])
+
+
+def test_the_intra_modal_warmup_scales_only_imc_and_lmi():
+    from tcl.engine.pretrain import intra_modal_scale
+
+    loss = config("loss.intra_modal_warmup_steps=100").loss
+    assert [intra_modal_scale(loss, s) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0]
+    assert intra_modal_scale(config().loss, 0) == 1.0  # off: TCL's weights from the first step
+    m = model()
+    for scale in (0.0, 0.5, 1.0):
+        torch.manual_seed(3)
+        out = m(*inputs(), intra_modal_scale=scale)
+        t, cfg = out.losses, m.loss_config
+        intra = cfg.imc_weight * (t["i2i"] + t["t2t"]) + cfg.lmi_weight * (t["lmi_image"] + t["lmi_text"])
+        expected = ((cfg.cma_weight * (t["i2t"] + t["t2i"]) + scale * intra) / 6 + cfg.itm_weight * t["itm"]
+                    + cfg.mlm_weight * t["mlm"])
+        assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(Exception, match="intra_modal_warmup_steps"):
+        config("loss.intra_modal_warmup_steps=-1")
 
 
 def test_the_online_keys_warmup_follows_the_step():

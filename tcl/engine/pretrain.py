@@ -136,7 +136,16 @@ def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step
     return model(batch["image"].to(device), batch["image_aug"].to(device), batch["input_ids"].to(device),
                  batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary,
                  online_keys=step < loss.online_keys_steps,
-                 image_keys=batch["image_keys"].to(device) if loss.skip_same_image else None)
+                 image_keys=batch["image_keys"].to(device) if loss.skip_same_image else None,
+                 intra_modal_scale=intra_modal_scale(loss, step))
+
+
+def intra_modal_scale(loss, step: int) -> float:
+    """The IMC and LMI weights' factor after ``step`` optimizer steps: a linear ramp over
+    ``loss.intra_modal_warmup_steps`` (1 when that is 0)."""
+    if loss.intra_modal_warmup_steps <= 0:
+        return 1.0
+    return min(1.0, step / loss.intra_modal_warmup_steps)
 
 
 def unwrap_config(model):

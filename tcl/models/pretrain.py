@@ -166,7 +166,8 @@ class TCLPretrainModel(nn.Module):
 
     def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True,
-                online_keys: bool = False, image_keys: torch.Tensor | None = None) -> PretrainOutput:
+                online_keys: bool = False, image_keys: torch.Tensor | None = None, intra_modal_scale: float = 1.0
+                ) -> PretrainOutput:
         """All TCL losses for one batch.
 
         Args:
@@ -179,6 +180,7 @@ class TCLPretrainModel(nn.Module):
                 gradient through both sides, no distillation) instead of momentum keys and queues: the from-scratch
                 warm-up of ``loss.online_keys_steps``. Momentum updates and enqueues go on as usual.
             image_keys: [B] int64 key of each row's image (``image_key``), needed by ``loss.skip_same_image``.
+            intra_modal_scale: factor on the IMC and LMI weights (``loss.intra_modal_warmup_steps``' ramp).
         """
         self.clamp_temperature()
         temp, cfg = self.temp, self.loss_config
@@ -227,7 +229,7 @@ class TCLPretrainModel(nn.Module):
                        "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()[0]}
         if cfg.align_uniform_weight > 0:
             terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
-        total = self._total(terms)
+        total = self._total(terms, intra_modal_scale)
         return PretrainOutput(total, {name: value.detach() for name, value in terms.items()}, diagnostics)
 
     def _checked_image_keys(self, image_keys: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -246,10 +248,11 @@ class TCLPretrainModel(nn.Module):
             return None
         return keys[:, None] == torch.cat([keys, getattr(self, queue).keys])[None, :]
 
-    def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _total(self, terms: dict[str, torch.Tensor], intra_modal_scale: float = 1.0) -> torch.Tensor:
         cfg = self.loss_config
-        contrastive = (cfg.cma_weight * (terms["i2t"] + terms["t2i"]) + cfg.imc_weight * (terms["i2i"] + terms["t2t"])
-                       + cfg.lmi_weight * (terms["lmi_image"] + terms["lmi_text"])) / len(CONTRASTIVE_TERMS)
+        intra_modal = intra_modal_scale * (cfg.imc_weight * (terms["i2i"] + terms["t2t"])
+                                           + cfg.lmi_weight * (terms["lmi_image"] + terms["lmi_text"]))
+        contrastive = (cfg.cma_weight * (terms["i2t"] + terms["t2i"]) + intra_modal) / len(CONTRASTIVE_TERMS)
         total = contrastive + cfg.itm_weight * terms["itm"] + cfg.mlm_weight * terms["mlm"]
         if "align_uniform" in terms:
             total = total + cfg.align_uniform_weight * terms["align_uniform"]

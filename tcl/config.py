@@ -128,8 +128,8 @@ class DataConfig:
     color_jitter: bool = True
     randaugment: bool = True
     # Probability that the momentum encoders' view of a pretraining pair (image_aug) is turned grey; the online view
-    # keeps its colours. 0 = TCL. From scratch on the shapes world, colour alone tells most images apart, and the
-    # image tower learns nothing else; a grey teacher view makes the intra-modal terms need shapes and sizes.
+    # keeps its colours. 0 = TCL. Meant to stop colour alone from solving the intra-modal terms on the shapes world;
+    # measured at 0.5 it costs retrieval and does not teach shapes (docs/BENCHMARKS.md), so the tiny configs keep 0.
     teacher_grayscale: float = 0.0
     # Decompression-bomb guard: images with more pixels are refused before decoding.
     max_image_pixels: int = 89_478_485
@@ -163,7 +163,8 @@ class LossConfig:
     online_keys_steps: int = 0
     # From-scratch warm-up: the intra-modal and local terms (IMC, LMI) ramp in linearly over this many first optimizer
     # steps (weight 0 at step 0, full from then on). On the shapes world they suppress the shape features that MLM
-    # builds in the image tower while colour alone solves them (docs/BENCHMARKS.md). 0 = TCL.
+    # builds in the image tower while colour alone solves them; measured, a ramp does not keep the shapes either
+    # (docs/BENCHMARKS.md). 0 = TCL.
     intra_modal_warmup_steps: int = 0
     # ITM negatives: drawn by similarity (TCL's hard negatives) or uniformly from the batch. On data whose captions
     # often fit other images too, the hard ones are mostly such captions, and ITM then learns only its label prior.

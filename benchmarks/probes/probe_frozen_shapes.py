@@ -94,7 +94,8 @@ def fit_linear(train_x, train_y, test_x, multilabel: bool, steps: int = 500) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="a pretraining run folder, 'random' for the untrained encoder, or an encoder's .pt")
+    parser.add_argument("--run", required=True,
+                        help="a pretraining run folder, 'random' for the untrained encoder, or an encoder's .pt")
     parser.add_argument("--config", default="pretrain_tiny", help="(with --run random) whose model to build")
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--test-images", type=int, default=1000)

@@ -187,6 +187,10 @@ class LossConfig:
     # for another of its class ("a red circle" → "a red square"; NegCLIP's negatives): the only negatives that
     # require reading what the changed word names in the image. 0 = TCL.
     itm_swap_negatives: float = 0.0
+    # Share of CMA's image rows that also contrast against their own caption with one word of ``swap_word_classes``
+    # swapped (one more i2t negative, encoded by the online text tower with gradient: NegCLIP's ITC negatives), so
+    # that the image feature has to carry what that word names. 0 = TCL.
+    cma_swap_negatives: float = 0.0
     # Classes of interchangeable words (each word a single token of the vocabulary), e.g. colours, shape names.
     swap_word_classes: list[list[str]] = field(default_factory=list)
     # MLM also chooses each word of ``swap_word_classes`` with this probability (on top of model.mlm_probability
@@ -548,11 +552,12 @@ def _check_loss(config: Config, world_size: int) -> str | None:
         return f"loss.online_keys_steps = {loss.online_keys_steps} must not be negative."
     if loss.intra_modal_warmup_steps < 0:
         return f"loss.intra_modal_warmup_steps = {loss.intra_modal_warmup_steps} must not be negative."
-    if not 0.0 <= loss.itm_swap_negatives <= 1.0:
-        return f"loss.itm_swap_negatives = {loss.itm_swap_negatives} must lie in [0, 1]."
-    if loss.itm_swap_negatives > 0 and not loss.swap_word_classes:
-        return ("loss.itm_swap_negatives > 0 needs loss.swap_word_classes, e.g. [[red, green, blue], "
-                "[circle, square]].")
+    for name in ("itm_swap_negatives", "cma_swap_negatives"):
+        share = getattr(loss, name)
+        if not 0.0 <= share <= 1.0:
+            return f"loss.{name} = {share} must lie in [0, 1]."
+        if share > 0 and not loss.swap_word_classes:
+            return f"loss.{name} > 0 needs loss.swap_word_classes, e.g. [[red, green, blue], [circle, square]]."
     if not 0.0 <= loss.mlm_content_probability <= 1.0:
         return f"loss.mlm_content_probability = {loss.mlm_content_probability} must lie in [0, 1]."
     if loss.mlm_content_probability > 0 and not loss.swap_word_classes:

@@ -79,8 +79,8 @@ class TCLPretrainModel(nn.Module):
         loss: loss weights and objective.
         vocab_size: tokenizer vocabulary size.
         special: ids of [PAD], [CLS], [MASK].
-        swap_word_ids: token ids of ``loss.swap_word_classes`` (needed for ``loss.itm_swap_negatives``; the model
-            is built without them for inference).
+        swap_word_ids: token ids of ``loss.swap_word_classes`` (needed for ``loss.itm_swap_negatives`` and
+            ``loss.cma_swap_negatives``; the model is built without them for inference).
     """
 
     def __init__(self, model: ModelConfig, loss: LossConfig, vocab_size: int, special: SpecialTokens = SpecialTokens(),
@@ -196,14 +196,16 @@ class TCLPretrainModel(nn.Module):
         copies = _either(copies, same_image)
         batch = input_ids.shape[0]
         terms = {}
+        own_negatives, own_used = self._swapped_caption_features(input_ids, attention_mask)
+        common_cma = dict(own_text_negatives=own_negatives, own_text_negative_used=own_used, **common)
         if online_keys:
             terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, image_feat, text_feat, temp,
-                                                  exclude=None if copies is None else copies[:, :batch], **common)
+                                                  exclude=None if copies is None else copies[:, :batch], **common_cma)
         else:
             terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all,
                                                   teacher.text_feat_all, temp, alpha=distill_alpha,
                                                   image_feat_m=teacher.image_feat, text_feat_m=teacher.text_feat,
-                                                  exclude=copies, **common)
+                                                  exclude=copies, **common_cma)
         image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
                                               temp, image_weights=image_weights, text_exclude=copies,
@@ -309,6 +311,27 @@ class TCLPretrainModel(nn.Module):
         negative = self.itm_logits(texts, masks, images)
         return itm_loss(torch.cat([positive, negative]), batch)
 
+    def _swapped_caption_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """For ``loss.cma_swap_negatives``: the online features [B, d] of each row's caption with one class word
+        swapped (with gradient, so that the text tower learns to tell the two apart as well), and [B] bool: the rows
+        that use theirs (a ``cma_swap_negatives`` share of those whose caption has a class word); (None, None) when
+        the option is off."""
+        share = self.loss_config.cma_swap_negatives
+        if share <= 0:
+            return None, None
+        swapper = self._require_swapper("loss.cma_swap_negatives")
+        with torch.no_grad():
+            swapped_ids, changed = swapper(input_ids, attention_mask)
+            used = changed & (torch.rand(changed.shape, device=changed.device) < share)
+        return self.encode_text(swapped_ids, attention_mask)[1], used
+
+    def _require_swapper(self, option: str) -> WordSwapper:
+        if self.word_swapper is None:
+            raise ValueError(f"{option} needs the model built with swap_word_ids (the token ids of "
+                             "loss.swap_word_classes)")
+        return self.word_swapper
+
     def _swapped_negatives(self, negative_texts: torch.Tensor, negative_masks: torch.Tensor, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ITM's text negatives [B, L, D] and their masks, with a ``loss.itm_swap_negatives`` share of rows replaced
@@ -316,11 +339,9 @@ class TCLPretrainModel(nn.Module):
         share = self.loss_config.itm_swap_negatives
         if share <= 0:
             return negative_texts, negative_masks
-        if self.word_swapper is None:
-            raise ValueError("loss.itm_swap_negatives needs the model built with swap_word_ids "
-                             "(the token ids of loss.swap_word_classes)")
+        swapper = self._require_swapper("loss.itm_swap_negatives")
         with torch.no_grad():
-            swapped_ids, changed = self.word_swapper(input_ids, attention_mask)
+            swapped_ids, changed = swapper(input_ids, attention_mask)
             use = changed & (torch.rand(changed.shape, device=changed.device) < share)
         if not use.any():
             return negative_texts, negative_masks

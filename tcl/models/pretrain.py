@@ -320,17 +320,19 @@ class TCLPretrainModel(nn.Module):
         share = self.loss_config.cma_swap_negatives
         if share <= 0:
             return None, None
-        swapper = self._require_swapper("loss.cma_swap_negatives")
-        with torch.no_grad():
-            swapped_ids, changed = swapper(input_ids, attention_mask)
-            used = changed & (torch.rand(changed.shape, device=changed.device) < share)
+        swapped_ids, used = self._draw_swapped("loss.cma_swap_negatives", share, input_ids, attention_mask)
         return self.encode_text(swapped_ids, attention_mask)[1], used
 
-    def _require_swapper(self, option: str) -> WordSwapper:
+    @torch.no_grad()
+    def _draw_swapped(self, option: str, share: float, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The captions with one class word swapped, and [B] bool: a ``share`` of the rows that hold a class word
+        (the rows the ``option`` uses)."""
         if self.word_swapper is None:
             raise ValueError(f"{option} needs the model built with swap_word_ids (the token ids of "
                              "loss.swap_word_classes)")
-        return self.word_swapper
+        swapped_ids, changed = self.word_swapper(input_ids, attention_mask)
+        return swapped_ids, changed & (torch.rand(changed.shape, device=changed.device) < share)
 
     def _swapped_negatives(self, negative_texts: torch.Tensor, negative_masks: torch.Tensor, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,10 +341,7 @@ class TCLPretrainModel(nn.Module):
         share = self.loss_config.itm_swap_negatives
         if share <= 0:
             return negative_texts, negative_masks
-        swapper = self._require_swapper("loss.itm_swap_negatives")
-        with torch.no_grad():
-            swapped_ids, changed = swapper(input_ids, attention_mask)
-            use = changed & (torch.rand(changed.shape, device=changed.device) < share)
+        swapped_ids, use = self._draw_swapped("loss.itm_swap_negatives", share, input_ids, attention_mask)
         if not use.any():
             return negative_texts, negative_masks
         negative_texts, negative_masks = negative_texts.clone(), negative_masks.clone()

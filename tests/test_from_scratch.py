@@ -160,19 +160,22 @@ def test_itm_negative_pairs_choose_which_negatives_are_fused(monkeypatch, pairs)
     monkeypatch.setattr(pretrain, "sample_hard_negatives", lambda w, g=None: drawn.append(original(w, g)) or drawn[-1])
     m = model(f"loss.itm_negative_pairs={pairs}")
     real_itm_logits = m.itm_logits
-    monkeypatch.setattr(m, "itm_logits", lambda t, a, i: fused.append((t, a, i)) or real_itm_logits(t, a, i))
+    monkeypatch.setattr(m, "itm_logits", lambda t, a, i, index=None: fused.append((t, a, i, index))
+                        or real_itm_logits(t, a, i, index))
     m(*inputs())
-    (positive_texts, _, positive_images), (texts, masks, images) = fused
+    ((texts, masks, images, index),) = fused  # positives and negatives in one pass, each row naming its image
     negative_image, negative_text = drawn  # drawn per text, then per image
-    assert positive_texts.shape[0] == 8
+    own = torch.arange(8)
+    assert images.shape[0] == 8 and torch.equal(index[:8], own)  # the positives first
+    positive_texts = texts[:8]
     if pairs == "both":  # TCL: every text with a negative image, then every image with a negative text
-        assert texts.shape[0] == 16
-        assert torch.equal(images[:8], positive_images[negative_image]) and torch.equal(texts[:8], positive_texts)
-        assert torch.equal(texts[8:], positive_texts[negative_text]) and torch.equal(images[8:], positive_images)
+        assert texts.shape[0] == 24
+        assert torch.equal(index[8:16], negative_image) and torch.equal(texts[8:16], positive_texts)
+        assert torch.equal(texts[16:], positive_texts[negative_text]) and torch.equal(index[16:], own)
     else:  # half the batch each way: as many negatives as positives
-        assert texts.shape[0] == 8
-        assert torch.equal(texts[:4], positive_texts[negative_text[:4]]) and torch.equal(images[:4], positive_images[:4])
-        assert torch.equal(texts[4:], positive_texts[4:]) and torch.equal(images[4:], positive_images[negative_image[4:]])
+        assert texts.shape[0] == 16
+        assert torch.equal(texts[8:12], positive_texts[negative_text[:4]]) and torch.equal(index[8:12], own[:4])
+        assert torch.equal(texts[12:], positive_texts[4:]) and torch.equal(index[12:], negative_image[4:])
     assert torch.isfinite(m(*inputs()).losses["itm"])
 
 

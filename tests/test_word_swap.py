@@ -66,7 +66,8 @@ def test_itm_negatives_include_the_swapped_captions(monkeypatch):
     cfg, model = small_model("loss.itm_swap_negatives=1.0")
     seen = []
     original = model.itm_logits
-    monkeypatch.setattr(model, "itm_logits", lambda t, m, i: seen.append((t.shape[0], m.clone())) or original(t, m, i))
+    monkeypatch.setattr(model, "itm_logits", lambda t, m, i, index=None: seen.append((t.shape[0], m.clone()))
+                        or original(t, m, i, index))
     ids = torch.tensor([[2, 5, 10, 20, 0], [2, 6, 7, 8, 9], [2, 11, 5, 0, 0], [2, 5, 5, 21, 6]])
     mask = (ids != 0).long()
     encoded = []
@@ -77,7 +78,8 @@ def test_itm_negatives_include_the_swapped_captions(monkeypatch):
     assert torch.isfinite(out.losses["itm"])
     swapped = [batch for batch in encoded if batch.shape[0] == 3]  # rows 0, 2, 3 hold a class word
     assert len(swapped) == 1 and ((swapped[0] != ids[[0, 2, 3]]).sum(dim=1) == 1).all()
-    negatives_mask = seen[-1][1][4:]  # [positives | negative texts for each image | ...]: the swapped rows' masks
+    # [positives | each text with a negative image | each image with a negative text]: the swapped rows' masks
+    negatives_mask = seen[-1][1][8:]
     assert torch.equal(negatives_mask[[0, 2, 3]], mask[[0, 2, 3]])
     with pytest.raises(ValueError, match="swap_word_ids"):
         TCLPretrainModel(cfg.model, cfg.loss, 40)(images, images, ids, mask)

@@ -91,9 +91,9 @@ def encode_set(model, data: RetrievalSet, batch_size: int = 128):
     return image_embeds, image_feat, text_embeds, text_feat, data.attention_mask.to(device)
 
 
-def _itm_logit(model, text_embeds, attention_mask, image_embeds) -> torch.Tensor:
-    """The ITM head's match logit of aligned (text, image) rows."""
-    return model.itm_logits(text_embeds, attention_mask, image_embeds)[:, 1].float()
+def _itm_logit(model, text_embeds, attention_mask, image_embeds, image_index=None) -> torch.Tensor:
+    """The ITM head's match logit of (text, image) rows (``image_index``: see ``TCLPretrainModel.fuse``)."""
+    return model.itm_logits(text_embeds, attention_mask, image_embeds, image_index)[:, 1].float()
 
 
 @torch.no_grad()
@@ -107,8 +107,8 @@ def evaluate_retrieval(model, data: RetrievalSet, k_test: int = 256, batch_size:
     text_image = data.text_image.to(itc.device)
 
     def texts_for_image(row, columns):
-        count = len(columns)
-        return _itm_logit(model, text_embeds[columns], mask[columns], image_embeds[row:row + 1].expand(count, -1, -1))
+        same_image = torch.zeros(len(columns), dtype=torch.long, device=image_embeds.device)
+        return _itm_logit(model, text_embeds[columns], mask[columns], image_embeds[row:row + 1], same_image)
 
     def images_for_text(row, columns):
         count = len(columns)
@@ -181,8 +181,8 @@ def masked_word_hits(model, data: RetrievalSet, word_ids: Sequence[int], mask_id
         row, column = rows[start:start + batch_size], columns[start:start + batch_size]
         masked = ids[row].clone()
         masked[torch.arange(len(row), device=device), column] = mask_id
-        hidden = model.fuse(model.text_encoder(masked, attention[row]), attention[row],
-                            image_embeds[data.text_image[row.cpu()].to(device)])
+        hidden = model.fuse(model.text_encoder(masked, attention[row]), attention[row], image_embeds,
+                            data.text_image[row.cpu()].to(device))
         logits = model.mlm_head(hidden[torch.arange(len(row), device=device), column])
         hits.append((logits.argmax(dim=-1) == ids[row, column]).cpu())
     return ids[rows, columns].cpu(), torch.cat(hits)

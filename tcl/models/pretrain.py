@@ -129,9 +129,11 @@ class TCLPretrainModel(nn.Module):
         return embeds, F.normalize(self.text_proj(pool_text(embeds, attention_mask, self.model_config.feature_pool)),
                                    dim=-1)
 
-    def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Fusion-encoder states [B, L, D] of text states cross-attending to image tokens."""
-        return self.fusion_encoder(text_embeds, attention_mask, image_embeds)
+    def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+             image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Fusion-encoder states [B, L, D] of text states cross-attending to image tokens; ``image_index`` [B]: the
+        row of ``image_embeds`` each text reads, when texts share images (None: row i reads image i)."""
+        return self.fusion_encoder(text_embeds, attention_mask, image_embeds, image_index=image_index)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enabled)
@@ -146,16 +148,17 @@ class TCLPretrainModel(nn.Module):
         image_embeds, image_feat = self.encode_image(image)
         text_embeds, text_feat = self.encode_text(input_ids, attention_mask)
         num_images, num_texts = image.shape[0], input_ids.shape[0]
+        image_index = torch.arange(num_images, device=image_embeds.device).repeat_interleave(num_texts)
         logits = self.itm_logits(text_embeds.repeat(num_images, 1, 1), attention_mask.repeat(num_images, 1),
-                                 image_embeds.repeat_interleave(num_texts, dim=0))
+                                 image_embeds, image_index)
         itm = logits.float().softmax(dim=-1)[:, 1].view(num_images, num_texts)
         return (image_feat @ text_feat.T).float(), itm
 
-    def itm_logits(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor
-                   ) -> torch.Tensor:
-        """ITM logits [B, 2] (column 1: the pair matches) of aligned (text, image) rows, from the fused state pooled
-        as ``model.feature_pool`` says."""
-        fused = self.fuse(text_embeds, attention_mask, image_embeds)
+    def itm_logits(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+                   image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """ITM logits [B, 2] (column 1: the pair matches) of (text, image) rows, from the fused state pooled as
+        ``model.feature_pool`` says; ``image_index`` as in ``fuse``."""
+        fused = self.fuse(text_embeds, attention_mask, image_embeds, image_index)
         return self.itm_head(pool_text(fused, attention_mask, self.model_config.feature_pool))
 
     @torch.no_grad()
@@ -285,9 +288,9 @@ class TCLPretrainModel(nn.Module):
         the second half of the texts); ``same_text`` [B, B] marks pairs of samples that match anyway (identical
         captions, or the same image), which are never drawn as each other's negatives."""
         batch = image_embeds.shape[0]
-        positive = self.itm_logits(text_embeds, attention_mask, image_embeds)
+        own = torch.arange(batch, device=image_embeds.device)
         if batch == 1:  # no other sample to contrast with
-            return itm_loss(positive, 1)
+            return itm_loss(self.itm_logits(text_embeds, attention_mask, image_embeds), 1)
         with torch.no_grad():
             weights_t2i, weights_i2t = hard_negative_weights(sim_t2i), hard_negative_weights(sim_i2t)
             if same_text is not None:
@@ -298,18 +301,19 @@ class TCLPretrainModel(nn.Module):
         negative_texts, negative_masks = self._swapped_negatives(text_embeds[negative_text],
                                                                  attention_mask[negative_text], input_ids,
                                                                  attention_mask)
+        # Positives first, then the negatives; one fusion pass over all of them, every row naming its image, so that
+        # each image's keys and values are projected once (the same maths as TCL's two passes).
         if self.loss_config.itm_negative_pairs == "half":
-            # Rows [0, B/2): image i with its negative text; rows [B/2, B): text j with its negative image.
+            # Negative rows [0, B/2): image i with its negative text; [B/2, B): text j with its negative image.
             half = batch // 2
-            texts = torch.cat([negative_texts[:half], text_embeds[half:]])
-            masks = torch.cat([negative_masks[:half], attention_mask[half:]])
-            images = torch.cat([image_embeds[:half], image_embeds[negative_image[half:]]])
+            texts = torch.cat([text_embeds, negative_texts[:half], text_embeds[half:]])
+            masks = torch.cat([attention_mask, negative_masks[:half], attention_mask[half:]])
+            images = torch.cat([own, own[:half], negative_image[half:]])
         else:
-            texts = torch.cat([text_embeds, negative_texts])
-            masks = torch.cat([attention_mask, negative_masks])
-            images = torch.cat([image_embeds[negative_image], image_embeds])
-        negative = self.itm_logits(texts, masks, images)
-        return itm_loss(torch.cat([positive, negative]), batch)
+            texts = torch.cat([text_embeds, text_embeds, negative_texts])
+            masks = torch.cat([attention_mask, attention_mask, negative_masks])
+            images = torch.cat([own, negative_image, own])
+        return itm_loss(self.itm_logits(texts, masks, image_embeds, images), batch)
 
     def _swapped_caption_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -102,13 +102,12 @@ class TCLVQAModel(nn.Module):
                         encoders: nn.Module | None = None, image_index: torch.Tensor | None = None) -> torch.Tensor:
         """Fusion-encoder states [B, L, D] of the questions attending to their images (``encoders``: another set of
         encoders with the same names, e.g. the momentum copy). ``image_index`` [B] names each question's row of
-        ``image`` when questions share images (each image is then encoded once); None: one image per question."""
+        ``image`` when questions share images (each image is then encoded, and its keys and values for the fusion
+        encoder projected, once); None: one image per question."""
         encoders = encoders or self
         image_embeds = encoders.vision_encoder.forward_features(image)
-        if image_index is not None:
-            image_embeds = image_embeds[image_index]
         text = encoders.text_encoder(input_ids, attention_mask)
-        return encoders.fusion_encoder(text, attention_mask, image_embeds)
+        return encoders.fusion_encoder(text, attention_mask, image_embeds, image_index=image_index)
 
     def fused_state(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     image_index: torch.Tensor | None = None) -> torch.Tensor:

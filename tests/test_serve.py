@@ -217,19 +217,25 @@ def test_top_k_bounds_and_unknown_routes(client):
 # The heat map
 
 
-def test_captured_attention_reproduces_the_cross_attention_output(pipeline, examples):
-    """The probabilities recomputed by the hook, applied to the values, give exactly what the layer's SDPA gave."""
+@pytest.mark.parametrize("shared", [False, True])
+def test_captured_attention_reproduces_the_cross_attention_output(pipeline, examples, shared):
+    """The probabilities recomputed by the hook, applied to the values, give exactly what the layer's SDPA gave, also
+    when questions share an image (``image_index``: the keys and values are projected once and gathered)."""
     model = pipeline.model
-    batch = pipeline.processor([examples[0], examples[1]], ["what color is the circle?", "how many?"])
+    batch = pipeline.processor([examples[0], examples[0 if shared else 1]], ["what color is the circle?", "how many?"])
+    image, index = (batch["image"][:1], torch.tensor([0, 0])) if shared else (batch["image"], None)
     outputs = []
     layer = model.fusion_encoder.layer[0].crossattention.self
     handle = layer.register_forward_hook(lambda module, args, out: outputs.append((args, out)))
     with torch.no_grad(), capture_cross_attention(model) as maps:
-        model.fused_state(batch["image"], batch["input_ids"], batch["attention_mask"])
+        model.fused_state(image, batch["input_ids"], batch["attention_mask"], image_index=index)
     handle.remove()
-    assert len(maps) == len(model.fusion_encoder.layer)
-    (hidden, context, _mask), out = outputs[0]
+    assert len(maps) == len(model.fusion_encoder.layer) and maps[0].shape[0] == 2
+    (hidden, context, _mask, context_index), out = outputs[0]
+    assert (context_index is None) == (not shared)
     values = layer._split(layer.value(context))
+    if shared:
+        values = values[context_index]
     recomputed = (maps[0] @ values).transpose(1, 2).flatten(2)
     torch.testing.assert_close(recomputed, out, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(maps[0].sum(-1), torch.ones_like(maps[0].sum(-1)))

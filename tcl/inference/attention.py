@@ -28,8 +28,11 @@ def capture_cross_attention(model) -> Iterator[list[torch.Tensor]]:
     maps: list[torch.Tensor] = []
 
     def hook(module, args, _output):
-        hidden, context, mask = args
+        hidden, context, mask, *rest = args
         q, k = module._split(module.query(hidden)), module._split(module.key(context))
+        context_index = rest[0] if rest else None  # questions sharing an image name its row
+        if context_index is not None:
+            k = k.index_select(0, context_index)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))

@@ -161,3 +161,40 @@ def test_coco_retrieval_set_keeps_the_first_captions(shapes_root):
     first_image = min(image["id"] for image in captions["images"])
     first = [a["caption"] for a in captions["annotations"] if a["image_id"] == first_image][0]
     assert data.texts[0] == first.lower().replace(",", "").replace(".", "")
+
+
+def test_masked_word_hits_fuse_each_caption_with_its_own_image():
+    """Batches fuse only their captions' images, each projected once: the same logits as each caption with its
+    image gathered, over batches that hold some images twice and others not at all."""
+    from pathlib import Path
+
+    from tcl.config import load_config
+    from tcl.evaluation.retrieval import masked_word_hits
+    from tcl.models import TCLPretrainModel
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs/pretrain_tiny.yaml", ["model.queue_size=32"])
+    torch.manual_seed(0)
+    model = TCLPretrainModel(config.model, config.loss, 40).eval()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 40, (6, 7), generator=g)
+    ids[:, 0] = 2
+    data = RetrievalSet(torch.randn(4, 3, 64, 64, generator=g), ids, torch.ones(6, 7, dtype=torch.long),
+                        torch.tensor([3, 0, 3, 1, 0, 3]), [f"caption {i}" for i in range(6)])
+    words = ids[:, 1:4].unique().tolist()
+    seen = []  # the fused states the MLM head reads, batch by batch
+    head = model.mlm_head
+    hook = head.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    got_ids, got_hits = masked_word_hits(model, data, words, mask_id=4, batch_size=5)
+    hook.remove()
+    image_embeds = model.encode_image(data.images)[0]
+    expected_states, expected_hits = [], []
+    for row, column in (torch.isin(ids, torch.tensor(words))).nonzero().tolist():
+        masked = ids[row:row + 1].clone()
+        masked[0, column] = 4
+        hidden = model.fuse(model.text_encoder(masked, data.attention_mask[row:row + 1]),
+                            data.attention_mask[row:row + 1], image_embeds[data.text_image[row:row + 1]])
+        expected_states.append(hidden[0, column])
+        expected_hits.append(bool(head(hidden[0, column]).argmax() == ids[row, column]))
+    assert len(seen) > 1 and len(got_ids) == len(expected_hits) > 5
+    torch.testing.assert_close(torch.cat(seen), torch.stack(expected_states), atol=1e-5, rtol=1e-4)
+    assert got_hits.tolist() == expected_hits

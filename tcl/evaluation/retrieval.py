@@ -181,8 +181,11 @@ def masked_word_hits(model, data: RetrievalSet, word_ids: Sequence[int], mask_id
         row, column = rows[start:start + batch_size], columns[start:start + batch_size]
         masked = ids[row].clone()
         masked[torch.arange(len(row), device=device), column] = mask_id
-        hidden = model.fuse(model.text_encoder(masked, attention[row]), attention[row], image_embeds,
-                            data.text_image[row.cpu()].to(device))
+        # Only this batch's images, each projected once for the captions that name it (a full-size gallery holds
+        # thousands).
+        images, image_index = data.text_image[row.cpu()].to(device).unique(return_inverse=True)
+        hidden = model.fuse(model.text_encoder(masked, attention[row]), attention[row], image_embeds[images],
+                            image_index)
         logits = model.mlm_head(hidden[torch.arange(len(row), device=device), column])
         hits.append((logits.argmax(dim=-1) == ids[row, column]).cpu())
     return ids[rows, columns].cpu(), torch.cat(hits)

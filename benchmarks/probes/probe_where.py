@@ -35,12 +35,16 @@ OBJECT_THRESHOLD = 40
 PATCH_COVER = 0.25
 
 
-def position_decodability(pipeline, images: list[Image.Image], fit: int) -> dict[str, dict[str, float]]:
-    """Held-out R^2 of a ridge regression from each patch token to its column and row."""
+def position_decodability(pipeline, images: list[Image.Image], fit: int) -> tuple[dict, dict[str, float]]:
+    """Held-out R^2 of a ridge regression from each patch token to its column and row, and the spreads (std) of the
+    position embeddings and of the patch embedding they are added to."""
     encoder = pipeline.model.vision_encoder.eval()
     pixels = pipeline.processor(images, ["x"] * len(images))["image"]
     with torch.no_grad():
         features = {"encoder_output": encoder(pixels)[:, 1:], "patch_embedding": encoder.patch_embed(pixels)}
+    # How loud the place signal is against what it is added to: the position embeddings' spread and the stem's.
+    spread = {"position_embeddings": float(encoder.pos_embed[0, 1:].detach().std()),
+              "patch_embedding": float(features["patch_embedding"].std())}
     results = {}
     for name, tokens in features.items():
         n, patches, _ = tokens.shape
@@ -53,7 +57,7 @@ def position_decodability(pipeline, images: list[Image.Image], fit: int) -> dict
             w = np.linalg.solve(x[train].T @ x[train] + 1e-2 * np.eye(x.shape[1]), x[train].T @ t[train])
             residual = x[~train] @ w - t[~train]
             results[name][target] = float(1 - (residual ** 2).mean() / t[~train].var())
-    return results
+    return results, spread
 
 
 def attention_on_object(pipeline, root: Path, images: dict[int, dict], questions: dict[int, str],
@@ -94,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         (annotations_dir / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]}
     annotations = json.loads((annotations_dir / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
     pipeline = tcl.load_vqa(args.model)
-    first = [Image.open(root / "images" / "val2014" / i["file_name"]).convert("RGB") for i in list(images.values())[:300]]
-    results = {"model": args.model, "position_r2": position_decodability(pipeline, first, fit=200),
+    first = [Image.open(root / "images" / "val2014" / image["file_name"]).convert("RGB")
+             for image in list(images.values())[:300]]
+    r2, spread = position_decodability(pipeline, first, fit=200)
+    results = {"model": args.model, "position_r2": r2, "std": spread,
                "attention_on_object_lone_objects": attention_on_object(pipeline, root, images, questions, annotations)}
+    print(f"std of the position embeddings {spread['position_embeddings']:.3f}, of the patch embedding "
+          f"{spread['patch_embedding']:.3f}")
     for name, r2 in results["position_r2"].items():
         print(f"position from {name}: R^2 column {r2['column']:.2f}, row {r2['row']:.2f}")
     for family, entry in sorted(results["attention_on_object_lone_objects"].items()):

@@ -110,6 +110,8 @@ class DataConfig:
     # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, or a Hugging Face datasets table.
     pretrain_source: Literal["coco", "albef_json", "hf"] = "coco"
     pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
+    # COCO instances files (boxes) of the same images, read by the grounding term (loss.grounding_weight) only.
+    pretrain_instances: list[str] = field(default_factory=list)
     hf_image_column: str = "image"
     hf_caption_column: str = "caption"
     # VQA: official v2 question/annotation files by split name, or ALBEF-style vqa_*.json lists.
@@ -197,6 +199,10 @@ class LossConfig:
     # for every token): more masked words that can only be recovered from the image. 0 = TCL (BERT's uniform
     # masking).
     mlm_content_probability: float = 0.0
+    # Grounding (X-VLM's box prediction, not a TCL term): the fusion encoder reads one object's phrase ("small red
+    # circle", from data.pretrain_instances) against the image and a head predicts the object's box (L1 + GIoU), so
+    # that the fusion encoder learns to find the object a phrase names and where it is. 0 = TCL.
+    grounding_weight: float = 0.0
 
 
 @dataclass
@@ -608,6 +614,15 @@ def _check_data(config: Config, world_size: int) -> str | None:
         return f"data.max_image_pixels = {data.max_image_pixels} must be positive."
     if not data.pretrain_files:
         return "data.pretrain_files is empty. List at least one annotation file (relative to data.root)."
+    if config.loss.grounding_weight < 0:
+        return f"loss.grounding_weight = {config.loss.grounding_weight} must not be negative."
+    if config.loss.grounding_weight > 0:
+        if data.pretrain_source != "coco" or not data.pretrain_instances:
+            return ("loss.grounding_weight > 0 needs boxes: data.pretrain_source = coco and data.pretrain_instances "
+                    "listing COCO instances files (e.g. [annotations/instances_train2014.json]).")
+        if data.hflip or data.randaugment:
+            return ("loss.grounding_weight > 0 needs data.hflip = false and data.randaugment = false: boxes follow "
+                    "the crop only.")
     if config.eval.k_test <= 0:
         return f"eval.k_test = {config.eval.k_test} must be positive."
     for name in ("retrieval_images", "retrieval_captions_per_image", "every"):

@@ -26,6 +26,7 @@ from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
 from tcl.data.json_io import load_json
 from tcl.data.text import pre_caption
+from tcl.data.transforms import ViewWithCrop, box_in_crop
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
 
@@ -96,12 +97,38 @@ def _coco_rows(path: Path, image_root: Path, on_bad_sample: str, skipped: Counte
         yield {"image": f"{folder}/{image['file_name']}", "captions": [ann["caption"]]}
 
 
+def coco_object_phrases(instance_files: Sequence[str | Path]) -> dict[str, list[tuple[str, list[float]]]]:
+    """What the grounding term reads from COCO instances files: for each image (``folder/file_name``, as the caption
+    table names it), its objects as (phrase, box) pairs, the phrase being the annotation's ``attributes`` (our
+    addition, as Visual Genome has them; absent in COCO) and the category name ("small red circle", or COCO's
+    "dog"), the box COCO's [x, y, width, height] in pixels. Phrases that name several objects of the image are left
+    out: they do not say which box is meant."""
+    phrases: dict[str, list[tuple[str, list[float]]]] = {}
+    for path in instance_files:
+        path = Path(path)
+        coco = load_coco(path)
+        if "categories" not in coco.dataset:
+            raise DataError(f"{path}: not a COCO instances file (needs top-level 'categories'); the generated world "
+                            "has one since 2026-12-04: tcl make-data --force")
+        names = {category["id"]: category["name"] for category in coco.dataset["categories"]}
+        for image_id, annotations in coco.imgToAnns.items():
+            image = coco.imgs.get(image_id)
+            if image is None:
+                continue
+            found = [(" ".join([*ann.get("attributes", []), names[ann["category_id"]]]), ann["bbox"])
+                     for ann in annotations if not ann.get("iscrowd")]
+            counts = Counter(phrase for phrase, _ in found)
+            key = f"{coco_image_folder(image['file_name'], path)}/{image['file_name']}"
+            phrases[key] = [(phrase, [float(v) for v in box]) for phrase, box in found if counts[phrase] == 1]
+    return phrases
+
+
 def coco_image_folder(file_name: str, annotation_path: Path) -> str:
     """COCO keeps images of split S in folder S; the split is in the file name (or in the annotation file's name)."""
     match = _COCO_FILE.search(file_name)
     if match:
         return match.group(1)
-    match = re.search(r"captions_(\w+)\.json$", annotation_path.name)
+    match = re.search(r"(?:captions|instances)_(\w+)\.json$", annotation_path.name)
     return match.group(1) if match else ""
 
 
@@ -180,13 +207,16 @@ def image_key(value: Any, index: int) -> int:
 
 class ImageTextDataset(TableDataset):
     """Yields ``{"image", "image_aug", "caption", "image_key"}``: two augmented views, one normalised caption and the
-    image's key (``image_key``).
+    image's key (``image_key``); with ``objects``, also ``"ground_phrase"`` and ``"ground_box"``: one of the image's
+    objects drawn at random and its box in the first view (``box_in_crop``; phrase "" and box None when the image has
+    no object or the crop cut it off).
 
     Args:
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
         image_root: folder that relative image paths are resolved against.
         transform: image transform applied twice, independently.
         aug_transform: the second view's transform instead (the momentum encoders' view), if given.
+        objects: (phrase, box) pairs per image path (``coco_object_phrases``), for the grounding term.
         on_bad_sample: ``skip`` or ``error``.
         image_column / caption_column: column names in ``table``.
     """
@@ -195,7 +225,8 @@ class ImageTextDataset(TableDataset):
                  on_bad_sample: str = "skip",
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
-                 aug_transform: Callable | None = None):
+                 aug_transform: Callable | None = None,
+                 objects: dict[str, list[tuple[str, list[float]]]] | None = None):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
@@ -203,6 +234,8 @@ class ImageTextDataset(TableDataset):
         self.image_column = image_column
         self.caption_column = caption_column
         self.aug_transform = aug_transform or transform
+        self.objects = objects
+        self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
@@ -213,8 +246,20 @@ class ImageTextDataset(TableDataset):
         if not caption:
             raise BadSampleError(f"empty caption for image {row[self.image_column]!r}", "empty caption")
         image = self._image(row[self.image_column])
-        return {"image": self.transform(image), "image_aug": self.aug_transform(image), "caption": caption,
-                "image_key": image_key(row[self.image_column], index)}
+        if self.objects is None:
+            return {"image": self.transform(image), "image_aug": self.aug_transform(image), "caption": caption,
+                    "image_key": image_key(row[self.image_column], index)}
+        # The same draws as without objects, in the same order, then the object's: the views do not change.
+        objects = self.objects.get(str(row[self.image_column]), [])
+        view, crop = self.view_with_crop(image)
+        image_aug = self.aug_transform(image)
+        phrase, box = "", None
+        if objects:
+            phrase, chosen = objects[int(torch.randint(len(objects), ()))]
+            box = box_in_crop(chosen, crop)
+        return {"image": view, "image_aug": image_aug, "caption": caption,
+                "image_key": image_key(row[self.image_column], index),
+                "ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}
 
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):
@@ -236,9 +281,20 @@ class PretrainCollator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         text = self.tokenizer.encode_texts([s["caption"] for s in samples], self.max_length)
-        return {"image": torch.stack([s["image"] for s in samples]),
-                "image_aug": torch.stack([s["image_aug"] for s in samples]),
-                "input_ids": text.input_ids, "attention_mask": text.attention_mask,
-                "image_keys": torch.tensor([s["image_key"] for s in samples], dtype=torch.long),
-                "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
+        batch = {"image": torch.stack([s["image"] for s in samples]),
+                 "image_aug": torch.stack([s["image_aug"] for s in samples]),
+                 "input_ids": text.input_ids, "attention_mask": text.attention_mask,
+                 "image_keys": torch.tensor([s["image_key"] for s in samples], dtype=torch.long),
+                 "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
+        if samples and "ground_box" in samples[0]:
+            batch["grounding"] = self._grounding(samples)
+        return batch
+
+    def _grounding(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The grounding term's phrases ``[B, L]`` and target boxes ``[B, 4]`` (centre x, centre y, width, height
+        in fractions of the view), with ``valid`` [B]: the rows that have an object (the others are ignored)."""
+        phrases = self.tokenizer.encode_texts([s["ground_phrase"] for s in samples], self.max_length)
+        boxes = torch.tensor([s["ground_box"] or (0.0, 0.0, 0.0, 0.0) for s in samples], dtype=torch.float32)
+        return {"input_ids": phrases.input_ids, "attention_mask": phrases.attention_mask, "boxes": boxes,
+                "valid": torch.tensor([s["ground_box"] is not None for s in samples])}
 

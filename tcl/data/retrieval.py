@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from tcl.data.image_text import coco_image_folder, load_coco
+from tcl.data.image_text import coco_image_folder, coco_object_phrases, load_coco
 from tcl.data.images import load_rgb_image
 from tcl.data.text import pre_caption
 from tcl.data.tokenizer import TclTokenizer
 from tcl.data.transforms import test_transform
 from tcl.errors import DataError
+from tcl.evaluation.grounding import GroundingSet
 from tcl.evaluation.retrieval import RetrievalSet
 
 
@@ -55,3 +56,34 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
     encoded = tokenizer.encode_texts(texts, max_text_len)
     return RetrievalSet(torch.stack(images), encoded.input_ids, encoded.attention_mask, torch.tensor(text_image),
                         texts)
+
+
+def coco_grounding_set(instances_file: str | Path, image_root: str | Path, tokenizer: TclTokenizer, image_size: int,
+                       max_images: int | None = None, max_text_len: int | None = None,
+                       max_words: int = 30) -> GroundingSet:
+    """The first images (by id) of a COCO instances file that have objects, each with its objects' phrases and
+    boxes (``coco_object_phrases``), the boxes in fractions of the whole image (what ``test_transform`` shows)."""
+    instances_file, image_root = Path(instances_file), Path(image_root)
+    coco = load_coco(instances_file)
+    phrases = coco_object_phrases([instances_file])
+    transform = test_transform(image_size)
+    images, texts, image_index, boxes = [], [], [], []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        key = f"{coco_image_folder(info['file_name'], instances_file)}/{info['file_name']}"
+        if not phrases.get(key):
+            continue
+        image = load_rgb_image(image_root / key)
+        width, height = image.size
+        images.append(transform(image))
+        for phrase, (x, y, w, h) in phrases[key]:
+            texts.append(pre_caption(phrase, max_words))
+            image_index.append(len(images) - 1)
+            boxes.append(((x + w / 2) / width, (y + h / 2) / height, w / width, h / height))
+        if max_images is not None and len(images) >= max_images:
+            break
+    if not images:
+        raise DataError(f"{instances_file}: no image with an object whose phrase names it alone.")
+    encoded = tokenizer.encode_texts(texts, max_text_len)
+    return GroundingSet(torch.stack(images), encoded.input_ids, encoded.attention_mask, torch.tensor(image_index),
+                        torch.tensor(boxes, dtype=torch.float32), texts)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -85,6 +85,16 @@ class SceneObject:
 
     def describe(self, attributes: tuple[str, ...] = ("size", "color", "shape")) -> str:
         return " ".join(getattr(self, name) for name in attributes)
+
+    def box(self) -> list[float]:
+        """The tight box [x, y, width, height] (COCO's layout, pixels) of the shape as ``_draw_shape`` draws it."""
+        half_width, top, bottom = self.r, -self.r, self.r
+        if self.shape == "square":
+            half_width, top, bottom = 0.85 * self.r, -0.85 * self.r, 0.85 * self.r
+        elif self.shape == "triangle":
+            half_width, bottom = 0.95 * self.r, 0.75 * self.r
+        return [round(self.x - half_width, 2), round(self.y + top, 2), round(2 * half_width, 2),
+                round(bottom - top, 2)]
 
 
 @dataclass(frozen=True)
@@ -374,6 +384,8 @@ class SplitData:
     captions: list[dict[str, Any]]
     questions: list[dict[str, Any]]
     annotations: list[dict[str, Any]]
+    # COCO instances: one box per object, its shape as the category and its size and colour as attributes.
+    instances: list[dict[str, Any]] = field(default_factory=list)
 
 
 def generate_split(split: str, num_images: int, image_size: int, questions_per_image: int, seed: int,
@@ -393,11 +405,18 @@ def generate_split(split: str, num_images: int, image_size: int, questions_per_i
         data.images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
                             "license": 1, "coco_url": "", "flickr_url": "", "date_captured": "2014-01-01 00:00:00",
                             "num_objects": len(objects)})
+        data.instances += [_instance(len(data.instances) + k + 1, image_id, obj) for k, obj in enumerate(objects)]
         for caption in make_captions(objects, image_size, rng):
             data.captions.append({"id": len(data.captions) + 1, "image_id": image_id, "caption": caption})
         for k, qa in enumerate(_questions_for_image(objects, image_size, questions_per_image, sampler, rng)):
             _append_question(data, image_id, image_id * 1000 + k, qa, rng)
     return data
+
+
+def _instance(annotation_id: int, image_id: int, obj: SceneObject) -> dict[str, Any]:
+    box = obj.box()
+    return {"id": annotation_id, "image_id": image_id, "category_id": SHAPES.index(obj.shape) + 1, "bbox": box,
+            "area": round(box[2] * box[3], 2), "iscrowd": 0, "attributes": [obj.size, obj.color]}
 
 
 def _questions_for_image(objects, image_size, count, sampler, rng) -> list[QA]:
@@ -425,13 +444,18 @@ def _append_question(data: SplitData, image_id: int, question_id: int, qa: QA, r
 
 
 def write_split(out: Path, split: str, data: SplitData) -> None:
-    """Writes the COCO captions file and the VQA v2 questions/annotations files of one split."""
+    """Writes the COCO captions and instances files and the VQA v2 questions/annotations files of one split."""
     info = {"description": "tcl generated shapes world (COCO layout)", "version": "1.0", "year": 2014,
             "contributor": "tcl", "date_created": "2014-01-01 00:00:00"}
     licenses = [{"id": 1, "name": "CC0", "url": ""}]
     annotations = out / "annotations"
     write_json_atomic({"info": info, "licenses": licenses, "images": data.images, "annotations": data.captions},
                       annotations / f"captions_{split}.json")
+    # COCO's instances layout; "attributes" (the words a phrase puts before the category name) is our addition, as
+    # Visual Genome has them. What the grounding term of pretraining reads (loss.grounding_weight).
+    categories = [{"id": k + 1, "name": shape, "supercategory": "shape"} for k, shape in enumerate(SHAPES)]
+    write_json_atomic({"info": info, "licenses": licenses, "images": data.images, "annotations": data.instances,
+                       "categories": categories}, annotations / f"instances_{split}.json")
     write_json_atomic({"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": licenses[0],
                        "data_subtype": split, "questions": data.questions},
                       annotations / f"v2_OpenEnded_mscoco_{split}_questions.json")

@@ -200,7 +200,14 @@ class RandomResizedCrop:
         self.size, self.scale, self.ratio = int(size), tuple(scale), tuple(ratio)
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        top, left, height, width = v1.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        return self.apply(image, self.draw(image))
+
+    def draw(self, image: Image.Image) -> tuple[int, int, int, int]:
+        """The crop (top, left, height, width) in the image's pixels."""
+        return tuple(v1.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio)))
+
+    def apply(self, image: Image.Image, crop: tuple[int, int, int, int]) -> Image.Image:
+        top, left, height, width = crop
         image = image.crop((left, top, left + width, top + height))
         if image.size == (self.size, self.size):
             return image
@@ -208,6 +215,40 @@ class RandomResizedCrop:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+def box_in_crop(box: list[float], crop: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:
+    """A COCO box [x, y, width, height] in the image's pixels as (centre x, centre y, width, height) in fractions of
+    the crop (top, left, height, width), clipped to it; None when nothing of the box is left inside."""
+    top, left, height, width = crop
+    x0, y0 = max(box[0] - left, 0.0), max(box[1] - top, 0.0)
+    x1, y1 = min(box[0] + box[2] - left, width), min(box[1] + box[3] - top, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
+
+
+class ViewWithCrop:
+    """A view of an augmentation chain together with the crop (top, left, height, width) it was taken from, so that
+    boxes can follow it (``box_in_crop``). The chain's only geometric step must be its first, our
+    ``RandomResizedCrop``: flips and RandomAugment's shears and rotations would move objects where a box does not
+    follow, so they are refused. Draws the same random numbers as the chain, so the view is the chain's."""
+
+    def __init__(self, transform: v2.Compose):
+        steps = list(getattr(transform, "transforms", []))
+        if not steps or not isinstance(steps[0], RandomResizedCrop):
+            raise ValueError(f"ViewWithCrop needs a chain that starts with RandomResizedCrop, got {transform!r}")
+        moving = [step for step in steps[1:] if isinstance(step, (v2.RandomHorizontalFlip, RandomAugment))]
+        if moving:
+            raise ValueError(f"boxes cannot follow {moving[0]!r}; turn off data.hflip and data.randaugment")
+        self.crop, self.rest = steps[0], v2.Compose(steps[1:])
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        crop = self.crop.draw(image)
+        return self.rest(self.crop.apply(image, crop)), crop
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.crop!r}, {self.rest!r})"
 
 
 class ToNormalisedTensor:

@@ -20,10 +20,11 @@ from typing import Any, Callable
 from tcl.atomic import write_json_atomic
 from tcl.config import Config, load_config
 from tcl.data.builders import build_tokenizer
-from tcl.data.retrieval import coco_retrieval_set
+from tcl.data.retrieval import coco_grounding_set, coco_retrieval_set
 from tcl.data.shapes import CONTENT_WORD_GROUPS
 from tcl.data.tokenizer import TclTokenizer
 from tcl.engine import commands
+from tcl.evaluation.grounding import evaluate_grounding
 from tcl.evaluation.retrieval import evaluate_pretraining
 
 logger = logging.getLogger("tcl.evaluate_retrieval")
@@ -85,12 +86,27 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], 
                               config.model.image_size, ev.retrieval_images, ev.retrieval_captions_per_image,
                               config.model.max_text_len, config.data.max_caption_words)
     word_groups = content_word_groups(tokenizer)
+    grounding = _grounding_set(config, tokenizer, path)
 
     def probe(model) -> dict[str, float]:
-        return evaluate_pretraining(model, data, word_groups, tokenizer.mask_id, ev.retrieval_k_test,
-                                    ev.batch_size)
+        results = evaluate_pretraining(model, data, word_groups, tokenizer.mask_id, ev.retrieval_k_test,
+                                       ev.batch_size)
+        if grounding is not None:
+            results.update(evaluate_grounding(model, grounding, ev.batch_size))
+        return results
 
     return probe
+
+
+def _grounding_set(config: Config, tokenizer: TclTokenizer, captions_file: Path):
+    """The grounding evaluation of a model trained with ``loss.grounding_weight``: the instances file beside the
+    retrieval captions file (``instances_<split>.json``), the same number of images; None without either."""
+    instances = captions_file.with_name(captions_file.name.replace("captions_", "instances_"))
+    if config.loss.grounding_weight <= 0 or instances == captions_file or not instances.is_file():
+        return None
+    return coco_grounding_set(instances, Path(config.data.root) / config.data.image_root, tokenizer,
+                              config.model.image_size, config.eval.retrieval_images, config.model.max_text_len,
+                              config.data.max_caption_words)
 
 
 def content_word_groups(tokenizer: TclTokenizer) -> dict[str, list[list[int]]]:
@@ -115,6 +131,9 @@ def format_results(results: dict[str, float]) -> str:
                  f"text {results['uniformity_text']:.2f}")
     swaps = ", ".join(f"{group} {results[f'swap_itm_{group}']:.1f} / {results[f'swap_itc_{group}']:.1f}"
                       for group in CONTENT_WORD_GROUPS if f"swap_itm_{group}" in results)
+    if "grounding_iou50" in results:
+        line.append(f"  grounding: {results['grounding_iou50']:.1f} % of {results['grounding_phrases']} phrases "
+                    f"found with IoU >= 0.5 (mean IoU {results['grounding_mean_iou']:.1f} %)")
     if swaps:
         line.append(f"  the true caption over one with a swapped word (ITM / ITC, %, chance 50): {swaps}")
     return "\n".join(line)

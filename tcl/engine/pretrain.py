@@ -137,7 +137,9 @@ def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step
                  batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary,
                  online_keys=step < loss.online_keys_steps,
                  image_keys=batch["image_keys"].to(device) if loss.skip_same_image else None,
-                 intra_modal_scale=intra_modal_scale(loss, step))
+                 intra_modal_scale=intra_modal_scale(loss, step),
+                 grounding={key: value.to(device) for key, value in batch["grounding"].items()}
+                 if "grounding" in batch else None)
 
 
 def intra_modal_scale(loss, step: int) -> float:

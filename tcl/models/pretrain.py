@@ -12,6 +12,7 @@ from torch import nn
 from tcl.config import LossConfig, ModelConfig, section_from_dict
 from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
 from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
+from tcl.losses.grounding import box_loss
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
@@ -110,6 +111,10 @@ class TCLPretrainModel(nn.Module):
         if loss.skip_same_image:
             self.image_key_queue = KeyQueue(model.queue_size)
         self.word_swapper = WordSwapper(swap_word_ids, vocab_size) if swap_word_ids else None
+        if loss.grounding_weight > 0:  # only then, so the paper models keep TCL's state keys
+            hidden = model.hidden_size
+            self.grounding_head = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
+                                                nn.Linear(2 * hidden, 4))
         self.gather: GatherFn = identity_gather
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -169,8 +174,8 @@ class TCLPretrainModel(nn.Module):
 
     def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True,
-                online_keys: bool = False, image_keys: torch.Tensor | None = None, intra_modal_scale: float = 1.0
-                ) -> PretrainOutput:
+                online_keys: bool = False, image_keys: torch.Tensor | None = None, intra_modal_scale: float = 1.0,
+                grounding: dict[str, torch.Tensor] | None = None) -> PretrainOutput:
         """All TCL losses for one batch.
 
         Args:
@@ -184,6 +189,8 @@ class TCLPretrainModel(nn.Module):
                 warm-up of ``loss.online_keys_steps``. Momentum updates and enqueues go on as usual.
             image_keys: [B] int64 key of each row's image (``image_key``), needed by ``loss.skip_same_image``.
             intra_modal_scale: factor on the IMC and LMI weights (``loss.intra_modal_warmup_steps``' ramp).
+            grounding: the collated batch's ``grounding`` (phrases, boxes, valid rows), needed by
+                ``loss.grounding_weight``.
         """
         self.clamp_temperature()
         temp, cfg = self.temp, self.loss_config
@@ -229,6 +236,8 @@ class TCLPretrainModel(nn.Module):
         same_text = None if copies is None else copies[:, :batch]
         terms["itm"] = self._itm(image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text)
         terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
+        if cfg.grounding_weight > 0:
+            terms["grounding"] = self._grounding(image_embeds, grounding)
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
                        "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()[0]}
@@ -261,7 +270,23 @@ class TCLPretrainModel(nn.Module):
         total = contrastive + cfg.itm_weight * terms["itm"] + cfg.mlm_weight * terms["mlm"]
         if "align_uniform" in terms:
             total = total + cfg.align_uniform_weight * terms["align_uniform"]
+        if "grounding" in terms:
+            total = total + cfg.grounding_weight * terms["grounding"]
         return total
+
+    def predict_boxes(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 4] box (centre x, centre y, width, height, fractions of the image) of the object each phrase names in
+        its image (``image_index`` as in ``fuse``), from the fused state pooled as ``model.feature_pool`` says."""
+        fused = self.fuse(self.text_encoder(input_ids, attention_mask), attention_mask, image_embeds, image_index)
+        return self.grounding_head(pool_text(fused, attention_mask, self.model_config.feature_pool)).float().sigmoid()
+
+    def _grounding(self, image_embeds: torch.Tensor, grounding: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        if grounding is None:
+            raise ValueError("loss.grounding_weight > 0 needs the batch's 'grounding' (phrases and boxes: "
+                             "data.pretrain_instances)")
+        boxes = self.predict_boxes(image_embeds, grounding["input_ids"], grounding["attention_mask"])
+        return box_loss(boxes, grounding["boxes"], grounding["valid"])
 
     @torch.no_grad()
     def _teacher(self, image_aug, input_ids, attention_mask, step_boundary: bool) -> _Teacher:

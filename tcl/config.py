@@ -43,6 +43,9 @@ class ModelConfig:
     # amplitude 1 (MAE). From scratch, N(0, 0.02) starts about 80 times smaller than the patch tokens; on the embedded
     # data the stronger start measured no VQA gain (docs/VQA_LIMITS_2026-11-29.md), so the tiny configs keep normal.
     pos_embed_init: Literal["normal", "sincos"] = "normal"
+    # Amplitude of the sine-cosine grid (pos_embed_init: sincos); the patch tokens it is added to have std ~0.6 on
+    # the embedded data with the conv stem.
+    pos_embed_scale: float = 1.0
     # Global state that the contrastive features project and ITM classifies: the [CLS] token (TCL), or the mean of
     # the image's patch tokens, of the text's tokens and of the fused tokens. From scratch, every image's and every
     # text's [CLS] starts nearly the same, and ITM must first learn to gather the fused tokens into [CLS].
@@ -112,6 +115,9 @@ class DataConfig:
     pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
     # COCO instances files (boxes) of the same images, read by the grounding term (loss.grounding_weight) only.
     pretrain_instances: list[str] = field(default_factory=list)
+    # How the grounding term names an object: all its attributes and its category ("small red circle"), or any
+    # sub-phrase that still names it alone ("circle" when it is the only circle), drawn at random.
+    grounding_phrases: Literal["full", "varied"] = "full"
     hf_image_column: str = "image"
     hf_caption_column: str = "caption"
     # VQA: official v2 question/annotation files by split name, or ALBEF-style vqa_*.json lists.

@@ -99,8 +99,21 @@ def test_object_phrases_leave_out_phrases_that_name_several_objects(tmp_path):
         ann(1, 1, ["small", "red"], [1, 2, 3, 4]), ann(2, 1, ["small", "red"], [20, 20, 3, 4]),
         ann(3, 2, ["large", "blue"], [30, 5, 10, 10]), ann(4, 2, [], [40, 40, 5, 5])])
     phrases = coco_object_phrases([path])
-    assert phrases == {"train2014/COCO_train2014_000000000001.jpg": [("large blue square", [30.0, 5.0, 10.0, 10.0]),
-                                                                     ("square", [40.0, 40.0, 5.0, 5.0])]}
+    # The two small red circles share their phrase; "square" names both squares; "large blue square" one.
+    assert phrases == {"train2014/COCO_train2014_000000000001.jpg": [("large blue square", [30.0, 5.0, 10.0, 10.0])]}
+
+
+def test_varied_phrases_are_the_sub_phrases_that_still_name_the_object_alone():
+    from tcl.data.image_text import BoxedObject, referring_phrases
+
+    box = (0, 0, 1, 1)
+    objects = [BoxedObject("circle", ("small", "red"), box), BoxedObject("circle", ("large", "red"), box),
+               BoxedObject("square", ("small", "blue"), box)]
+    assert referring_phrases(objects, 0) == ["small red circle"]
+    assert referring_phrases(objects, 0, varied=True) == ["small circle", "small red circle"]
+    assert referring_phrases(objects, 2, varied=True) == ["square", "blue square", "small square", "small blue square"]
+    twins = [BoxedObject("circle", ("red",), box)] * 2
+    assert referring_phrases(twins, 0, varied=True) == []
 
 
 def test_object_phrases_need_an_instances_file(tmp_path):

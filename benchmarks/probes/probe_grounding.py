@@ -6,7 +6,9 @@ no selection, only where the object is; with several, the phrase must pick one o
 
 Prints, per object count, the phrases found with IoU >= 0.5, the mean IoU and the mean distance of the predicted
 centre from the true one (in fractions of the image side), against a constant box (the mean true box of the set):
-the accuracy that reading nothing off the image gets.
+the accuracy that reading nothing off the image gets. Twice: with each object's full phrase ("small red circle"),
+and with its shape alone ("circle", for the objects whose shape is unique in their image), which needs the shape
+seen to pick the object.
 """
 
 from __future__ import annotations
@@ -32,16 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     config = load_config(Path(args.run) / "config.yaml")
+    model = tcl.load_pretrained(args.run)
+    results = {"run": args.run}
+    for name, category_only in (("full phrases", False), ("shape alone", True)):
+        print(f"{name}:")
+        results[name] = measure(model, config, args.images, category_only)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def measure(model, config, max_images: int, category_only: bool) -> dict:
     root = Path(config.data.root)
     data = coco_grounding_set(root / "annotations/instances_val2014.json", root / config.data.image_root,
-                              build_tokenizer(config), config.model.image_size, args.images, config.model.max_text_len)
-    model = tcl.load_pretrained(args.run)
+                              build_tokenizer(config), config.model.image_size, max_images, config.model.max_text_len,
+                              category_only=category_only)
     with torch.no_grad():
         predicted = model.predict_boxes(model.encode_image(data.images)[0], data.input_ids, data.attention_mask,
                                         data.image_index)
     images = json.loads((root / "annotations/captions_val2014.json").read_text())["images"]
-    objects = torch.tensor([image["num_objects"] for image in sorted(images, key=lambda i: i["id"])])
-    counts = objects[:len(data.images)][data.image_index]
+    objects = {image["id"]: image["num_objects"] for image in images}
+    counts = torch.tensor([objects[data.image_ids[i]] for i in data.image_index.tolist()])
     constant = data.boxes.mean(dim=0, keepdim=True).expand_as(data.boxes)
     table = {}
     for label, rows in [("all", torch.ones_like(counts, dtype=torch.bool))] + \
@@ -58,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         m, c = row["model"], row["constant box"]
         print(f"| {label} | {row['phrases']} | {m['iou50']} / {c['iou50']} | {m['mean_iou']} / {c['mean_iou']} | "
               f"{m['centre_error']} / {c['centre_error']} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"run": args.run, "images": len(data.images), **table}, indent=2))
-    return 0
+    return {"images": len(data.images), **table}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tcl.config import Config
 from tcl.data.image_text import (ImageTextDataset, PretrainCollator, albef_json_table, coco_caption_table,
-                                 coco_object_phrases, hf_table)
+                                 coco_objects, hf_table)
 from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
@@ -55,7 +55,8 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     if data.pretrain_source == "coco":
         table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
         if config.loss.grounding_weight > 0:
-            kwargs["objects"] = coco_object_phrases([_resolve(config, f) for f in data.pretrain_instances])
+            kwargs["objects"] = coco_objects([_resolve(config, f) for f in data.pretrain_instances])
+            kwargs["varied_phrases"] = data.grounding_phrases == "varied"
     else:
         # ALBEF lists hold paths relative to the working directory or absolute; relative ones resolve against root.
         table, skipped = albef_json_table(files, data.on_bad_sample, data.cache_dir)

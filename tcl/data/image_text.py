@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -97,13 +99,20 @@ def _coco_rows(path: Path, image_root: Path, on_bad_sample: str, skipped: Counte
         yield {"image": f"{folder}/{image['file_name']}", "captions": [ann["caption"]]}
 
 
-def coco_object_phrases(instance_files: Sequence[str | Path]) -> dict[str, list[tuple[str, list[float]]]]:
-    """What the grounding term reads from COCO instances files: for each image (``folder/file_name``, as the caption
-    table names it), its objects as (phrase, box) pairs, the phrase being the annotation's ``attributes`` (our
-    addition, as Visual Genome has them; absent in COCO) and the category name ("small red circle", or COCO's
-    "dog"), the box COCO's [x, y, width, height] in pixels. Phrases that name several objects of the image are left
-    out: they do not say which box is meant."""
-    phrases: dict[str, list[tuple[str, list[float]]]] = {}
+@dataclass(frozen=True)
+class BoxedObject:
+    """One object of an instances file: its category name, its attributes (our addition to COCO's layout, as Visual
+    Genome has them: "small", "red"), and its box [x, y, width, height] in pixels."""
+
+    category: str
+    attributes: tuple[str, ...]
+    box: tuple[float, float, float, float]
+
+
+def coco_objects(instance_files: Sequence[str | Path]) -> dict[str, list[BoxedObject]]:
+    """The objects of COCO instances files per image (``folder/file_name``, as the caption table names it); crowd
+    annotations are left out."""
+    objects: dict[str, list[BoxedObject]] = {}
     for path in instance_files:
         path = Path(path)
         coco = load_coco(path)
@@ -115,11 +124,38 @@ def coco_object_phrases(instance_files: Sequence[str | Path]) -> dict[str, list[
             image = coco.imgs.get(image_id)
             if image is None:
                 continue
-            found = [(" ".join([*ann.get("attributes", []), names[ann["category_id"]]]), ann["bbox"])
-                     for ann in annotations if not ann.get("iscrowd")]
-            counts = Counter(phrase for phrase, _ in found)
             key = f"{coco_image_folder(image['file_name'], path)}/{image['file_name']}"
-            phrases[key] = [(phrase, [float(v) for v in box]) for phrase, box in found if counts[phrase] == 1]
+            objects[key] = [BoxedObject(names[ann["category_id"]], tuple(ann.get("attributes", [])),
+                                        tuple(float(v) for v in ann["bbox"])) for ann in annotations
+                            if not ann.get("iscrowd")]
+    return objects
+
+
+def referring_phrases(objects: Sequence[BoxedObject], index: int, varied: bool = False) -> list[str]:
+    """The phrases that name ``objects[index]`` alone among ``objects``: its attributes and category ("small red
+    circle"), or with ``varied`` every phrase of a subset of its attributes, in their order, and the category
+    ("circle", "red circle", ...). A phrase names an object when the category is the object's and the attributes
+    are among its own."""
+    target = objects[index]
+    subsets = itertools.product((False, True), repeat=len(target.attributes)) if varied else \
+        [(True,) * len(target.attributes)]
+    phrases = []
+    for keep in subsets:
+        attributes = {a for a, kept in zip(target.attributes, keep) if kept}
+        matches = sum(o.category == target.category and attributes <= set(o.attributes) for o in objects)
+        if matches == 1:
+            phrases.append(" ".join([*(a for a in target.attributes if a in attributes), target.category]))
+    return phrases
+
+
+def coco_object_phrases(instance_files: Sequence[str | Path]) -> dict[str, list[tuple[str, list[float]]]]:
+    """For each image of COCO instances files, its objects as (phrase, box) pairs, the phrase being the object's
+    attributes and category ("small red circle", or COCO's "dog"); objects that this phrase does not name alone
+    are left out."""
+    phrases = {}
+    for key, objects in coco_objects(instance_files).items():
+        phrases[key] = [(found[0], list(objects[k].box)) for k in range(len(objects))
+                        if (found := referring_phrases(objects, k))]
     return phrases
 
 
@@ -208,15 +244,17 @@ def image_key(value: Any, index: int) -> int:
 class ImageTextDataset(TableDataset):
     """Yields ``{"image", "image_aug", "caption", "image_key"}``: two augmented views, one normalised caption and the
     image's key (``image_key``); with ``objects``, also ``"ground_phrase"`` and ``"ground_box"``: one of the image's
-    objects drawn at random and its box in the first view (``box_in_crop``; phrase "" and box None when the image has
-    no object or the crop cut it off).
+    objects drawn at random, a phrase that names it alone (``referring_phrases``, drawn at random among them with
+    ``varied_phrases``) and its box in the first view (``box_in_crop``; phrase "" and box None when no object can be
+    named alone or the crop cut it off).
 
     Args:
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
         image_root: folder that relative image paths are resolved against.
         transform: image transform applied twice, independently.
         aug_transform: the second view's transform instead (the momentum encoders' view), if given.
-        objects: (phrase, box) pairs per image path (``coco_object_phrases``), for the grounding term.
+        objects: the objects of each image path (``coco_objects``), for the grounding term.
+        varied_phrases: name the object by any sub-phrase that picks it out, not only by all its attributes.
         on_bad_sample: ``skip`` or ``error``.
         image_column / caption_column: column names in ``table``.
     """
@@ -226,7 +264,7 @@ class ImageTextDataset(TableDataset):
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
                  aug_transform: Callable | None = None,
-                 objects: dict[str, list[tuple[str, list[float]]]] | None = None):
+                 objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
@@ -235,6 +273,7 @@ class ImageTextDataset(TableDataset):
         self.caption_column = caption_column
         self.aug_transform = aug_transform or transform
         self.objects = objects
+        self.varied_phrases = varied_phrases
         self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -254,9 +293,11 @@ class ImageTextDataset(TableDataset):
         view, crop = self.view_with_crop(image)
         image_aug = self.aug_transform(image)
         phrase, box = "", None
-        if objects:
-            phrase, chosen = objects[int(torch.randint(len(objects), ()))]
-            box = box_in_crop(chosen, crop)
+        named = [(k, found) for k in range(len(objects))
+                 if (found := referring_phrases(objects, k, self.varied_phrases))]
+        if named:
+            k, phrases = named[int(torch.randint(len(named), ()))]
+            phrase, box = phrases[int(torch.randint(len(phrases), ()))], box_in_crop(list(objects[k].box), crop)
         return {"image": view, "image_aug": image_aug, "caption": caption,
                 "image_key": image_key(row[self.image_column], index),
                 "ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}

@@ -20,8 +20,11 @@ SUMMARY_FILE = "shapes_summary.json"
 
 
 def dataset_exists(root: str | Path) -> bool:
-    """True when ``root`` holds a complete generated dataset (its summary is written last)."""
-    return (Path(root) / SUMMARY_FILE).is_file()
+    """True when ``root`` holds a complete generated dataset (its summary is written last) of today's layout: one
+    generated before the instances files (2026-12-04) is regenerated, its other files byte-identical."""
+    root = Path(root)
+    return (root / SUMMARY_FILE).is_file() and all((root / "annotations" / f"instances_{split}.json").is_file()
+                                                   for split in SPLITS)
 
 
 def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: int = 500, image_size: int = 64,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tcl.data.image_text import coco_image_folder, coco_object_phrases, load_coco
+from tcl.data.image_text import coco_image_folder, coco_object_phrases, coco_objects, load_coco
 from tcl.data.images import load_rgb_image
 from tcl.data.text import pre_caption
 from tcl.data.tokenizer import TclTokenizer
@@ -60,14 +60,16 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
 
 def coco_grounding_set(instances_file: str | Path, image_root: str | Path, tokenizer: TclTokenizer, image_size: int,
                        max_images: int | None = None, max_text_len: int | None = None,
-                       max_words: int = 30) -> GroundingSet:
+                       max_words: int = 30, category_only: bool = False) -> GroundingSet:
     """The first images (by id) of a COCO instances file that have objects, each with its objects' phrases and
-    boxes (``coco_object_phrases``), the boxes in fractions of the whole image (what ``test_transform`` shows)."""
+    boxes (``coco_object_phrases``; with ``category_only`` the category name alone, for the objects whose category
+    is unique in their image: "circle"), the boxes in fractions of the whole image (what ``test_transform``
+    shows)."""
     instances_file, image_root = Path(instances_file), Path(image_root)
     coco = load_coco(instances_file)
-    phrases = coco_object_phrases([instances_file])
+    phrases = _category_phrases(instances_file) if category_only else coco_object_phrases([instances_file])
     transform = test_transform(image_size)
-    images, texts, image_index, boxes = [], [], [], []
+    images, texts, image_index, boxes, image_ids = [], [], [], [], []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         key = f"{coco_image_folder(info['file_name'], instances_file)}/{info['file_name']}"
@@ -76,6 +78,7 @@ def coco_grounding_set(instances_file: str | Path, image_root: str | Path, token
         image = load_rgb_image(image_root / key)
         width, height = image.size
         images.append(transform(image))
+        image_ids.append(image_id)
         for phrase, (x, y, w, h) in phrases[key]:
             texts.append(pre_caption(phrase, max_words))
             image_index.append(len(images) - 1)
@@ -86,4 +89,12 @@ def coco_grounding_set(instances_file: str | Path, image_root: str | Path, token
         raise DataError(f"{instances_file}: no image with an object whose phrase names it alone.")
     encoded = tokenizer.encode_texts(texts, max_text_len)
     return GroundingSet(torch.stack(images), encoded.input_ids, encoded.attention_mask, torch.tensor(image_index),
-                        torch.tensor(boxes, dtype=torch.float32), texts)
+                        torch.tensor(boxes, dtype=torch.float32), texts, image_ids)
+
+
+def _category_phrases(instances_file: Path) -> dict[str, list[tuple[str, list[float]]]]:
+    phrases = {}
+    for key, objects in coco_objects([instances_file]).items():
+        categories = [o.category for o in objects]
+        phrases[key] = [(o.category, list(o.box)) for o in objects if categories.count(o.category) == 1]
+    return phrases

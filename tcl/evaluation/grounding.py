@@ -20,6 +20,7 @@ class GroundingSet:
     image_index: torch.Tensor  # [P] long
     boxes: torch.Tensor  # [P, 4]
     phrases: list[str]
+    image_ids: list[int]  # [I], the annotation file's ids of the images
 
 
 def paired_iou(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -225,3 +225,11 @@ def test_grounding_set_of_the_generated_world_and_its_accuracy(shapes_root, tiny
     results = evaluate_grounding(model, data)
     assert results["grounding_phrases"] == len(data.phrases)
     assert results["grounding_iou50"] == pytest.approx(100 * expected, abs=1e-4) and 0 < expected < 1
+
+
+def test_a_folder_generated_before_the_instances_files_counts_as_incomplete(shapes_copy):
+    from tcl.data.make_data import dataset_exists
+
+    assert dataset_exists(shapes_copy)
+    (shapes_copy / "annotations/instances_val2014.json").unlink()
+    assert not dataset_exists(shapes_copy)  # so tcl make-data and tcl demo write it again

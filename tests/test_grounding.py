@@ -10,7 +10,7 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_pretrain_dataset, build_tokenizer, pretrain_collator
-from tcl.data.image_text import coco_object_phrases
+from tcl.data.image_text import coco_objects, referring_phrases
 from tcl.data.shapes import SHAPES, SceneObject, render_scene
 from tcl.data.transforms import RandomResizedCrop, ViewWithCrop, box_in_crop, pretrain_transform
 from tcl.errors import ConfigError, DataError
@@ -82,6 +82,12 @@ def test_box_loss_on_hand_made_boxes():
     assert loss.item() == 0.0 and torch.equal(none.grad, torch.zeros_like(box))
 
 
+def coco_object_phrases(files) -> dict:
+    """Each image's objects that their full phrase names alone, as (phrase, box)."""
+    return {key: [(found[0], list(objects[k].box)) for k in range(len(objects))
+                  if (found := referring_phrases(objects, k))] for key, objects in coco_objects(files).items()}
+
+
 def _instances(path: Path, annotations: list[dict], categories: bool = True) -> Path:
     images = [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 64, "height": 64}]
     payload = {"images": images, "annotations": annotations}
@@ -104,7 +110,7 @@ def test_object_phrases_leave_out_phrases_that_name_several_objects(tmp_path):
 
 
 def test_varied_phrases_are_the_sub_phrases_that_still_name_the_object_alone():
-    from tcl.data.image_text import BoxedObject, referring_phrases
+    from tcl.data.image_text import BoxedObject
 
     box = (0, 0, 1, 1)
     objects = [BoxedObject("circle", ("small", "red"), box), BoxedObject("circle", ("large", "red"), box),

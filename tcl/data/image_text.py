@@ -114,20 +114,25 @@ def coco_objects(instance_files: Sequence[str | Path]) -> dict[str, list[BoxedOb
     annotations are left out."""
     objects: dict[str, list[BoxedObject]] = {}
     for path in instance_files:
-        path = Path(path)
-        coco = load_coco(path)
-        if "categories" not in coco.dataset:
-            raise DataError(f"{path}: not a COCO instances file (needs top-level 'categories'); the generated world "
-                            "has one since 2026-12-04: tcl make-data --force")
-        names = {category["id"]: category["name"] for category in coco.dataset["categories"]}
-        for image_id, annotations in coco.imgToAnns.items():
-            image = coco.imgs.get(image_id)
-            if image is None:
-                continue
-            key = f"{coco_image_folder(image['file_name'], path)}/{image['file_name']}"
-            objects[key] = [BoxedObject(names[ann["category_id"]], tuple(ann.get("attributes", [])),
-                                        tuple(float(v) for v in ann["bbox"])) for ann in annotations
-                            if not ann.get("iscrowd")]
+        objects.update(objects_in(load_coco(Path(path)), Path(path)))
+    return objects
+
+
+def objects_in(coco, path: Path) -> dict[str, list[BoxedObject]]:
+    """``coco_objects`` of one loaded instances file (``path`` names it in errors and tells the split folder)."""
+    if "categories" not in coco.dataset:
+        raise DataError(f"{path}: not a COCO instances file (needs top-level 'categories'); the generated world "
+                        "has one since 2026-12-04: tcl make-data --force")
+    names = {category["id"]: category["name"] for category in coco.dataset["categories"]}
+    objects = {}
+    for image_id, annotations in coco.imgToAnns.items():
+        image = coco.imgs.get(image_id)
+        if image is None:
+            continue
+        key = f"{coco_image_folder(image['file_name'], path)}/{image['file_name']}"
+        objects[key] = [BoxedObject(names[ann["category_id"]], tuple(ann.get("attributes", [])),
+                                    tuple(float(v) for v in ann["bbox"])) for ann in annotations
+                        if not ann.get("iscrowd")]
     return objects
 
 
@@ -145,17 +150,6 @@ def referring_phrases(objects: Sequence[BoxedObject], index: int, varied: bool =
         matches = sum(o.category == target.category and attributes <= set(o.attributes) for o in objects)
         if matches == 1:
             phrases.append(" ".join([*(a for a in target.attributes if a in attributes), target.category]))
-    return phrases
-
-
-def coco_object_phrases(instance_files: Sequence[str | Path]) -> dict[str, list[tuple[str, list[float]]]]:
-    """For each image of COCO instances files, its objects as (phrase, box) pairs, the phrase being the object's
-    attributes and category ("small red circle", or COCO's "dog"); objects that this phrase does not name alone
-    are left out."""
-    phrases = {}
-    for key, objects in coco_objects(instance_files).items():
-        phrases[key] = [(found[0], list(objects[k].box)) for k in range(len(objects))
-                        if (found := referring_phrases(objects, k))]
     return phrases
 
 

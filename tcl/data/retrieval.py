@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tcl.data.image_text import coco_image_folder, coco_object_phrases, coco_objects, load_coco
+from tcl.data.image_text import coco_image_folder, load_coco, objects_in, referring_phrases
 from tcl.data.images import load_rgb_image
 from tcl.data.text import pre_caption
 from tcl.data.tokenizer import TclTokenizer
@@ -61,13 +61,13 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
 def coco_grounding_set(instances_file: str | Path, image_root: str | Path, tokenizer: TclTokenizer, image_size: int,
                        max_images: int | None = None, max_text_len: int | None = None,
                        max_words: int = 30, category_only: bool = False) -> GroundingSet:
-    """The first images (by id) of a COCO instances file that have objects, each with its objects' phrases and
-    boxes (``coco_object_phrases``; with ``category_only`` the category name alone, for the objects whose category
-    is unique in their image: "circle"), the boxes in fractions of the whole image (what ``test_transform``
+    """The first images (by id) of a COCO instances file that have objects, each with the phrases of the objects
+    that their full phrase names alone (``referring_phrases``; with ``category_only`` the category name alone, for
+    the objects it names alone: "circle") and their boxes, in fractions of the whole image (what ``test_transform``
     shows)."""
     instances_file, image_root = Path(instances_file), Path(image_root)
     coco = load_coco(instances_file)
-    phrases = _category_phrases(instances_file) if category_only else coco_object_phrases([instances_file])
+    phrases = {key: _phrases(objects, category_only) for key, objects in objects_in(coco, instances_file).items()}
     transform = test_transform(image_size)
     images, texts, image_index, boxes, image_ids = [], [], [], [], []
     for image_id in sorted(coco.imgs):
@@ -92,9 +92,12 @@ def coco_grounding_set(instances_file: str | Path, image_root: str | Path, token
                         torch.tensor(boxes, dtype=torch.float32), texts, image_ids)
 
 
-def _category_phrases(instances_file: Path) -> dict[str, list[tuple[str, list[float]]]]:
-    phrases = {}
-    for key, objects in coco_objects([instances_file]).items():
-        categories = [o.category for o in objects]
-        phrases[key] = [(o.category, list(o.box)) for o in objects if categories.count(o.category) == 1]
-    return phrases
+def _phrases(objects, category_only: bool) -> list[tuple[str, tuple[float, ...]]]:
+    """(phrase, box) of each object that the phrase names alone: the full phrase, or the category name alone."""
+    found = []
+    for k, obj in enumerate(objects):
+        phrases = referring_phrases(objects, k, varied=category_only)
+        phrases = [p for p in phrases if p == obj.category] if category_only else phrases
+        if phrases:
+            found.append((phrases[0], obj.box))
+    return found

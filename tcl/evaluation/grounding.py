@@ -25,9 +25,7 @@ class GroundingSet:
 
 def paired_iou(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """[P] IoU of each predicted box with its own target, both [P, 4] as (centre x, centre y, width, height)."""
-    xyxy = [box_convert(boxes.float(), "cxcywh", "xyxy") for boxes in (predicted, target)]
-    return torch.stack([box_iou(a[None], b[None])[0, 0] for a, b in zip(*xyxy)]) if len(predicted) else \
-        torch.zeros(0)
+    return box_iou(*(box_convert(boxes.float(), "cxcywh", "xyxy") for boxes in (predicted, target))).diagonal()
 
 
 @torch.no_grad()

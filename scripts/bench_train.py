@@ -82,16 +82,33 @@ def build(config_name: str, overrides: list[str], objective: str, batch: int | N
     if compile:
         model = torch.compile(model)
     size, length = config.model.image_size, config.model.max_text_len
-    inputs = tuple(t.to(DEVICE) for t in (torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size),
-                                          torch.randint(5, vocab, (batch, length)),
-                                          torch.ones(batch, length, dtype=torch.long)))
-    return model, optimizer, inputs, batch
+    args = tuple(t.to(DEVICE) for t in (torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size),
+                                        torch.randint(5, vocab, (batch, length)),
+                                        torch.ones(batch, length, dtype=torch.long)))
+    return model, optimizer, (args, box_inputs(config, batch, vocab)), batch
+
+
+def box_inputs(config, batch: int, vocab: int, objects: int = 4) -> dict:
+    """Random phrases, boxes and labels for the terms that read instances files (grounding, region
+    classification), when they are on: ``objects`` per image, as the generated world has at most."""
+    kwargs, loss = {}, config.loss
+    boxes = torch.rand(batch, objects, 4) * 0.3 + 0.2
+    if loss.grounding_weight > 0:
+        phrases = torch.randint(5, vocab, (batch, 4))
+        kwargs["grounding"] = {"input_ids": phrases, "attention_mask": torch.ones_like(phrases),
+                               "boxes": boxes[:, 0], "valid": torch.ones(batch, dtype=torch.bool)}
+    if loss.region_class_weight > 0:
+        sizes = [len(loss.region_categories), *(len(words) for words in loss.region_attributes)]
+        labels = torch.stack([torch.randint(0, n, (batch, objects)) for n in sizes], dim=-1)
+        kwargs["regions"] = {"boxes": boxes, "labels": labels}
+    return {name: {key: value.to(DEVICE) for key, value in part.items()} for name, part in kwargs.items()}
 
 
 def train_step(model, optimizer, inputs, bf16: bool) -> None:
     autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
-        loss = model(*inputs, alpha=0.4).loss
+        args, kwargs = inputs
+        loss = model(*args, alpha=0.4, **kwargs).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

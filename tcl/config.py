@@ -113,7 +113,8 @@ class DataConfig:
     # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, or a Hugging Face datasets table.
     pretrain_source: Literal["coco", "albef_json", "hf"] = "coco"
     pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
-    # COCO instances files (boxes) of the same images, read by the grounding term (loss.grounding_weight) only.
+    # COCO instances files (boxes) of the same images, read by the grounding and region classification terms
+    # (loss.grounding_weight, loss.region_class_weight) only.
     pretrain_instances: list[str] = field(default_factory=list)
     # How the grounding term names an object: all its attributes and its category ("small red circle"), or any
     # sub-phrase that still names it alone ("circle" when it is the only circle), drawn at random.
@@ -209,6 +210,17 @@ class LossConfig:
     # circle", from data.pretrain_instances) against the image and a head predicts the object's box (L1 + GIoU), so
     # that the fusion encoder learns to find the object a phrase names and where it is. 0 = TCL.
     grounding_weight: float = 0.0
+    # Region classification (object labels, as detector-pretrained or ImageNet-supervised image towers have them;
+    # not a TCL term): the online image tower's patch tokens inside each object's box (data.pretrain_instances) are
+    # averaged and a linear head names the object's category, so that the tower itself has to tell the categories
+    # apart. The from-scratch stand-in for TCL's DeiT, which starts from ImageNet labels. 0 = TCL.
+    region_class_weight: float = 0.0
+    # The region head's classes, in order: the instances files' category names (every one of them must be listed).
+    region_categories: list[str] = field(default_factory=list)
+    # Attribute classes the region head names too, each a softmax of its own over its words (the instances files'
+    # "attributes", our addition to COCO's layout, as Visual Genome has them), e.g. [[red, green], [small, large]]:
+    # a tower taught categories alone forgets what it is not asked (colours, here).
+    region_attributes: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -620,15 +632,19 @@ def _check_data(config: Config, world_size: int) -> str | None:
         return f"data.max_image_pixels = {data.max_image_pixels} must be positive."
     if not data.pretrain_files:
         return "data.pretrain_files is empty. List at least one annotation file (relative to data.root)."
-    if config.loss.grounding_weight < 0:
-        return f"loss.grounding_weight = {config.loss.grounding_weight} must not be negative."
-    if config.loss.grounding_weight > 0:
-        if data.pretrain_source != "coco" or not data.pretrain_instances:
-            return ("loss.grounding_weight > 0 needs boxes: data.pretrain_source = coco and data.pretrain_instances "
+    for name in ("grounding_weight", "region_class_weight"):
+        weight = getattr(config.loss, name)
+        if weight < 0:
+            return f"loss.{name} = {weight} must not be negative."
+        if weight > 0 and (data.pretrain_source != "coco" or not data.pretrain_instances):
+            return (f"loss.{name} > 0 needs boxes: data.pretrain_source = coco and data.pretrain_instances "
                     "listing COCO instances files (e.g. [annotations/instances_train2014.json]).")
-        if data.hflip or data.randaugment:
-            return ("loss.grounding_weight > 0 needs data.hflip = false and data.randaugment = false: boxes follow "
+        if weight > 0 and (data.hflip or data.randaugment):
+            return (f"loss.{name} > 0 needs data.hflip = false and data.randaugment = false: boxes follow "
                     "the crop only.")
+    if config.loss.region_class_weight > 0 and not config.loss.region_categories:
+        return ("loss.region_class_weight > 0 needs loss.region_categories: the instances files' category names, in "
+                "the head's order (e.g. [circle, square, triangle, cross] for the generated world).")
     if config.eval.k_test <= 0:
         return f"eval.k_test = {config.eval.k_test} must be positive."
     for name in ("retrieval_images", "retrieval_captions_per_image", "every"):

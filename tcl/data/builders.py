@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tcl.config import Config
-from tcl.data.image_text import (ImageTextDataset, PretrainCollator, albef_json_table, coco_caption_table,
-                                 coco_objects, hf_table)
+from tcl.data.image_text import (BoxedObject, ImageTextDataset, PretrainCollator, albef_json_table,
+                                 coco_caption_table, coco_objects, hf_table)
 from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
@@ -54,15 +54,29 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
                                 caption_column=data.hf_caption_column, **kwargs)
     if data.pretrain_source == "coco":
         table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
-        if config.loss.grounding_weight > 0:
+        if config.loss.grounding_weight > 0 or config.loss.region_class_weight > 0:
             kwargs["objects"] = coco_objects([_resolve(config, f) for f in data.pretrain_instances])
             kwargs["varied_phrases"] = data.grounding_phrases == "varied"
+        if config.loss.region_class_weight > 0:
+            kwargs["region_classes"] = [_listed_categories(config, kwargs["objects"]),
+                                        *config.loss.region_attributes]
     else:
         # ALBEF lists hold paths relative to the working directory or absolute; relative ones resolve against root.
         table, skipped = albef_json_table(files, data.on_bad_sample, data.cache_dir)
         image_root = Path(data.root)
     _log_index_skips("pretraining pairs", skipped)
     return ImageTextDataset(table, image_root, transform, skipped_at_indexing=skipped, **kwargs)
+
+
+def _listed_categories(config: Config, objects: dict[str, list[BoxedObject]]) -> list[str]:
+    """``loss.region_categories``, checked to name every category of the instances files (a head with a class
+    missing could not be trained on those objects, and a typo would silently drop a category)."""
+    listed = list(config.loss.region_categories)
+    missing = sorted({o.category for found in objects.values() for o in found} - set(listed))
+    if missing:
+        raise DataError(f"{', '.join(config.data.pretrain_instances)}: categories {missing} are not in "
+                        f"loss.region_categories {listed}; list every category of the instances files.")
+    return listed
 
 
 def build_vqa_dataset(config: Config, train: bool) -> VQADataset:

@@ -240,7 +240,8 @@ class ImageTextDataset(TableDataset):
     image's key (``image_key``); with ``objects``, also ``"ground_phrase"`` and ``"ground_box"``: one of the image's
     objects drawn at random, a phrase that names it alone (``referring_phrases``, drawn at random among them with
     ``varied_phrases``) and its box in the first view (``box_in_crop``; phrase "" and box None when no object can be
-    named alone or the crop cut it off).
+    named alone or the crop cut it off); with ``region_classes`` too, ``"regions"``: every object the first view
+    still holds, as (box in the view, its labels: one per class of ``region_classes``, ``region_labels``).
 
     Args:
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
@@ -249,6 +250,8 @@ class ImageTextDataset(TableDataset):
         aug_transform: the second view's transform instead (the momentum encoders' view), if given.
         objects: the objects of each image path (``coco_objects``), for the grounding term.
         varied_phrases: name the object by any sub-phrase that picks it out, not only by all its attributes.
+        region_classes: the region classification term's classes of words, in the head's order: the categories,
+            then any attribute classes (``objects`` needed).
         on_bad_sample: ``skip`` or ``error``.
         image_column / caption_column: column names in ``table``.
     """
@@ -258,7 +261,8 @@ class ImageTextDataset(TableDataset):
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
                  aug_transform: Callable | None = None,
-                 objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False):
+                 objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False,
+                 region_classes: Sequence[Sequence[str]] | None = None):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
@@ -268,6 +272,7 @@ class ImageTextDataset(TableDataset):
         self.aug_transform = aug_transform or transform
         self.objects = objects
         self.varied_phrases = varied_phrases
+        self.region_classes = region_classes
         self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
 
     def _load(self, index: int) -> dict[str, Any]:
@@ -292,9 +297,13 @@ class ImageTextDataset(TableDataset):
         if named:
             k, phrases = named[int(torch.randint(len(named), ()))]
             phrase, box = phrases[int(torch.randint(len(phrases), ()))], box_in_crop(list(objects[k].box), crop)
-        return {"image": view, "image_aug": image_aug, "caption": caption,
-                "image_key": image_key(row[self.image_column], index),
-                "ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}
+        sample = {"image": view, "image_aug": image_aug, "caption": caption,
+                  "image_key": image_key(row[self.image_column], index),
+                  "ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}
+        if self.region_classes is not None:
+            in_view = [(box_in_crop(list(o.box), crop), region_labels(o, self.region_classes)) for o in objects]
+            sample["regions"] = [(box, labels) for box, labels in in_view if box is not None]
+        return sample
 
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):
@@ -323,6 +332,8 @@ class PretrainCollator:
                  "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
         if samples and "ground_box" in samples[0]:
             batch["grounding"] = self._grounding(samples)
+        if samples and "regions" in samples[0]:
+            batch["regions"] = collate_regions([s["regions"] for s in samples])
         return batch
 
     def _grounding(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -333,3 +344,28 @@ class PretrainCollator:
         return {"input_ids": phrases.input_ids, "attention_mask": phrases.attention_mask, "boxes": boxes,
                 "valid": torch.tensor([s["ground_box"] is not None for s in samples])}
 
+
+
+def region_labels(obj: BoxedObject, classes: Sequence[Sequence[str]]) -> tuple[int, ...]:
+    """An object's label in each class of words: the first class holds the categories (the object's must be
+    there), the others attributes (-100, ignored, when the object has none of a class's words)."""
+    categories, *attribute_classes = classes
+    labels = [list(categories).index(obj.category)]
+    for words in attribute_classes:
+        labels.append(next((k for k, word in enumerate(words) if word in obj.attributes), -100))
+    return tuple(labels)
+
+
+def collate_regions(regions: list[list[tuple[tuple[float, float, float, float], tuple[int, ...]]]]
+                    ) -> dict[str, torch.Tensor]:
+    """The region classification term's boxes ``[B, R, 4]`` (centre x, centre y, width, height in fractions of the
+    view) and labels ``[B, R, C]`` (``region_labels``, C classes), R the most objects of any row; padding rows have
+    labels -100 (ignored)."""
+    most = max((len(row) for row in regions), default=0)
+    classes = max((len(labels) for row in regions for _, labels in row), default=1)
+    boxes = torch.zeros(len(regions), most, 4)
+    labels = torch.full((len(regions), most, classes), -100, dtype=torch.long)
+    for b, row in enumerate(regions):
+        for r, (box, row_labels) in enumerate(row):
+            boxes[b, r], labels[b, r] = torch.tensor(box), torch.tensor(row_labels)
+    return {"boxes": boxes, "labels": labels}

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import torch
 
-from tcl.data.image_text import coco_image_folder, load_coco, objects_in, referring_phrases
+from tcl.data.image_text import (coco_image_folder, collate_regions, load_coco, objects_in, referring_phrases,
+                                 region_labels)
 from tcl.data.images import load_rgb_image
 from tcl.data.text import pre_caption
 from tcl.data.tokenizer import TclTokenizer
 from tcl.data.transforms import test_transform
 from tcl.errors import DataError
 from tcl.evaluation.grounding import GroundingSet
+from tcl.evaluation.regions import RegionSet
 from tcl.evaluation.retrieval import RetrievalSet
 
 
@@ -79,10 +81,10 @@ def coco_grounding_set(instances_file: str | Path, image_root: str | Path, token
         width, height = image.size
         images.append(transform(image))
         image_ids.append(image_id)
-        for phrase, (x, y, w, h) in phrases[key]:
+        for phrase, box in phrases[key]:
             texts.append(pre_caption(phrase, max_words))
             image_index.append(len(images) - 1)
-            boxes.append(((x + w / 2) / width, (y + h / 2) / height, w / width, h / height))
+            boxes.append(box_fractions(box, width, height))
         if max_images is not None and len(images) >= max_images:
             break
     if not images:
@@ -101,3 +103,39 @@ def _phrases(objects, category_only: bool) -> list[tuple[str, tuple[float, ...]]
         if phrases:
             found.append((phrases[0], obj.box))
     return found
+
+
+def coco_region_set(instances_file: str | Path, image_root: str | Path, image_size: int,
+                    classes: list[list[str]], max_images: int | None = None) -> RegionSet:
+    """The first images (by id) of a COCO instances file that have objects, with every object's box (fractions of
+    the whole image, what ``test_transform`` shows) and labels in ``classes`` (categories, then attribute classes;
+    ``region_labels``)."""
+    instances_file, image_root = Path(instances_file), Path(image_root)
+    coco = load_coco(instances_file)
+    objects = objects_in(coco, instances_file)
+    transform = test_transform(image_size)
+    images, regions, image_ids = [], [], []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        key = f"{coco_image_folder(info['file_name'], instances_file)}/{info['file_name']}"
+        found = [o for o in objects.get(key, []) if o.category in classes[0]]
+        if not found:
+            continue
+        image = load_rgb_image(image_root / key)
+        width, height = image.size
+        images.append(transform(image))
+        image_ids.append(image_id)
+        regions.append([(box_fractions(o.box, width, height), region_labels(o, classes)) for o in found])
+        if max_images is not None and len(images) >= max_images:
+            break
+    if not images:
+        raise DataError(f"{instances_file}: no image with an object of the categories {classes[0]}.")
+    batch = collate_regions(regions)
+    return RegionSet(torch.stack(images), batch["boxes"], batch["labels"], image_ids)
+
+
+def box_fractions(box, width: float, height: float) -> tuple[float, float, float, float]:
+    """A COCO box [x, y, width, height] in pixels as (centre x, centre y, width, height) in fractions of the
+    image."""
+    x, y, w, h = box
+    return (x + w / 2) / width, (y + h / 2) / height, w / width, h / height

@@ -20,11 +20,12 @@ from typing import Any, Callable
 from tcl.atomic import write_json_atomic
 from tcl.config import Config, load_config
 from tcl.data.builders import build_tokenizer
-from tcl.data.retrieval import coco_grounding_set, coco_retrieval_set
+from tcl.data.retrieval import coco_grounding_set, coco_region_set, coco_retrieval_set
 from tcl.data.shapes import CONTENT_WORD_GROUPS
 from tcl.data.tokenizer import TclTokenizer
 from tcl.engine import commands
 from tcl.evaluation.grounding import evaluate_grounding
+from tcl.evaluation.regions import evaluate_regions
 from tcl.evaluation.retrieval import evaluate_pretraining
 
 logger = logging.getLogger("tcl.evaluate_retrieval")
@@ -87,12 +88,15 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], 
                               config.model.max_text_len, config.data.max_caption_words)
     word_groups = content_word_groups(tokenizer)
     grounding = _grounding_set(config, tokenizer, path)
+    regions = _region_set(config, path)
 
     def probe(model) -> dict[str, float]:
         results = evaluate_pretraining(model, data, word_groups, tokenizer.mask_id, ev.retrieval_k_test,
                                        ev.batch_size)
         if grounding is not None:
             results.update(evaluate_grounding(model, grounding, ev.batch_size))
+        if regions is not None:
+            results.update(evaluate_regions(model, regions, ev.batch_size))
         return results
 
     return probe
@@ -101,12 +105,29 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], 
 def _grounding_set(config: Config, tokenizer: TclTokenizer, captions_file: Path):
     """The grounding evaluation of a model trained with ``loss.grounding_weight``: the instances file beside the
     retrieval captions file (``instances_<split>.json``), the same number of images; None without either."""
-    instances = captions_file.with_name(captions_file.name.replace("captions_", "instances_"))
-    if config.loss.grounding_weight <= 0 or instances == captions_file or not instances.is_file():
+    instances = _instances_beside(captions_file)
+    if config.loss.grounding_weight <= 0 or instances is None:
         return None
     return coco_grounding_set(instances, Path(config.data.root) / config.data.image_root, tokenizer,
                               config.model.image_size, config.eval.retrieval_images, config.model.max_text_len,
                               config.data.max_caption_words)
+
+
+def _region_set(config: Config, captions_file: Path):
+    """The region evaluation of a model trained with ``loss.region_class_weight``: the instances file beside the
+    retrieval captions file, the same number of images; None without either."""
+    instances = _instances_beside(captions_file)
+    if config.loss.region_class_weight <= 0 or instances is None:
+        return None
+    return coco_region_set(instances, Path(config.data.root) / config.data.image_root, config.model.image_size,
+                           [list(config.loss.region_categories), *config.loss.region_attributes],
+                           config.eval.retrieval_images)
+
+
+def _instances_beside(captions_file: Path) -> Path | None:
+    """``instances_<split>.json`` beside ``captions_<split>.json``, if there is one."""
+    instances = captions_file.with_name(captions_file.name.replace("captions_", "instances_"))
+    return instances if instances != captions_file and instances.is_file() else None
 
 
 def content_word_groups(tokenizer: TclTokenizer) -> dict[str, list[list[int]]]:
@@ -134,6 +155,11 @@ def format_results(results: dict[str, float]) -> str:
     if "grounding_iou50" in results:
         line.append(f"  grounding: {results['grounding_iou50']:.1f} % of {results['grounding_phrases']} phrases "
                     f"found with IoU >= 0.5 (mean IoU {results['grounding_mean_iou']:.1f} %)")
+    if "region_category_accuracy" in results:
+        attributes = (f", attributes {results['region_attribute_accuracy']:.1f} %"
+                      if "region_attribute_accuracy" in results else "")
+        line.append(f"  region head on {results['region_objects']} held-out objects: categories "
+                    f"{results['region_category_accuracy']:.1f} %{attributes}")
     if swaps:
         line.append(f"  the true caption over one with a swapped word (ITM / ITC, %, chance 50): {swaps}")
     return "\n".join(line)

@@ -138,8 +138,12 @@ def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step
                  online_keys=step < loss.online_keys_steps,
                  image_keys=batch["image_keys"].to(device) if loss.skip_same_image else None,
                  intra_modal_scale=intra_modal_scale(loss, step),
-                 grounding={key: value.to(device) for key, value in batch["grounding"].items()}
-                 if "grounding" in batch else None)
+                 grounding=_on(batch.get("grounding"), device), regions=_on(batch.get("regions"), device))
+
+
+def _on(tensors: dict | None, device) -> dict | None:
+    """A batch's dict of tensors on ``device`` (None stays None)."""
+    return None if tensors is None else {key: value.to(device) for key, value in tensors.items()}
 
 
 def intra_modal_scale(loss, step: int) -> float:

@@ -18,7 +18,7 @@ from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
 from tcl.models.convert import read_official_pretrain
 from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
-from tcl.models.pooling import pool_image, pool_text
+from tcl.models.pooling import pool_boxes, pool_image, pool_text
 from tcl.models.momentum import FeatureQueue, GatherFn, KeyQueue, MomentumEncoders, identity_gather
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
                                save_weights, write_model_config)
@@ -115,6 +115,9 @@ class TCLPretrainModel(nn.Module):
             hidden = model.hidden_size
             self.grounding_head = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
                                                 nn.Linear(2 * hidden, 4))
+        if loss.region_class_weight > 0:  # only then, as the grounding head
+            self.region_class_sizes = [len(loss.region_categories), *(len(w) for w in loss.region_attributes)]
+            self.region_head = nn.Linear(model.vision_width, sum(self.region_class_sizes))
         self.gather: GatherFn = identity_gather
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -175,7 +178,8 @@ class TCLPretrainModel(nn.Module):
     def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True,
                 online_keys: bool = False, image_keys: torch.Tensor | None = None, intra_modal_scale: float = 1.0,
-                grounding: dict[str, torch.Tensor] | None = None) -> PretrainOutput:
+                grounding: dict[str, torch.Tensor] | None = None,
+                regions: dict[str, torch.Tensor] | None = None) -> PretrainOutput:
         """All TCL losses for one batch.
 
         Args:
@@ -191,6 +195,8 @@ class TCLPretrainModel(nn.Module):
             intra_modal_scale: factor on the IMC and LMI weights (``loss.intra_modal_warmup_steps``' ramp).
             grounding: the collated batch's ``grounding`` (phrases, boxes, valid rows), needed by
                 ``loss.grounding_weight``.
+            regions: the collated batch's ``regions`` (boxes [B, R, 4] in the first view, labels [B, R]), needed by
+                ``loss.region_class_weight``.
         """
         self.clamp_temperature()
         temp, cfg = self.temp, self.loss_config
@@ -241,6 +247,11 @@ class TCLPretrainModel(nn.Module):
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
                        "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()[0]}
+        if cfg.region_class_weight > 0:
+            terms["regions"], accuracies = self._regions(image_embeds, regions)
+            diagnostics["region_accuracy"] = accuracies[0]
+            if len(accuracies) > 1:
+                diagnostics["region_attribute_accuracy"] = torch.stack(accuracies[1:]).mean()
         if cfg.align_uniform_weight > 0:
             terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
         total = self._total(terms, intra_modal_scale)
@@ -272,6 +283,8 @@ class TCLPretrainModel(nn.Module):
             total = total + cfg.align_uniform_weight * terms["align_uniform"]
         if "grounding" in terms:
             total = total + cfg.grounding_weight * terms["grounding"]
+        if "regions" in terms:
+            total = total + cfg.region_class_weight * terms["regions"]
         return total
 
     def predict_boxes(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -287,6 +300,29 @@ class TCLPretrainModel(nn.Module):
                              "data.pretrain_instances)")
         boxes = self.predict_boxes(image_embeds, grounding["input_ids"], grounding["attention_mask"])
         return box_loss(boxes, grounding["boxes"], grounding["valid"])
+
+    def classify_regions(self, image_embeds: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
+        """Logits [B, R, n] of the boxes [B, R, 4] (``pool_boxes``) from the image tokens alone, one tensor per
+        class of words: the categories (``loss.region_categories``), then each of ``loss.region_attributes``."""
+        return list(self.region_head(pool_boxes(image_embeds, boxes)).float().split(self.region_class_sizes, dim=-1))
+
+    def _regions(self, image_embeds: torch.Tensor,
+                 regions: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The region head's cross-entropy, summed over its classes of words (each the mean over the batch's
+        objects that have a label in it), and its accuracy in each class (diagnostics)."""
+        if regions is None:
+            raise ValueError("loss.region_class_weight > 0 needs the batch's 'regions' (boxes and categories: "
+                             "data.pretrain_instances)")
+        loss, accuracies = image_embeds.sum() * 0.0, []
+        for k, logits in enumerate(self.classify_regions(image_embeds, regions["boxes"])):
+            labels = regions["labels"][..., k]
+            real = labels >= 0
+            if not bool(real.any()):
+                accuracies.append(image_embeds.new_zeros(()))
+                continue
+            loss = loss + F.cross_entropy(logits[real], labels[real])
+            accuracies.append((logits.argmax(dim=-1) == labels)[real].float().mean().detach())
+        return loss, accuracies
 
     @torch.no_grad()
     def _teacher(self, image_aug, input_ids, attention_mask, step_boundary: bool) -> _Teacher:

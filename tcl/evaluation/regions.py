@@ -1,0 +1,42 @@
+"""How well a pretrained image tower names the objects of held-out images (the region classification term's own
+signal): the accuracy of the region head in each class of words, categories first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RegionSet:
+    """Images with their objects: ``boxes[i, r]`` (centre x, centre y, width, height, fractions of the image) and
+    ``labels[i, r, c]`` (label in class c, ``region_labels``; -100 for padding or an unlabelled attribute)."""
+
+    images: torch.Tensor  # [I, 3, H, W]
+    boxes: torch.Tensor  # [I, R, 4]
+    labels: torch.Tensor  # [I, R, C] long
+    image_ids: list[int]  # [I], the annotation file's ids of the images
+
+
+@torch.no_grad()
+def evaluate_regions(model, data: RegionSet, batch_size: int = 128) -> dict[str, float]:
+    """``region_category_accuracy`` (%) and, with attribute classes, ``region_attribute_accuracy`` (%, over every
+    labelled attribute of every object) of a model with a region head (``loss.region_class_weight`` > 0)."""
+    model.eval()
+    device = next(model.parameters()).device
+    right = torch.zeros(data.labels.shape[-1])
+    counted = torch.zeros(data.labels.shape[-1])
+    for i in range(0, len(data.images), batch_size):
+        embeds = model.encode_image(data.images[i:i + batch_size].to(device))[0]
+        logits = model.classify_regions(embeds, data.boxes[i:i + batch_size].to(device))
+        for k, part in enumerate(logits):
+            labels = data.labels[i:i + batch_size, :, k]
+            real = labels >= 0
+            right[k] += (part.argmax(dim=-1).cpu() == labels)[real].sum()
+            counted[k] += real.sum()
+    results = {"region_category_accuracy": 100.0 * (right[0] / counted[0].clamp_min(1)).item(),
+               "region_objects": int(counted[0])}
+    if len(right) > 1:
+        results["region_attribute_accuracy"] = 100.0 * (right[1:].sum() / counted[1:].sum().clamp_min(1)).item()
+    return results

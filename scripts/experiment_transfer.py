@@ -1,5 +1,6 @@
 """Does pretraining help VQA? Fine-tuning from a pretraining run against fine-tuning from scratch, at several label
-budgets and seeds, with the same fine-tuning settings (``configs/vqa_tiny.yaml``) for both arms.
+budgets and seeds, with the same fine-tuning settings (``configs/vqa_tiny.yaml``) for both arms (which keeps a
+pretrained image encoder fixed and trains one from scratch: ``vqa.freeze_pretrained_vision``).
 
     python scripts/experiment_transfer.py --pretrained runs/demo/pretrain      # 1,000 / 3,000 / all questions x 2 seeds
     python scripts/experiment_transfer.py data.root=DIR --pretrained DIR --budgets 1000 --seeds 0   # overrides first

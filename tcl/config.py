@@ -292,6 +292,10 @@ class VQAConfig:
     min_answer_count: int = 1
     classifier_hidden: Optional[int] = None
     freeze_vision: bool = False
+    # Keep the image encoder fixed only when it comes from a pretraining (vqa.init); one trained from scratch is
+    # always trained. A small fine-tuning set otherwise wears away what the pretrained tower learnt about the
+    # objects before the answer head can use it (docs/BENCHMARKS.md, "Region classification"). TCL trains it.
+    freeze_pretrained_vision: bool = False
     max_train_questions: Optional[int] = None
     # Pretraining run folder (its latest checkpoint) or checkpoint folder to start from; null = random init
     # (the "from scratch" baseline).
@@ -638,7 +642,8 @@ def _check_data(config: Config, world_size: int) -> str | None:
             return f"loss.{name} = {weight} must not be negative."
         if weight > 0 and (data.pretrain_source != "coco" or not data.pretrain_instances):
             return (f"loss.{name} > 0 needs boxes: data.pretrain_source = coco and data.pretrain_instances "
-                    "listing COCO instances files (e.g. [annotations/instances_train2014.json]).")
+                    f"listing COCO instances files (e.g. [annotations/instances_train2014.json]); or turn the term "
+                    f"off with loss.{name}=0.")
         if weight > 0 and (data.hflip or data.randaugment):
             return (f"loss.{name} > 0 needs data.hflip = false and data.randaugment = false: boxes follow "
                     "the crop only.")

@@ -19,6 +19,8 @@ from tcl.config import load_config, resolve_config
 
 logger = logging.getLogger("tcl.demo")
 PRETRAIN_CONFIG = resolve_config("pretrain_tiny")
+# The region head's held-out accuracy (the pretraining evaluation writes it when loss.region_class_weight > 0).
+REGION_KEYS = ("region_category_accuracy", "region_attribute_accuracy")
 VQA_CONFIG = resolve_config("vqa_tiny")
 
 
@@ -101,7 +103,7 @@ def read_retrieval(pretrain_dir: Path, overrides: list[str]) -> dict[str, float]
     return {f"retrieval_{key}": results[key] for key in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5")} | {
         "itm_accuracy": results["itm_accuracy"], "mlm_word_accuracy": results.get("mlm_word_accuracy"),
         "retrieval_images": results["images"],
-        "retrieval_file": str(path)}
+        "retrieval_file": str(path)} | {key: results[key] for key in REGION_KEYS if key in results}
 
 
 def read_scores(run_dir: Path, blind: bool = False) -> dict[str, Any]:
@@ -149,6 +151,10 @@ def format_results(results: dict[str, Any]) -> str:
                   f"{results['retrieval_t2i_r1']:.1f} (R@5 {results['retrieval_i2t_r5']:.1f} / "
                   f"{results['retrieval_t2i_r5']:.1f}; chance R@1 {100 / results['retrieval_images']:.1f})",
                   f"  ITM accuracy on true vs random captions {results['itm_accuracy']:.1f} (chance 50)"]
+        if "region_category_accuracy" in results:
+            attributes = results.get("region_attribute_accuracy")
+            lines.append(f"  region head on held-out objects: category {results['region_category_accuracy']:.1f}"
+                         + ("" if attributes is None else f", attributes {attributes:.1f}"))
     lines += ["", "examples:"]
     for example in results["examples"]:
         answers = ", ".join(f"{a['answer']} ({a['score']:.2f})" for a in example["top3"])

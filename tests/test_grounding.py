@@ -129,8 +129,8 @@ def test_object_phrases_need_an_instances_file(tmp_path):
 
 
 def test_grounding_needs_boxes_and_a_geometry_the_boxes_follow():
-    with pytest.raises(ConfigError, match="data.pretrain_instances"):
-        load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.grounding_weight=1"])
+    with pytest.raises(ConfigError, match="loss.grounding_weight > 0 needs boxes"):
+        load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.grounding_weight=1", "data.pretrain_instances=[]"])
     with pytest.raises(ConfigError, match="data.hflip = false"):
         load_config(REPO / "configs/pretrain_tiny.yaml", [*GROUNDING, "data.hflip=true"])
     with pytest.raises(ConfigError, match="must not be negative"):
@@ -155,7 +155,8 @@ def test_the_generated_worlds_phrases_and_boxes_reach_the_batch(shapes_root, tin
 
 def _model(weight: float, vocab: int = 60) -> TCLPretrainModel:
     config = load_config(REPO / "configs/pretrain_tiny.yaml",
-                         ["model.queue_size=32", *GROUNDING, f"loss.grounding_weight={weight}"])
+                         ["model.queue_size=32", *GROUNDING, f"loss.grounding_weight={weight}",
+                          "loss.region_class_weight=0"])  # the grounding term alone
     torch.manual_seed(0)
     return TCLPretrainModel(config.model, config.loss, vocab)
 

@@ -62,10 +62,10 @@ def test_region_labels_name_the_category_and_each_attribute_class():
 
 def test_region_classification_needs_boxes_categories_and_a_geometry_the_boxes_follow():
     config = REPO / "configs/pretrain_tiny.yaml"
-    with pytest.raises(ConfigError, match="loss.region_class_weight > 0 needs boxes"):
-        load_config(config, ["loss.region_class_weight=1", CATEGORIES])
+    with pytest.raises(ConfigError, match="loss.region_class_weight > 0 needs boxes.*loss.region_class_weight=0"):
+        load_config(config, [*REGIONS, "data.pretrain_instances=[]"])
     with pytest.raises(ConfigError, match="needs loss.region_categories"):
-        load_config(config, REGIONS[:1] + REGIONS[2:])
+        load_config(config, [*REGIONS, "loss.region_categories=[]"])
     with pytest.raises(ConfigError, match="data.hflip = false"):
         load_config(config, [*REGIONS, "data.hflip=true"])
     with pytest.raises(ConfigError, match="must not be negative"):
@@ -75,15 +75,17 @@ def test_region_classification_needs_boxes_categories_and_a_geometry_the_boxes_f
 def test_the_generated_worlds_regions_reach_the_batch(shapes_root, tiny_config):
     config = tiny_config(shapes_root, *REGIONS)
     dataset = build_pretrain_dataset(config)
-    plain = build_pretrain_dataset(tiny_config(shapes_root))
+    plain = build_pretrain_dataset(tiny_config(shapes_root, "loss.region_class_weight=0"))
     sample = dataset[5]
     assert torch.equal(sample["image"], plain[5]["image"])  # the regions draw no random numbers
+    assert "ground_box" not in sample  # the grounding term is off
     assert 1 <= len(sample["regions"]) <= 4
-    for box, (label,) in sample["regions"]:
-        assert 0 <= label < len(SHAPES) and all(0.0 <= v <= 1.0 for v in box)
+    for box, (shape, colour, size) in sample["regions"]:  # the tiny config's classes: shapes, colours, sizes
+        assert 0 <= shape < len(SHAPES) and 0 <= colour < 7 and 0 <= size < 2
+        assert all(0.0 <= v <= 1.0 for v in box)
     batch = pretrain_collator(config, build_tokenizer(config))([dataset[k] for k in range(4)])
     assert batch["regions"]["boxes"].shape[:2] == batch["regions"]["labels"].shape[:2]
-    assert batch["regions"]["labels"].shape[2] == 1  # the categories alone
+    assert batch["regions"]["labels"].shape[2] == 3
     assert "regions" not in pretrain_collator(config, build_tokenizer(config))([plain[k] for k in range(4)])
 
 

@@ -68,6 +68,9 @@ def test_freeze_vision():
     model.freeze_vision()
     assert not any(p.requires_grad for p in model.vision_encoder.parameters())
     assert all(p.requires_grad for p in model.answer_head.parameters())
+    # Fixed in eval mode too: the convolutional stem's BatchNorm statistics do not move while the rest trains.
+    model.train()
+    assert not model.vision_encoder.training and model.answer_head.training
 
 
 def test_convolutional_stem_keeps_the_token_grid_and_loads_across_resolutions():

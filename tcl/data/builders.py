@@ -57,6 +57,7 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
         if config.loss.grounding_weight > 0 or config.loss.region_class_weight > 0:
             kwargs["objects"] = coco_objects([_resolve(config, f) for f in data.pretrain_instances])
             kwargs["varied_phrases"] = data.grounding_phrases == "varied"
+            kwargs["grounding"] = config.loss.grounding_weight > 0
         if config.loss.region_class_weight > 0:
             kwargs["region_classes"] = [_listed_categories(config, kwargs["objects"]),
                                         *config.loss.region_attributes]

@@ -237,11 +237,12 @@ def image_key(value: Any, index: int) -> int:
 
 class ImageTextDataset(TableDataset):
     """Yields ``{"image", "image_aug", "caption", "image_key"}``: two augmented views, one normalised caption and the
-    image's key (``image_key``); with ``objects``, also ``"ground_phrase"`` and ``"ground_box"``: one of the image's
-    objects drawn at random, a phrase that names it alone (``referring_phrases``, drawn at random among them with
-    ``varied_phrases``) and its box in the first view (``box_in_crop``; phrase "" and box None when no object can be
-    named alone or the crop cut it off); with ``region_classes`` too, ``"regions"``: every object the first view
-    still holds, as (box in the view, its labels: one per class of ``region_classes``, ``region_labels``).
+    image's key (``image_key``); with ``objects`` and ``grounding``, also ``"ground_phrase"`` and ``"ground_box"``:
+    one of the image's objects drawn at random, a phrase that names it alone (``referring_phrases``, drawn at random
+    among them with ``varied_phrases``) and its box in the first view (``box_in_crop``; phrase "" and box None when
+    no object can be named alone or the crop cut it off); with ``objects`` and ``region_classes``, ``"regions"``:
+    every object the first view still holds, as (box in the view, its labels: one per class of ``region_classes``,
+    ``region_labels``).
 
     Args:
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
@@ -250,6 +251,8 @@ class ImageTextDataset(TableDataset):
         aug_transform: the second view's transform instead (the momentum encoders' view), if given.
         objects: the objects of each image path (``coco_objects``), for the grounding term.
         varied_phrases: name the object by any sub-phrase that picks it out, not only by all its attributes.
+        grounding: with ``objects``, give the grounding term's phrase and box (off when only the region term reads
+            the objects).
         region_classes: the region classification term's classes of words, in the head's order: the categories,
             then any attribute classes (``objects`` needed).
         on_bad_sample: ``skip`` or ``error``.
@@ -262,7 +265,7 @@ class ImageTextDataset(TableDataset):
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
                  aug_transform: Callable | None = None,
                  objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False,
-                 region_classes: Sequence[Sequence[str]] | None = None):
+                 grounding: bool = True, region_classes: Sequence[Sequence[str]] | None = None):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
@@ -272,6 +275,7 @@ class ImageTextDataset(TableDataset):
         self.aug_transform = aug_transform or transform
         self.objects = objects
         self.varied_phrases = varied_phrases
+        self.grounding = grounding
         self.region_classes = region_classes
         self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
 
@@ -291,19 +295,24 @@ class ImageTextDataset(TableDataset):
         objects = self.objects.get(str(row[self.image_column]), [])
         view, crop = self.view_with_crop(image)
         image_aug = self.aug_transform(image)
+        sample = {"image": view, "image_aug": image_aug, "caption": caption,
+                  "image_key": image_key(row[self.image_column], index)}
+        if self.grounding:
+            sample.update(self._grounding_fields(objects, crop))
+        if self.region_classes is not None:
+            in_view = [(box_in_crop(list(o.box), crop), region_labels(o, self.region_classes)) for o in objects]
+            sample["regions"] = [(box, labels) for box, labels in in_view if box is not None]
+        return sample
+
+    def _grounding_fields(self, objects: list[BoxedObject], crop: tuple[int, int, int, int]) -> dict[str, Any]:
+        """One object drawn at random among those a phrase names alone, that phrase, and its box in the view."""
         phrase, box = "", None
         named = [(k, found) for k in range(len(objects))
                  if (found := referring_phrases(objects, k, self.varied_phrases))]
         if named:
             k, phrases = named[int(torch.randint(len(named), ()))]
             phrase, box = phrases[int(torch.randint(len(phrases), ()))], box_in_crop(list(objects[k].box), crop)
-        sample = {"image": view, "image_aug": image_aug, "caption": caption,
-                  "image_key": image_key(row[self.image_column], index),
-                  "ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}
-        if self.region_classes is not None:
-            in_view = [(box_in_crop(list(o.box), crop), region_labels(o, self.region_classes)) for o in objects]
-            sample["regions"] = [(box, labels) for box, labels in in_view if box is not None]
-        return sample
+        return {"ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}
 
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):

@@ -115,8 +115,10 @@ def build_vqa_model(config: Config, vocab_size: int, num_answers: int, training:
         model.load_pretrained_encoders(read_model_state(config.vqa.init), f"vqa.init {config.vqa.init}")
         logger.info("encoders%s initialised from %s", " and answer decoder" if config.vqa.head == "decoder" else "",
                     config.vqa.init)
-    if config.vqa.freeze_vision:
+    if config.vqa.freeze_vision or (config.vqa.freeze_pretrained_vision and config.vqa.init):
         model.freeze_vision()
+        logger.info("image encoder kept fixed (vqa.freeze_vision%s)",
+                    "" if config.vqa.freeze_vision else ": it comes from a pretraining, vqa.freeze_pretrained_vision")
     return model
 
 

@@ -92,6 +92,7 @@ class TCLVQAModel(nn.Module):
         for module in modules:
             init_bert_weights(module, model.init_scheme)
         distilling = distill and head == "decoder"
+        self.vision_frozen = False  # freeze_vision()
         self.momentum = MomentumEncoders(self._momentum_sources(), model.momentum, model.teacher_dropout) \
             if distilling else None
 
@@ -178,8 +179,18 @@ class TCLVQAModel(nn.Module):
         return full.scatter_(1, top, scores)
 
     def freeze_vision(self) -> None:
+        """Keeps the image encoder fixed: no gradients, and in eval mode whatever ``train()`` says, so that its
+        BatchNorm statistics (the convolutional stem's) and dropout do not move it either."""
         for parameter in self.vision_encoder.parameters():
             parameter.requires_grad_(False)
+        self.vision_frozen = True
+        self.vision_encoder.eval()
+
+    def train(self, mode: bool = True) -> "TCLVQAModel":
+        super().train(mode)
+        if self.vision_frozen:
+            self.vision_encoder.eval()
+        return self
 
     def load_pretrained_encoders(self, state: dict[str, torch.Tensor], source: str = "the pretraining checkpoint"
                                  ) -> list[str]:

@@ -195,7 +195,7 @@ class TCLPretrainModel(nn.Module):
             intra_modal_scale: factor on the IMC and LMI weights (``loss.intra_modal_warmup_steps``' ramp).
             grounding: the collated batch's ``grounding`` (phrases, boxes, valid rows), needed by
                 ``loss.grounding_weight``.
-            regions: the collated batch's ``regions`` (boxes [B, R, 4] in the first view, labels [B, R]), needed by
+            regions: the collated batch's ``regions`` (boxes [B, R, 4] in the first view, labels [B, R, C]), needed by
                 ``loss.region_class_weight``.
         """
         self.clamp_temperature()

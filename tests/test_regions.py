@@ -196,3 +196,10 @@ def test_region_set_of_the_generated_world_and_the_heads_accuracy(shapes_root):
     right = ((attributes[:, 0] == 2).sum() + (attributes[:, 1] == 1).sum()).item()
     assert results["region_attribute_accuracy"] == pytest.approx(100 * right / (attributes >= 0).sum().item(),
                                                                  abs=1e-4)
+
+
+def test_a_missing_instances_file_says_what_to_do(shapes_copy, tiny_config):
+    (shapes_copy / "annotations/instances_train2014.json").unlink()
+    with pytest.raises(DataError, match=r"instances_train2014.json: instances file not found.*"
+                                        r"loss.region_class_weight=0"):
+        build_pretrain_dataset(tiny_config(shapes_copy))

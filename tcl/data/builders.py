@@ -55,7 +55,7 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     if data.pretrain_source == "coco":
         table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
         if config.loss.grounding_weight > 0 or config.loss.region_class_weight > 0:
-            kwargs["objects"] = coco_objects([_resolve(config, f) for f in data.pretrain_instances])
+            kwargs["objects"] = coco_objects(_instances_files(config))
             kwargs["varied_phrases"] = data.grounding_phrases == "varied"
             kwargs["grounding"] = config.loss.grounding_weight > 0
         if config.loss.region_class_weight > 0:
@@ -67,6 +67,18 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
         image_root = Path(data.root)
     _log_index_skips("pretraining pairs", skipped)
     return ImageTextDataset(table, image_root, transform, skipped_at_indexing=skipped, **kwargs)
+
+
+def _instances_files(config: Config) -> list[Path]:
+    """``data.pretrain_instances`` resolved, each checked to exist (with what to do when it does not)."""
+    paths = [_resolve(config, f) for f in config.data.pretrain_instances]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: instances file not found. The region classification and grounding terms "
+                            "(loss.region_class_weight, loss.grounding_weight) read boxes from it: run `tcl make-data "
+                            "--force` for the embedded world, point data.pretrain_instances at COCO's instances files, "
+                            "or turn the terms off (loss.region_class_weight=0 loss.grounding_weight=0).")
+    return paths
 
 
 def _listed_categories(config: Config, objects: dict[str, list[BoxedObject]]) -> list[str]:

@@ -67,11 +67,12 @@ def stage_arguments(args: argparse.Namespace, arm: str, seed: int, run: Path) ->
     """The pretraining and fine-tuning argument lists of one run."""
     common = [f"train.seed={seed}", *args.overrides]
     pretrained = pretraining_dir(args, arm, seed)
-    pretrain = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"train.output_dir={pretrained}",
+    # A stage that runs again (an interrupted study) redoes its run: --overwrite.
+    pretrain = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), "--overwrite", f"train.output_dir={pretrained}",
                 *ARMS[arm], *common]
     if args.pretrain_steps:
         pretrain.append(f"train.max_steps={args.pretrain_steps}")
-    finetune = ["--config", str(REPO / "configs/vqa_tiny.yaml"), f"train.output_dir={run / 'vqa'}",
+    finetune = ["--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run / 'vqa'}",
                 f"vqa.init={pretrained}", *common]
     if args.finetune_epochs:
         finetune.append(f"train.epochs={args.finetune_epochs}")

@@ -47,8 +47,8 @@ def run_one(args: argparse.Namespace, budget: str, seed: int, arm: str, out: Pat
     limit = "null" if budget == "all" else budget
     start = time.perf_counter()
     run_stage(f"{arm}, {budget} questions, seed {seed}", finetune_vqa.main,
-              ["--config", str(REPO / "configs/vqa_tiny.yaml"), f"train.output_dir={run}", f"vqa.init={init}",
-               f"vqa.max_train_questions={limit}", f"train.seed={seed}", *args.overrides])
+              ["--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
+               f"vqa.init={init}", f"vqa.max_train_questions={limit}", f"train.seed={seed}", *args.overrides])
     scores = read_scores(run)
     return {"budget": budget, "seed": seed, "arm": arm, "vqa_accuracy": scores["overall"],
             "hit_rate": scores["hit_rate"], "per_answer_type": scores["per_answer_type"],

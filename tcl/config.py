@@ -261,6 +261,11 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 42
     log_every: int = 10
+    # Seconds a collective may wait for the other processes (gloo and NCCL alike) before the run stops with a
+    # message naming the step and the last checkpoint: a process that died or hangs (a node taken away, a stopped
+    # process) then ends the job instead of holding every GPU. Long enough for a checkpoint written to a slow shared
+    # filesystem; raise it if something a single process does before a collective takes longer.
+    process_group_timeout_s: int = 900
 
 
 @dataclass
@@ -610,7 +615,8 @@ def _check_train(config: Config, world_size: int) -> str | None:
         return (f"model.queue_size = {queue} is not divisible by train.batch_size x processes = "
                 f"{train.batch_size} x {world_size} = {per_step} (every step enqueues that many features). "
                 f"Change train.batch_size (e.g. to one of {fits}) or set model.queue_size to a multiple of {per_step}.")
-    for name in ("epochs", "grad_accum_steps", "keep_last", "log_every", "max_nonfinite_steps"):
+    for name in ("epochs", "grad_accum_steps", "keep_last", "log_every", "max_nonfinite_steps",
+                 "process_group_timeout_s"):
         if getattr(train, name) <= 0:
             return f"train.{name} = {getattr(train, name)} must be positive."
     for name in ("max_steps", "save_every"):

@@ -59,12 +59,15 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
                             one_colour_scenes=shapes.one_colour_scenes)
     summary = summarize(root)
     common = [f"data.root={root}", *overrides]
-    run_stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), f"train.output_dir={out / 'pretrain'}",
-                                       *common])
+    # Each stage redoes its run in the demo's folder (--overwrite): running the demo again replaces its results.
+    run_stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), "--overwrite",
+                                       f"train.output_dir={out / 'pretrain'}", *common])
     run_stage("fine-tune from pretraining", finetune_vqa.main,
-           ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa'}", f"vqa.init={out / 'pretrain'}", *common])
+              ["--config", str(VQA_CONFIG), "--overwrite", f"train.output_dir={out / 'vqa'}",
+               f"vqa.init={out / 'pretrain'}", *common])
     run_stage("fine-tune from scratch", finetune_vqa.main,
-           ["--config", str(VQA_CONFIG), f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null", *common])
+              ["--config", str(VQA_CONFIG), "--overwrite", f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null",
+               *common])
     run_stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
     scores = {name: read_scores(out / name) for name in ("vqa", "vqa_scratch")}
     retrieval = read_retrieval(out / "pretrain", overrides)

@@ -42,7 +42,7 @@ def pretrain(out: Path, epochs: int, overrides: list[str]) -> dict:
 
     run = out / f"pretrain-{epochs}ep"
     run_stage(f"pretrain {epochs} epochs", pretrain_engine.main,
-              ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"train.output_dir={run}",
+              ["--config", str(REPO / "configs/pretrain_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
                f"train.epochs={epochs}", *overrides])
     retrieval = read_retrieval(run, [f"train.epochs={epochs}", *overrides])
     return {"run": str(run), **{key: value for key, value in retrieval.items() if key != "retrieval_file"}}
@@ -57,7 +57,7 @@ def finetune(out: Path, init: int | None, epochs: int, seed: int, overrides: lis
     arm = "scratch" if init is None else f"pretrain-{init}ep"
     run = out / f"vqa-{arm}-ft{epochs}ep-seed{seed}"
     run_stage(f"fine-tune {epochs} epochs from {arm}, seed {seed}", finetune_vqa.main,
-              ["--config", str(REPO / "configs/vqa_tiny.yaml"), f"train.output_dir={run}",
+              ["--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
                f"vqa.init={'null' if init is None else out / arm}", f"train.epochs={epochs}",
                f"train.seed={seed}", *overrides])
     scores = read_scores(run)

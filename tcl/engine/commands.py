@@ -25,9 +25,18 @@ def training_parser(prog: str, description: str, default_config: str) -> argpars
                         help=f"YAML config file or shipped config name (default {default_config}; see tcl config --list)")
     parser.add_argument("--resume", default=None, help="'latest', 'latest-intact' (the newest undamaged checkpoint) "
                         "or a checkpoint folder to continue from")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run already in train.output_dir "
+                        "(everything in that folder) before starting; without it such a folder is refused")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser
+
+
+def folder_start(args: argparse.Namespace) -> str:
+    """How a training run starts in its folder (``tcl.engine.run_lock.STARTS``), from --resume and --overwrite."""
+    if args.resume and args.overwrite:
+        raise TclError("--resume continues the run in train.output_dir and --overwrite deletes it: give one of them.")
+    return "resume" if args.resume else "overwrite" if args.overwrite else "new"
 
 
 def pretrain_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -72,6 +81,7 @@ def evaluate_retrieval_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _check_training_config(args: argparse.Namespace) -> None:
+    folder_start(args)  # --resume with --overwrite
     load_config(args.config, args.overrides)  # unknown keys, bad values and impossible combinations: ConfigError
 
 

@@ -22,7 +22,7 @@ from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, 
 from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
-from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
+from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main
 from tcl.engine.trainer import Trainer
@@ -45,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
-    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator)):
+    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
+                            commands.folder_start(args)):
         return _train(args, config, accelerator)
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
-    resume_from = checkpoint_to_resume(config, args.resume) if args.resume else None  # before anything is written
+    # Before anything is written.
+    resume_from = checkpoint_to_resume(config, args.resume, world_of(accelerator, config)) if args.resume else None
     check_data_root(config)
     tokenizer = build_tokenizer(config)
     dataset = build_vqa_dataset(config, train=True)
@@ -82,7 +84,7 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
                       SkipReport(dataset.skipped_at_indexing), vqa_step, name="VQA fine-tuning")
     code = trainer.fit()
-    if code == 0 and not args.no_eval and not trainer.stop.requested:
+    if code == 0 and not args.no_eval and not trainer.stop.agreed:
         from tcl.engine.evaluate_vqa import evaluate_model
 
         evaluate_model(config, accelerator.unwrap_model(model), tokenizer, vocabulary, output_dir, accelerator)

@@ -25,7 +25,7 @@ from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
-from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after
+from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import (build_accelerator, check_distributed_setup, feature_gather, share_from_main,
                                 unwrap)
@@ -54,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, config: Config) -> int:
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
-    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator)):
+    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
+                            commands.folder_start(args)):
         return _train(args, config, accelerator)
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
-    resume_from = checkpoint_to_resume(config, args.resume) if args.resume else None  # before anything is written
+    # Before anything is written.
+    resume_from = checkpoint_to_resume(config, args.resume, world_of(accelerator, config)) if args.resume else None
     check_data_root(config)
     tokenizer = build_tokenizer(config)
     dataset = build_pretrain_dataset(config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 
 import torch
 
@@ -20,7 +21,7 @@ if not torch.cuda.is_available():
 
 def build_accelerator(config: Config):
     """An Accelerator for this config (launcher settings such as DeepSpeed come from ``accelerate launch``)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     precision = config.train.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
@@ -30,14 +31,21 @@ def build_accelerator(config: Config):
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     # Without CUDA: cpu=True makes a torchrun-launched run use gloo across CPU processes. DeepSpeed must not be
     # overridden that way; it needs the gloo backend named explicitly, or accelerate sees no process group.
-    handlers = [ddp]
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if use_deepspeed and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    gloo = use_deepspeed and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
+    handlers = [ddp, process_group_kwargs(config, backend="gloo" if gloo else None)]
     return Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed, mixed_precision=precision,
                        gradient_accumulation_steps=config.train.grad_accum_steps, log_with="tensorboard",
                        project_dir=config.train.output_dir, kwargs_handlers=handlers,
                        step_scheduler_with_optimizer=False)
+
+
+def process_group_kwargs(config: Config, backend: str | None = None):
+    """The process group's settings: the timeout after which a collective that waits for a dead or stuck process
+    fails (``train.process_group_timeout_s``, for gloo and NCCL alike), and the backend when it must be named."""
+    from accelerate import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=config.train.process_group_timeout_s))
 
 
 def check_distributed_setup(accelerator, config: Config) -> None:

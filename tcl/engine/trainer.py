@@ -8,7 +8,6 @@ of each optimizer step (momentum updates and enqueues happen then).
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,29 +21,16 @@ from tcl.data.bad_samples import SkipReport
 from tcl.engine.checkpoint import save_checkpoint
 from tcl.engine.metrics import MetricsLogger, chance_levels, headline, plot_losses
 from tcl.engine.optim import alpha_at
+from tcl.engine.resume import world_of
 from tcl.engine.runtime import average_batchnorm_statistics, peak_memory_mb
+from tcl.engine.stopping import StopRequest, peer_failure
 from tcl.errors import TclError
+from tcl.run_folder import find_checkpoint
 
 logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Any, dict, float, bool, Any], Any]
 EvalFn = Callable[[Any], dict]
-
-
-class _StopRequest:
-    """SIGTERM/SIGINT ask the loop to write a checkpoint and stop at the next optimizer step."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame) -> None:
-        logger.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
-        self.requested = True
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 class Trainer:
@@ -61,7 +47,7 @@ class Trainer:
         self.total_steps = steps_per_epoch * config.train.epochs
         self.max_steps = min(config.train.max_steps or self.total_steps, self.total_steps)
         self.metrics = MetricsLogger(accelerator, self.output_dir)
-        self.stop = _StopRequest()
+        self.stop = StopRequest()
         self.last_checkpoint: Path | None = None
         self.window_nonfinite, self.nonfinite_in_a_row, self.nonfinite_skipped = False, 0, 0
         # evaluate(unwrapped model) -> metrics, run on the main process every eval.every steps and at the end.
@@ -75,23 +61,45 @@ class Trainer:
         samples_before = self.state["step"]
         bar = self.metrics.progress(self.max_steps, self.state["step"])
         try:
-            while self.state["step"] < self.max_steps and self.state["epoch"] < self.config.train.epochs:
-                finished_epoch = self._epoch(bar)
-                if self.stop.requested:
-                    break
-                if finished_epoch:
-                    logger.info("epoch %d done: %s", self.state["epoch"], self.skips.format())
-                    self.state.update(epoch=self.state["epoch"] + 1, batch=0)
-                    self._checkpoint()
-            if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
-                self._checkpoint()
-            self.final_eval = self._evaluate()
+            self._loop(bar)
+        except RuntimeError as error:
+            if self.accelerator.num_processes == 1 or not peer_failure(error):
+                raise
+            raise TclError(self._peer_failure_message(error)) from error
         finally:
             bar.close()
             self.stop.restore()
         elapsed = time.perf_counter() - start
         self._finish(elapsed, self.state["step"] - samples_before)
         return 0
+
+    def _loop(self, bar) -> None:
+        """Epochs until the step limit or an agreed stop, a checkpoint of the last step, the final evaluation."""
+        while self.state["step"] < self.max_steps and self.state["epoch"] < self.config.train.epochs:
+            finished_epoch = self._epoch(bar)
+            if self.stop.agreed:
+                break
+            if finished_epoch:
+                logger.info("epoch %d done: %s", self.state["epoch"], self.skips.format())
+                self.state.update(epoch=self.state["epoch"] + 1, batch=0)
+                self._checkpoint()
+        if self.last_checkpoint is None or int(self.last_checkpoint.name.split("-")[-1]) != self.state["step"]:
+            self._checkpoint()
+        if self.stop.agreed:  # a scheduler's grace period is short: the evaluation waits for the resumed run
+            logger.info("stopping on request at step %d: no final evaluation", self.state["step"])
+        else:
+            self.final_eval = self._evaluate()
+
+    def _peer_failure_message(self, error: RuntimeError) -> str:
+        try:
+            last = f"The last checkpoint is {find_checkpoint(self.output_dir, 'latest')}"
+        except TclError:
+            last = "No checkpoint was written yet"
+        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        return (f"process {self.accelerator.process_index} of {self.accelerator.num_processes}: a collective operation "
+                f"failed after step {self.state['step']} ({first_line}): another process has died or has not "
+                f"answered within train.process_group_timeout_s = {self.config.train.process_group_timeout_s} s. "
+                f"{last}; once every process can run, continue with --resume latest.")
 
     def _epoch(self, bar) -> bool:
         """Runs (the rest of) the current epoch; returns whether it reached the end of the epoch."""
@@ -122,7 +130,7 @@ class Trainer:
             every = cfg.eval.every
             if every and self.state["step"] % every == 0 and self.state["step"] < self.max_steps:
                 self._evaluate()
-            if self.state["step"] >= self.max_steps or self.stop.requested:
+            if self.state["step"] >= self.max_steps or self.stop.agreed:
                 return False
         return True
 
@@ -168,11 +176,15 @@ class Trainer:
         average_batchnorm_statistics(self.accelerator, self.model)
 
     def _finite_on_every_process(self, value) -> bool:
-        bad = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(value)).all() else 1.0],
-                           device=self.accelerator.device)
+        """Whether ``value`` is finite on every process. The same reduction carries each process's stop flag, so that
+        every process learns of a stop request at the same micro-batch (``self.stop.agreed``) at no extra cost."""
+        flags = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(value)).all() else 1.0, float(self.stop.local)],
+                             device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        return bool(bad.item() == 0)
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        nonfinite, stops = flags.tolist()
+        self.stop.agree(stops > 0)
+        return nonfinite == 0
 
     def _skip_nonfinite_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -189,11 +201,11 @@ class Trainer:
 
     def _should_save(self) -> bool:
         every = self.config.train.save_every
-        return self.stop.requested or (bool(every) and self.state["step"] % every == 0)
+        return self.stop.agreed or (bool(every) and self.state["step"] % every == 0)
 
     def _checkpoint(self) -> None:
         text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
-        state = {**self.state, "skipped": dict(self.skips.at_loading)}
+        state = {**self.state, "skipped": dict(self.skips.at_loading), "world": world_of(self.accelerator, self.config)}
         self.last_checkpoint = save_checkpoint(self.accelerator, self.output_dir, self.state["step"], state,
                                                self.config.train.keep_last, text)
 

@@ -4,6 +4,7 @@ After a few steps every rank must hold identical online weights, momentum weight
 the pointers must have advanced by the *gathered* batch (per-process batch x processes) per step.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,22 @@ def test_two_processes_stay_identical(accelerate_config, shapes_root, tmp_path):
     assert f"{STEPS} steps on {PROCESSES} process(es)" in result.stdout
     assert_ranks_agree(out)
     assert (out / "latest").read_text() == f"checkpoint-{STEPS:08d}"
+    assert_shared_evaluation_matches_one_process(out)
+
+
+def assert_shared_evaluation_matches_one_process(out: Path) -> None:
+    """The run's final evaluation, shared by its processes, gives what one process gets from the final weights."""
+    from tcl.engine import evaluate_retrieval
+
+    written = sorted(out.glob("retrieval_*.json"))
+    assert len(written) == 1
+    shared = json.loads(written[0].read_text())
+    assert shared.pop("step") == STEPS
+    assert evaluate_retrieval.main(["--run", str(out)]) == 0  # rewrites the file, from one process
+    alone = json.loads(written[0].read_text())
+    assert shared.keys() == alone.keys() and alone["images"] >= 10
+    for key, value in alone.items():
+        assert shared[key] == pytest.approx(value, abs=1e-4), key
 
 
 def free_port() -> int:

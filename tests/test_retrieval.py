@@ -70,18 +70,39 @@ def test_shapes_are_checked():
 
 
 def test_rerank_top_k_replaces_only_the_top_candidates():
-    itc = torch.tensor([[0.9, 0.8, 0.1, 0.0]])
+    """Both ways, only ITC's top-k pairs are re-scored, each pair once (by the image that holds it), the rest −inf."""
+    itc = torch.tensor([[0.9, 0.8, 0.1, 0.0],
+                        [0.0, 0.1, 0.2, 0.7]])
     calls = []
 
-    def pair_scores(row, columns):
-        calls.append(sorted(columns.tolist()))
-        return -columns.float()  # prefers the lower-ITC candidate of the two
+    def image_scores(j, texts):
+        calls.append((j, texts.tolist()))
+        return -texts.float() - 10 * j  # prefers the lower-ITC candidate of the two
 
-    scores = rerank_top_k(itc, 2, pair_scores)
-    assert calls == [[0, 1]]
-    assert scores[0, 0] == 0.0 and scores[0, 1] == -1.0
-    assert torch.isinf(scores[0, 2:]).all()
-    assert rerank_top_k(itc, 10, lambda r, c: itc[r, c]).isfinite().all()  # k above the gallery: every column
+    scores_i2t, scores_t2i = rerank_top_k(itc, 2, image_scores, torch.arange(2))
+    # image 0: its top 2 texts (0, 1) and the texts whose top 2 images include it (all four: there are two images)
+    assert calls == [(0, [0, 1, 2, 3]), (1, [0, 1, 2, 3])]
+    assert scores_i2t[0, :2].tolist() == [0.0, -1.0] and torch.isinf(scores_i2t[0, 2:]).all()
+    assert scores_i2t[1, 3] == -13.0 and scores_i2t[1, 2] == -12.0 and torch.isinf(scores_i2t[1, :2]).all()
+    assert torch.equal(scores_t2i, torch.tensor([[0.0, -10.0], [-1.0, -11.0], [-2.0, -12.0], [-3.0, -13.0]]))
+    only_top_1 = rerank_top_k(itc, 1, lambda j, texts: itc[j, texts], torch.arange(2))[1]
+    assert only_top_1.isfinite().sum(dim=1).tolist() == [1, 1, 1, 1]  # each text keeps its best image only
+    every = rerank_top_k(itc, 10, lambda j, texts: itc[j, texts], torch.arange(2))  # k above the gallery
+    assert all(scores.isfinite().all() for scores in every)
+
+
+def test_a_shard_scores_only_its_images():
+    """A process holding image 1 of 2 scores only that image's pairs; the totals put the rest in place."""
+    from tcl.evaluation.sharding import Shard
+
+    itc = torch.tensor([[0.9, 0.8, 0.1], [0.0, 0.1, 0.7]])
+    seen = []
+    shard = Shard(1, 2, lambda tensor: seen.append(tensor.clone()) or tensor)
+    scores_i2t, _ = rerank_top_k(itc, 1, lambda j, texts: torch.ones(len(texts)), torch.tensor([1]), shard)
+    assert seen[0][0].eq(0).all() and seen[0][1].eq(1).any()  # image 0's row was left to its own process
+    assert shard.owned(torch.arange(5)).tolist() == [False, True, False, True, False]
+    with pytest.raises(ValueError, match="not within"):
+        Shard(2, 2)
 
 
 def test_mismatched_texts_never_describe_the_image():

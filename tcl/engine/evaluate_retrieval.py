@@ -27,6 +27,7 @@ from tcl.engine import commands
 from tcl.evaluation.grounding import evaluate_grounding
 from tcl.evaluation.regions import evaluate_regions
 from tcl.evaluation.retrieval import evaluate_pretraining
+from tcl.evaluation.sharding import ALONE, Shard
 
 logger = logging.getLogger("tcl.evaluate_retrieval")
 
@@ -72,8 +73,11 @@ def results_name(config: Config) -> str:
     return name + ".json"
 
 
-def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], dict[str, float]] | None:
-    """A function model → retrieval metrics on ``eval.retrieval_file`` (None when that is null or absent)."""
+def retrieval_probe(config: Config, tokenizer: TclTokenizer, shard: Shard = ALONE
+                    ) -> Callable[[Any], dict[str, float]] | None:
+    """A function model → retrieval metrics on ``eval.retrieval_file`` (None when that is null or absent). With a
+    ``shard``, every process of a run loads its share of the images, and every process calls the function at the
+    same step: each scores its share and all of them return the whole set's metrics."""
     ev = config.eval
     if ev.retrieval_file is None:
         return None
@@ -85,24 +89,24 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer) -> Callable[[Any], 
         return None
     data = coco_retrieval_set(path, Path(config.data.root) / config.data.image_root, tokenizer,
                               config.model.image_size, ev.retrieval_images, ev.retrieval_captions_per_image,
-                              config.model.max_text_len, config.data.max_caption_words)
+                              config.model.max_text_len, config.data.max_caption_words, shard)
     word_groups = content_word_groups(tokenizer)
-    grounding = _grounding_set(config, tokenizer, path)
-    regions = _region_set(config, path)
+    grounding = _grounding_set(config, tokenizer, path, shard)
+    regions = _region_set(config, path, shard)
 
     def probe(model) -> dict[str, float]:
         results = evaluate_pretraining(model, data, word_groups, tokenizer.mask_id, ev.retrieval_k_test,
-                                       ev.batch_size)
+                                       ev.batch_size, shard)
         if grounding is not None:
-            results.update(evaluate_grounding(model, grounding, ev.batch_size))
+            results.update(evaluate_grounding(model, grounding, ev.batch_size, shard))
         if regions is not None:
-            results.update(evaluate_regions(model, regions, ev.batch_size))
+            results.update(evaluate_regions(model, regions, ev.batch_size, shard))
         return results
 
     return probe
 
 
-def _grounding_set(config: Config, tokenizer: TclTokenizer, captions_file: Path):
+def _grounding_set(config: Config, tokenizer: TclTokenizer, captions_file: Path, shard: Shard):
     """The grounding evaluation of a model trained with ``loss.grounding_weight``: the instances file beside the
     retrieval captions file (``instances_<split>.json``), the same number of images; None without either."""
     instances = _instances_beside(captions_file)
@@ -110,10 +114,10 @@ def _grounding_set(config: Config, tokenizer: TclTokenizer, captions_file: Path)
         return None
     return coco_grounding_set(instances, Path(config.data.root) / config.data.image_root, tokenizer,
                               config.model.image_size, config.eval.retrieval_images, config.model.max_text_len,
-                              config.data.max_caption_words)
+                              config.data.max_caption_words, shard=shard)
 
 
-def _region_set(config: Config, captions_file: Path):
+def _region_set(config: Config, captions_file: Path, shard: Shard):
     """The region evaluation of a model trained with ``loss.region_class_weight``: the instances file beside the
     retrieval captions file, the same number of images; None without either."""
     instances = _instances_beside(captions_file)
@@ -121,7 +125,7 @@ def _region_set(config: Config, captions_file: Path):
         return None
     return coco_region_set(instances, Path(config.data.root) / config.data.image_root, config.model.image_size,
                            [list(config.loss.region_categories), *config.loss.region_attributes],
-                           config.eval.retrieval_images)
+                           config.eval.retrieval_images, shard)
 
 
 def _instances_beside(captions_file: Path) -> Path | None:

@@ -27,8 +27,8 @@ from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
-from tcl.engine.runtime import (build_accelerator, check_distributed_setup, feature_gather, share_from_main,
-                                unwrap)
+from tcl.engine.runtime import (build_accelerator, check_distributed_setup, evaluation_shard, feature_gather,
+                                share_from_main, unwrap)
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
@@ -91,8 +91,8 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
             drop_metrics_after(output_dir / "metrics.jsonl", state["step"])
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state["step"], state["epoch"],
                     state["batch"])
-    # Every process builds the probe (so all agree that there is an evaluation to wait for); only the main one runs it.
-    probe = retrieval_probe(config, tokenizer)
+    # Every process loads its share of the evaluation set, and all of them evaluate together.
+    probe = retrieval_probe(config, tokenizer, evaluation_shard(accelerator))
     trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
                       SkipReport(dataset.skipped_at_indexing), pretrain_step, name="pretraining",
                       evaluate=probe, eval_file=results_name(config))

@@ -74,6 +74,16 @@ def share_from_main(accelerator):
     return lambda value: broadcast_object_list([value], from_process=0)[0]
 
 
+def evaluation_shard(accelerator):
+    """This process's share of an evaluation shared by every process of the run (``tcl.evaluation.sharding``)."""
+    from tcl.evaluation.sharding import Shard
+
+    if accelerator.num_processes == 1:
+        return Shard()
+    return Shard(accelerator.process_index, accelerator.num_processes,
+                 lambda tensor: accelerator.reduce(tensor, reduction="sum"))
+
+
 def feature_gather(accelerator):
     """The queue's gather: all processes' [B, d] features concatenated in rank order (no gradient)."""
     if accelerator.num_processes == 1:

@@ -50,7 +50,7 @@ class Trainer:
         self.stop = StopRequest()
         self.last_checkpoint: Path | None = None
         self.window_nonfinite, self.nonfinite_in_a_row, self.nonfinite_skipped = False, 0, 0
-        # evaluate(unwrapped model) -> metrics, run on the main process every eval.every steps and at the end.
+        # evaluate(unwrapped model) -> metrics, run by every process every eval.every steps and at the end.
         self.evaluate, self.eval_file, self.final_eval = evaluate, eval_file, None
 
     def fit(self) -> int:
@@ -135,17 +135,16 @@ class Trainer:
         return True
 
     def _evaluate(self) -> dict | None:
-        """Runs ``evaluate`` on the main process (the others wait) and logs its metrics under ``eval/``."""
+        """Runs ``evaluate`` on every process (each scores its share of the set; all get the whole set's metrics) and
+        logs its metrics under ``eval/`` (main process)."""
         if self.evaluate is None:
             return None
-        results = None
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        results = self.evaluate(model)
+        model.train(was_training)
         if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
-            was_training = model.training
-            results = self.evaluate(model)
-            model.train(was_training)
             self.metrics.log_eval(self.state["step"], results)
-        self.accelerator.wait_for_everyone()
         return results
 
     def _micro_step(self, batch: dict, alpha: float, boundary: bool):

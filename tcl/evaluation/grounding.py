@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import box_convert, box_iou
 
+from tcl.evaluation.sharding import ALONE, Shard
+
 
 @dataclass
 class GroundingSet:
@@ -29,17 +31,22 @@ def paired_iou(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_grounding(model, data: GroundingSet, batch_size: int = 128) -> dict[str, float]:
+def evaluate_grounding(model, data: GroundingSet, batch_size: int = 128, shard: Shard = ALONE) -> dict[str, float]:
     """``grounding_iou50`` (% of phrases found with IoU ≥ 0.5) and ``grounding_mean_iou`` (%) of a model with a
-    grounding head (``loss.grounding_weight`` > 0)."""
+    grounding head (``loss.grounding_weight`` > 0); with a ``shard``, over the phrases of every process's images."""
     model.eval()
     device = next(model.parameters()).device
-    image_embeds = torch.cat([model.encode_image(data.images[i:i + batch_size].to(device))[0]
-                              for i in range(0, len(data.images), batch_size)])
-    predicted = torch.cat([model.predict_boxes(image_embeds, data.input_ids[i:i + batch_size].to(device),
-                                               data.attention_mask[i:i + batch_size].to(device),
-                                               data.image_index[i:i + batch_size].to(device)).cpu()
-                           for i in range(0, len(data.input_ids), batch_size)])
-    iou = paired_iou(predicted, data.boxes)
-    return {"grounding_iou50": 100.0 * (iou >= 0.5).float().mean().item(),
-            "grounding_mean_iou": 100.0 * iou.mean().item(), "grounding_phrases": len(data.phrases)}
+    image_embeds = [model.encode_image(data.images[i:i + batch_size].to(device))[0]
+                    for i in range(0, len(data.images), batch_size)]
+    iou = torch.zeros(0, device=device)
+    if image_embeds:
+        image_embeds = torch.cat(image_embeds)
+        predicted = torch.cat([model.predict_boxes(image_embeds, data.input_ids[i:i + batch_size].to(device),
+                                                   data.attention_mask[i:i + batch_size].to(device),
+                                                   data.image_index[i:i + batch_size].to(device))
+                               for i in range(0, len(data.input_ids), batch_size)])
+        iou = paired_iou(predicted, data.boxes.to(device))
+    sums = torch.stack([(iou >= 0.5).sum().double(), iou.sum().double(), iou.new_tensor(len(iou)).double()])
+    found, total_iou, phrases = shard.total(sums).tolist()
+    return {"grounding_iou50": 100.0 * found / max(phrases, 1), "grounding_mean_iou": 100.0 * total_iou / max(phrases, 1),
+            "grounding_phrases": int(phrases)}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tcl.evaluation.sharding import ALONE, Shard
+
 
 @dataclass
 class RegionSet:
@@ -20,21 +22,23 @@ class RegionSet:
 
 
 @torch.no_grad()
-def evaluate_regions(model, data: RegionSet, batch_size: int = 128) -> dict[str, float]:
+def evaluate_regions(model, data: RegionSet, batch_size: int = 128, shard: Shard = ALONE) -> dict[str, float]:
     """``region_category_accuracy`` (%) and, with attribute classes, ``region_attribute_accuracy`` (%, over every
-    labelled attribute of every object) of a model with a region head (``loss.region_class_weight`` > 0)."""
+    labelled attribute of every object) of a model with a region head (``loss.region_class_weight`` > 0); with a
+    ``shard``, over every process's images."""
     model.eval()
     device = next(model.parameters()).device
-    right = torch.zeros(data.labels.shape[-1])
-    counted = torch.zeros(data.labels.shape[-1])
+    right = torch.zeros(data.labels.shape[-1], device=device)
+    counted = torch.zeros(data.labels.shape[-1], device=device)
     for i in range(0, len(data.images), batch_size):
         embeds = model.encode_image(data.images[i:i + batch_size].to(device))[0]
         logits = model.classify_regions(embeds, data.boxes[i:i + batch_size].to(device))
         for k, part in enumerate(logits):
-            labels = data.labels[i:i + batch_size, :, k]
+            labels = data.labels[i:i + batch_size, :, k].to(device)
             real = labels >= 0
-            right[k] += (part.argmax(dim=-1).cpu() == labels)[real].sum()
+            right[k] += (part.argmax(dim=-1) == labels)[real].sum()
             counted[k] += real.sum()
+    right, counted = shard.total(right), shard.total(counted)
     results = {"region_category_accuracy": 100.0 * (right[0] / counted[0].clamp_min(1)).item(),
                "region_objects": int(counted[0])}
     if len(right) > 1:

@@ -193,3 +193,71 @@ def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(shapes_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not (killed / ".tmp-checkpoint-00000004").exists()
     assert max_difference(straight / "checkpoint-00000006", killed / "checkpoint-00000006") <= 1e-6
+
+
+# Runs pretraining whose checkpoint writes stall once the test creates SLOW in the run folder (a slow shared disk).
+SLOW_WRITE_DRIVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import accelerate.utils.other as accelerate_io
+    real_save = accelerate_io.safe_save_file
+    def slow_save(tensors, filename, *args, **kwargs):
+        run = Path(filename).parents[1]
+        if (run / "SLOW").exists():
+            (run / "WRITING").touch()
+            time.sleep(600)
+        real_save(tensors, filename, *args, **kwargs)
+    accelerate_io.safe_save_file = slow_save
+    from tcl.engine.pretrain import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_ends_the_process_at_once_and_keeps_the_last_checkpoint(shapes_root, tmp_path):
+    """The first SIGTERM starts the stop checkpoint, whose write stalls; a second one 2.5 s later ends the process
+    within seconds, by that signal; the previous checkpoint stays the latest, intact, and the run resumes from it."""
+    from tcl.run_folder import checkpoint_problem
+
+    out = tmp_path / "stopped"
+    steps = ["train.max_steps=200", "train.save_every=2"]
+    process = subprocess.Popen(command(shapes_root, out, *steps, script=SLOW_WRITE_DRIVER), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "checkpoint-00000002" / "trainer_state.json", process)
+    (out / "SLOW").touch()
+    process.send_signal(signal.SIGTERM)
+    wait_for(out / "WRITING", process)
+    time.sleep(2.5)
+    start = time.perf_counter()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert time.perf_counter() - start < 10
+    assert process.returncode == -signal.SIGTERM
+    assert "received SIGTERM again: ending now" in stderr
+    name = latest(out)
+    assert checkpoint_problem(out / name) is None
+    unfinished = [p.name for p in out.glob(".tmp-checkpoint-*")]  # the stop checkpoint, cut short
+    assert len(unfinished) == 1 and unfinished[0] > f".tmp-{name}"
+    (out / "SLOW").unlink()
+    resumed = subprocess.run(command(shapes_root, out, "train.max_steps=6", "train.save_every=2", "--resume",
+                                     "latest"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert latest(out) == "checkpoint-00000006"
+
+
+@pytest.mark.slow
+def test_a_signal_delivered_twice_at_once_is_one_request(shapes_root, tmp_path):
+    """A scheduler that signals every process and a launcher that forwards its own copy: two SIGTERMs 50 ms apart
+    still end in a checkpoint and exit code 0."""
+    out = tmp_path / "stopped"
+    process = subprocess.Popen(command(shapes_root, out, "train.max_steps=200", "train.save_every=2"), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "checkpoint-00000002" / "trainer_state.json", process)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    assert stderr.count("received SIGTERM") == 1
+    step = json.loads((out / latest(out) / "trainer_state.json").read_text())["step"]
+    assert step > 2 and f"pretraining done: {step} steps" in stdout

@@ -56,3 +56,90 @@ def test_differences_list_only_what_may_not_change(tmp_path):
     log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
     drop_metrics_after(log, 2)
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def world(processes, batch_size, accumulation=1, deepspeed=False):
+    return {"processes": processes, "batch_size": batch_size, "grad_accum_steps": accumulation,
+            "deepspeed": deepspeed}
+
+
+def written_by(tmp_path, saved_world) -> Path:
+    """A run folder whose checkpoint records the processes that wrote it (the layout the trainer writes)."""
+    from tcl.config import load_config, save_config
+
+    out = tmp_path / "run"
+    checkpoint = out / "checkpoint-00000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"epoch": 0, "batch": 4, "step": 4,
+                                                               "world": saved_world}))
+    config = load_config(REPO / "configs/pretrain_tiny.yaml",
+                         [f"train.output_dir={out}", f"train.batch_size={saved_world['batch_size']}",
+                          f"train.grad_accum_steps={saved_world['grad_accum_steps']}"])
+    save_config(config, out / "config.yaml")
+    (out / "latest").write_text(checkpoint.name)
+    return out
+
+
+@pytest.mark.parametrize("saved, now, fragment", [
+    (world(2, 4), world(1, 4), "Keep the global batch: resume with --resume latest train.batch_size=8 on these 1"),
+    (world(2, 4), world(3, 4), "No per-process batch splits the global batch 8 over 3 processes"),
+    (world(2, 4, 2), world(1, 8, 1), "--resume latest train.batch_size=8 train.grad_accum_steps=2"),
+    (world(2, 4, deepspeed=True), world(1, 8, deepspeed=True), "Resume it with accelerate launch --num_processes 2"),
+    (world(2, 4), world(2, 4, deepspeed=True), "was written without DeepSpeed"),
+    (world(2, 4), world(2, 8), "train.batch_size: 4 in the run, 8 now"),
+])
+def test_resume_on_other_processes_is_refused_unless_the_steps_stay_the_same(tmp_path, saved, now, fragment):
+    from tcl.config import load_config
+    from tcl.engine.resume import checkpoint_to_resume
+    from tcl.errors import TclError
+
+    out = written_by(tmp_path, saved)
+    config = load_config(out / "config.yaml", [f"train.batch_size={now['batch_size']}",
+                                               f"train.grad_accum_steps={now['grad_accum_steps']}"])
+    with pytest.raises(TclError) as refused:
+        checkpoint_to_resume(config, "latest", now)
+    assert fragment in str(refused.value)
+
+
+@pytest.mark.parametrize("saved, now", [(world(2, 4), world(1, 8)), (world(1, 8), world(2, 4)),
+                                        (world(4, 2, 3), world(2, 4, 3)), (world(2, 4), world(2, 4))])
+def test_resume_on_other_processes_with_the_same_global_batch(tmp_path, saved, now):
+    from tcl.config import load_config
+    from tcl.engine.resume import checkpoint_to_resume
+
+    out = written_by(tmp_path, saved)
+    config = load_config(out / "config.yaml", [f"train.batch_size={now['batch_size']}"])
+    assert checkpoint_to_resume(config, "latest", now) == out / "checkpoint-00000004"
+
+
+@pytest.mark.parametrize("before, after", [((2, 4), (1, 8)), ((1, 8), (2, 4)), ((4, 2), (2, 4))])
+def test_the_epoch_goes_on_with_every_sample_once_on_another_number_of_processes(before, after):
+    """The real sampler: 3 global batches on one number of processes, the rest of the epoch on another with the same
+    global batch: every sample of the epoch (less the short tail) is drawn once, in the same global batches."""
+    from tcl.data.sampling import ShardedEpochSampler
+
+    def global_batches(world_size, batch_size, start):
+        samplers = [ShardedEpochSampler(50, batch_size, rank, world_size, seed=7) for rank in range(world_size)]
+        for sampler in samplers:
+            sampler.set_epoch(2, start)
+        keys = [list(sampler) for sampler in samplers]
+        per_rank = [[k[i:i + batch_size] for i in range(0, len(k), batch_size)] for k in keys]
+        return [sorted(sum((rank[b] for rank in per_rank), [])) for b in range(len(per_rank[0]))]
+
+    straight = global_batches(after[0], after[1], 0)
+    first = global_batches(*before, 0)[:3]
+    rest = global_batches(*after, 3)
+    assert first + rest == straight
+    drawn = sum(first + rest, [])
+    assert len(drawn) == len(set(drawn)) == 50 // 8 * 8
+
+
+def test_the_process_group_timeout_reaches_the_process_group(tiny_config, shapes_root):
+    """What build_accelerator hands to torch.distributed.init_process_group (gloo here, NCCL on GPUs): the configured
+    timeout."""
+    from datetime import timedelta
+
+    from tcl.engine.runtime import build_accelerator
+
+    accelerator = build_accelerator(tiny_config(shapes_root, "train.process_group_timeout_s=123"))
+    assert accelerator.init_handler.to_kwargs()["timeout"] == timedelta(seconds=123)

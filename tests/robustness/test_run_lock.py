@@ -59,3 +59,48 @@ def test_a_killed_runs_lock_is_stale(tmp_path, caplog):
     assert not (folder / HOLDER_FILE).exists()
     with hold_output_folder(folder):  # and released again at the end of a run
         pass
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below ``folder`` (but the lock's own) with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in (".run.lock", HOLDER_FILE)}
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_folder_that_holds_a_run_takes_only_resume_or_overwrite(shapes_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+              f"train.output_dir={out}", "train.max_steps=2", "data.num_workers=0", "train.batch_size=8",
+              "model.queue_size=32", "eval.retrieval_file=null"]
+    assert pretrain.main(common) == 0
+    finished = snapshot(out)
+    other = [*common, "train.seed=7", "model.vision_width=64"]
+    assert pretrain.main(other) == 2
+    message = capsys.readouterr().err
+    assert f"{out} already holds a run (checkpoint-00000002, config.yaml, latest, metrics.jsonl)" in message
+    assert "--resume latest" in message and "--overwrite" in message and "train.output_dir" in message
+    assert snapshot(out) == finished  # nothing written
+    assert finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
+                              f"train.output_dir={out}", "vqa.init=null"]) == 2
+    assert "already holds a run" in capsys.readouterr().err and snapshot(out) == finished
+
+    assert pretrain.main([*other, "--resume", "latest", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+    assert pretrain.main([*other, "--overwrite"]) == 0  # the old run deleted first
+    config = (out / "config.yaml").read_text()
+    assert "vision_width: 64" in config and "seed: 7" in config
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-00000002"]
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_an_empty_or_run_less_folder_is_fine(shapes_root, tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "README.txt").write_text("my notes\n")
+    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+                          f"train.output_dir={out}", "train.max_steps=1", "data.num_workers=0", "train.batch_size=8",
+                          "model.queue_size=32", "eval.retrieval_file=null"]) == 0
+    assert (out / "README.txt").read_text() == "my notes\n" and (out / "checkpoint-00000001").is_dir()

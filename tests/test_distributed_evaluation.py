@@ -20,6 +20,7 @@ OVERRIDES = ["model.queue_size=32", "loss.grounding_weight=1",
 # One process of the shared evaluation: the same randomly initialised model everywhere, its share of the set.
 WORKER = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist
+    import tcl.data.retrieval
     from tcl.config import load_config
     from tcl.data.builders import build_tokenizer
     from tcl.engine.evaluate_retrieval import retrieval_probe
@@ -38,9 +39,11 @@ WORKER = textwrap.dedent("""
         dist.all_reduce(tensor)
         return tensor
 
+    decoded, load = [], tcl.data.retrieval.load_rgb_image
+    tcl.data.retrieval.load_rgb_image = lambda path: decoded.append(path) or load(path)  # counts the decodes
     shard = Shard(rank, count, total)
     probe = retrieval_probe(config, tokenizer, shard)
-    results = probe(model)
+    results = {**probe(model), "decoded": len(decoded)}
     with open(out, "w") as handle:
         json.dump(results, handle)
     dist.destroy_process_group()
@@ -86,6 +89,8 @@ def test_every_process_gets_the_single_process_numbers(shapes_root, tmp_path, im
     assert alone["images"] == images and "grounding_iou50" in alone and "region_category_accuracy" in alone
     for rank in range(PROCESSES):
         shared = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # Each process decodes only its share, once for each of the three sets (retrieval, grounding, regions).
+        assert shared.pop("decoded") == 3 * len(range(rank, images, PROCESSES))
         assert shared.keys() == alone.keys()
         for key, value in alone.items():
             assert shared[key] == pytest.approx(value, abs=1e-4), key

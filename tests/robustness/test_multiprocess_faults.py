@@ -94,13 +94,18 @@ def latest(out: Path) -> tuple[str, dict]:
     return name, json.loads((out / name / "trainer_state.json").read_text())
 
 
-def test_sigterm_to_one_rank_stops_every_rank_then_resumes_on_one_and_on_two_processes(shapes_root, tmp_path):
-    out = tmp_path / "run"
-    job = launcher(training(shapes_root, out, f"train.batch_size={BATCH}", "train.max_steps=200"))
+def signal_rank_one(root: Path, out: Path, signum: int) -> tuple[subprocess.Popen, dict, float]:
+    """A 2-process run, and ``signum`` to its rank 1 once checkpoint 2 exists: (launcher, ranks, when sent)."""
+    job = launcher(training(root, out, f"train.batch_size={BATCH}", "train.max_steps=200"))
     wait_for_checkpoint(out, 2, job)
     workers = ranks(job)
-    start = time.time()
-    workers[1].send_signal(signal.SIGTERM)
+    workers[1].send_signal(signum)
+    return job, workers, time.time()
+
+
+def test_sigterm_to_one_rank_stops_every_rank_then_resumes_on_one_and_on_two_processes(shapes_root, tmp_path):
+    out = tmp_path / "run"
+    job, workers, start = signal_rank_one(shapes_root, out, signal.SIGTERM)
     output = finish(job, 120)
     assert job.returncode == 0, output[-3000:]
     assert time.time() - start < 60
@@ -139,11 +144,7 @@ def test_sigterm_to_one_rank_stops_every_rank_then_resumes_on_one_and_on_two_pro
 
 def test_sigkill_of_one_rank_ends_the_job(shapes_root, tmp_path):
     out = tmp_path / "run"
-    job = launcher(training(shapes_root, out, f"train.batch_size={BATCH}", "train.max_steps=200"))
-    wait_for_checkpoint(out, 2, job)
-    workers = ranks(job)
-    start = time.time()
-    workers[1].send_signal(signal.SIGKILL)
+    job, workers, start = signal_rank_one(shapes_root, out, signal.SIGKILL)
     output = finish(job, TIMEOUT_S + LAUNCHER_GRACE_S + 30)
     assert job.returncode != 0
     assert time.time() - start < TIMEOUT_S + LAUNCHER_GRACE_S
@@ -157,11 +158,7 @@ def test_a_stopped_rank_ends_the_job_after_the_timeout(shapes_root, tmp_path):
     """SIGSTOP, as a hung node: the other process's collective times out and names the step and the last
     checkpoint; the launcher then ends the stopped process (SIGKILL after its 30-second grace)."""
     out = tmp_path / "run"
-    job = launcher(training(shapes_root, out, f"train.batch_size={BATCH}", "train.max_steps=200"))
-    wait_for_checkpoint(out, 2, job)
-    workers = ranks(job)
-    start = time.time()
-    workers[1].send_signal(signal.SIGSTOP)
+    job, workers, start = signal_rank_one(shapes_root, out, signal.SIGSTOP)
     output = finish(job, TIMEOUT_S + LAUNCHER_GRACE_S + 60)
     elapsed = time.time() - start
     assert job.returncode != 0

@@ -32,8 +32,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Signals this soon after the first are the same request delivered twice (scheduler and launcher).
 REPEAT_WINDOW_S = 2.0
 # What gloo and NCCL say when a peer is gone or does not answer (they raise plain RuntimeErrors).
-_PEER_FAILURE = re.compile(r"timed out|timeout|connection (reset|closed|refused)|pair closure|broken pipe|"
-                           r"nccl|gloo|socket", re.IGNORECASE)
+_PEER_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed) by peer|pair closure|timed out waiting|"
+                           r"collective operation timeout", re.IGNORECASE)
 
 
 class StopRequest:

@@ -261,3 +261,27 @@ def test_a_signal_delivered_twice_at_once_is_one_request(shapes_root, tmp_path):
     assert stderr.count("received SIGTERM") == 1
     step = json.loads((out / latest(out) / "trainer_state.json").read_text())["step"]
     assert step > 2 and f"pretraining done: {step} steps" in stdout
+
+
+def test_a_stop_request_and_what_counts_as_a_lost_peer():
+    """In-process: the first SIGTERM sets this process's flag (the trainer's reduction makes it agreed), a repeat
+    within the window changes nothing; a collective's gloo/NCCL failure is a lost peer, other errors are not."""
+    from tcl.engine.stopping import StopRequest, peer_failure
+
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # within 2 s: the same request
+        assert stop.local and not stop.agreed
+        stop.agree(False)
+        assert not stop.agreed
+        stop.agree(True)
+        assert stop.agreed
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) == stop.previous[signal.SIGTERM]  # the handler before it, back
+    assert peer_failure(RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error: Connection reset "
+                                     "by peer"))
+    assert peer_failure(RuntimeError("Application timeout caused pair closure"))
+    assert not peer_failure(RuntimeError("DataLoader timed out after 5 seconds"))
+    assert not peer_failure(ValueError("gloo"))

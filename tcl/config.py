@@ -261,10 +261,11 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 42
     log_every: int = 10
-    # Seconds a collective may wait for the other processes (gloo and NCCL alike) before the run stops with a
-    # message naming the step and the last checkpoint: a process that died or hangs (a node taken away, a stopped
-    # process) then ends the job instead of holding every GPU. Long enough for a checkpoint written to a slow shared
-    # filesystem; raise it if something a single process does before a collective takes longer.
+    # Seconds a collective may wait for the other processes (gloo and NCCL alike) before the run stops (over gloo
+    # with a message naming the step and the last checkpoint; over NCCL torch's watchdog ends the process): a process
+    # that died or hangs (a node taken away, a stopped process) then ends the job instead of holding every GPU. Long
+    # enough for a checkpoint written to a slow shared filesystem; raise it (also on resume) if something a single
+    # process does before a collective takes longer.
     process_group_timeout_s: int = 900
 
 

@@ -48,6 +48,12 @@ def test_finetune_from_pretraining_then_evaluate(shapes_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("vqa_results_val2014_blind_first20.json", "vqa_scores_val2014_blind_first20.json"):
         assert f"wrote {out / name}" in printed
+    # --overwrite knows every file that pretraining, fine-tuning and their evaluations write.
+    from tcl.engine.run_lock import LOCK_FILE, run_outputs
+
+    assert sorted(p.name for p in run_outputs(out)) == sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    assert sorted(p.name for p in run_outputs(tmp_path / "pre")) == sorted(
+        p.name for p in (tmp_path / "pre").iterdir() if p.name != LOCK_FILE)
 
 
 def test_test_split_results_cover_every_question(shapes_copy, tmp_path):

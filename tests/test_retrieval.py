@@ -100,7 +100,7 @@ def test_a_shard_scores_only_its_images():
     shard = Shard(1, 2, lambda tensor: seen.append(tensor.clone()) or tensor)
     scores_i2t, _ = rerank_top_k(itc, 1, lambda j, texts: torch.ones(len(texts)), torch.tensor([1]), shard)
     assert seen[0][0].eq(0).all() and seen[0][1].eq(1).any()  # image 0's row was left to its own process
-    assert shard.owned(torch.arange(5)).tolist() == [False, True, False, True, False]
+    assert [shard.takes(position) for position in range(5)] == [False, True, False, True, False]
     with pytest.raises(ValueError, match="not within"):
         Shard(2, 2)
 

@@ -43,6 +43,7 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
     coco = load_coco(captions_file)
     transform = test_transform(image_size)
     images, positions, texts, text_image = [], [], [], []
+    position = -1  # of the last image taken
     for image_id in sorted(coco.imgs):
         captions = [pre_caption(str(a.get("caption") or ""), max_words) for a in coco.imgToAnns.get(image_id, [])]
         captions = [c for c in captions if c][:captions_per_image]
@@ -53,7 +54,7 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
         if not path.is_file():
             raise DataError(f"{captions_file}: image file {path} (image id {image_id}) is missing. Check data.root and "
                             f"data.image_root.")
-        position = len(set(text_image))
+        position += 1
         if shard.takes(position):
             images.append(transform(load_rgb_image(path)))
             positions.append(position)
@@ -61,7 +62,7 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
         texts += captions
         if max_images is not None and position + 1 >= max_images:
             break
-    num_images = len(set(text_image))
+    num_images = position + 1
     if num_images < 2:
         raise DataError(f"{captions_file}: retrieval needs at least 2 captioned images, found {num_images}.")
     encoded = tokenizer.encode_texts(texts, max_text_len)
@@ -144,7 +145,7 @@ def coco_region_set(instances_file: str | Path, image_root: str | Path, image_si
     coco = load_coco(instances_file)
     objects = {key: [o for o in found if o.category in classes[0]]
                for key, found in objects_in(coco, instances_file).items()}
-    held, count = _first_images(coco, instances_file, lambda key: objects.get(key), max_images, shard)
+    held, count = _first_images(coco, instances_file, objects.get, max_images, shard)
     if not count:
         raise DataError(f"{instances_file}: no image with an object of the categories {classes[0]}.")
     transform = test_transform(image_size)

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tcl.atomic import write_text_atomic
+from tcl.engine.stopping import peer_failure
 from tcl.errors import TclError
 from tcl.run_folder import LATEST, MANIFEST, PREFIX, TRAINER_STATE, find_checkpoint
-
-
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
@@ -46,6 +45,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
             write_text_atomic(output_dir / LATEST, final.name)
     except Exception as error:  # OSError, and what torch / safetensors raise for the same failures
         shutil.rmtree(tmp, ignore_errors=True)
+        if peer_failure(error):  # a collective of the save that another process never joined: the trainer says so
+            raise
         cause = "the disk is full" if _disk_full(error) else f"{type(error).__name__}: {error}"
         raise TclError(f"writing checkpoint {final} failed ({cause}); the partial folder was removed. "
                        f"{_previous(output_dir)} Free some space (or fix the folder's permissions) and continue with "

@@ -26,7 +26,7 @@ def training_parser(prog: str, description: str, default_config: str) -> argpars
     parser.add_argument("--resume", default=None, help="'latest', 'latest-intact' (the newest undamaged checkpoint) "
                         "or a checkpoint folder to continue from")
     parser.add_argument("--overwrite", action="store_true", help="delete the run already in train.output_dir "
-                        "(everything in that folder) before starting; without it such a folder is refused")
+                        "(its checkpoints, logs and results) before starting; without it such a folder is refused")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser

@@ -103,6 +103,9 @@ def retrieval_probe(config: Config, tokenizer: TclTokenizer, shard: Shard = ALON
             results.update(evaluate_regions(model, regions, ev.batch_size, shard))
         return results
 
+    # What the probe measures: the processes that share it must all have found the same files.
+    probe.parts = ("retrieval", *(["grounding"] if grounding is not None else []),
+                   *(["regions"] if regions is not None else []))
     return probe
 
 

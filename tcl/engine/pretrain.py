@@ -91,8 +91,7 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
             drop_metrics_after(output_dir / "metrics.jsonl", state["step"])
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state["step"], state["epoch"],
                     state["batch"])
-    # Every process loads its share of the evaluation set, and all of them evaluate together.
-    probe = retrieval_probe(config, tokenizer, evaluation_shard(accelerator))
+    probe = shared_probe(config, tokenizer, accelerator)
     trainer = Trainer(config, accelerator, model, optimizer, scheduler, loader, steps_per_epoch, state,
                       SkipReport(dataset.skipped_at_indexing), pretrain_step, name="pretraining",
                       evaluate=probe, eval_file=results_name(config))
@@ -100,6 +99,32 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     if args.dump_rank_states:
         dump_rank_state(accelerator, model, output_dir / "rank_states")
     return code
+
+
+def shared_probe(config: Config, tokenizer, accelerator):
+    """The retrieval probe, each process loading its share of the set. All of them evaluate together, so they must
+    agree on what there is to evaluate: a file that some nodes cannot see, or an image that one process cannot read,
+    stops every process now with the message, instead of leaving the others in the evaluation's collectives."""
+    probe, problem = None, None
+    try:
+        probe = retrieval_probe(config, tokenizer, evaluation_shard(accelerator))
+    except TclError as error:
+        problem = f"process {accelerator.process_index}: {error}"
+    if accelerator.num_processes == 1:
+        if problem:
+            raise TclError(problem)
+        return probe
+    from accelerate.utils import gather_object
+
+    found = gather_object([(problem, getattr(probe, "parts", None))])
+    problems = [problem for problem, _ in found if problem]
+    if problems:
+        raise TclError("; ".join(problems))
+    if len({parts for _, parts in found}) > 1:
+        seen = ", ".join(f"process {rank}: {parts or 'no evaluation'}" for rank, (_, parts) in enumerate(found))
+        raise TclError(f"the processes found different evaluation files ({seen}): eval.retrieval_file under "
+                       f"data.root (and the instances file beside it) must be readable by every process.")
+    return probe
 
 
 def dump_rank_state(accelerator, model, folder: Path) -> None:

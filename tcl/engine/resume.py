@@ -31,10 +31,11 @@ from tcl.config import Config
 from tcl.errors import TclError
 from tcl.run_folder import TRAINER_STATE, find_checkpoint
 
-# Settings a resumed run may change: how long it runs, how often it saves, logs and evaluates, and how it loads
-# batches; none of them changes what the steps compute.
+# Settings a resumed run may change: how long it runs, how often it saves, logs and evaluates, how long it waits
+# for the other processes, and how it loads batches; none of them changes what the steps compute.
 CHANGEABLE = ("train.max_steps", "train.epochs", "train.save_every", "train.keep_last", "train.log_every",
-              "train.output_dir", "train.max_nonfinite_steps", "data.num_workers", "eval.")
+              "train.output_dir", "train.max_nonfinite_steps", "train.process_group_timeout_s", "data.num_workers",
+              "eval.")
 RUN_CONFIG = "config.yaml"
 logger = logging.getLogger(__name__)
 # Changes with the number of processes when the global batch is kept (see above).
@@ -53,7 +54,14 @@ def checkpoint_to_resume(config: Config, resume: str, world: dict[str, Any] | No
     ``CHANGEABLE`` settings, and that ``world`` (``world_of``; None: not checked) can continue it (TclError listing
     what differs otherwise)."""
     path = find_checkpoint(config.train.output_dir, resume)
+    if path.parent.resolve() != Path(config.train.output_dir).resolve():
+        raise TclError(f"--resume {resume}: that checkpoint belongs to the run in {path.parent}, not to "
+                       f"train.output_dir {config.train.output_dir}. Continue it there (train.output_dir="
+                       f"{path.parent}), or start a new run from its weights with --init {path}.")
     saved_world = json.loads((path / TRAINER_STATE).read_text()).get("world")
+    if saved_world is None and world is not None and world["processes"] > 1:
+        logger.warning("%s does not record how many processes wrote it (written by an older version): resume it on "
+                       "as many as wrote it", path)
     same_steps = saved_world is not None and world is not None and _check_world(saved_world, world, path, resume)
     saved = path.parent / RUN_CONFIG
     if saved.is_file():
@@ -84,11 +92,12 @@ def _check_world(saved: dict[str, Any], now: dict[str, Any], path: Path, resume:
         raise TclError(f"--resume {resume}: {path} was written by {before} DeepSpeed processes, whose ZeRO optimizer "
                        f"state is split {before} ways; this launch has {after}. Resume it with accelerate launch "
                        f"--num_processes {before}.")
-    step = _global_batch(saved) * saved["grad_accum_steps"]
+    samples_per_step = _global_batch(saved) * saved["grad_accum_steps"]
     if now["grad_accum_steps"] == saved["grad_accum_steps"] and _global_batch(now) == _global_batch(saved):
         if before != after:
             logger.info("%s: written by %d process(es) of batch %d, continued on %d of batch %d: the same %d samples "
-                        "per optimizer step", path.name, before, saved["batch_size"], after, now["batch_size"], step)
+                        "per optimizer step", path.name, before, saved["batch_size"], after, now["batch_size"],
+                        samples_per_step)
         return True
     if before == after:
         return False  # the configuration check names the setting that changed
@@ -102,7 +111,8 @@ def _check_world(saved: dict[str, Any], now: dict[str, Any], path: Path, resume:
         way = (f"No per-process batch splits the global batch {_global_batch(saved)} over {after} processes: resume "
                f"on {before} processes, or on a number of processes that divides {_global_batch(saved)}.")
     raise TclError(f"--resume {resume}: {path} was written by {before} process(es) of batch {saved['batch_size']} "
-                   f"with {saved['grad_accum_steps']} accumulation step(s) ({step} samples per optimizer step); "
+                   f"with {saved['grad_accum_steps']} accumulation step(s) ({samples_per_step} samples per optimizer "
+                   f"step); "
                    f"{after} process(es) of batch {now['batch_size']} with {now['grad_accum_steps']} would take "
                    f"{_global_batch(now) * now['grad_accum_steps']}, so the schedule and the position in the epoch "
                    f"would no longer mean what they meant. {way}")

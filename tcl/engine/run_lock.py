@@ -8,9 +8,9 @@ killed run is recognised as stale simply because it can be taken again. Beside i
 holder (pid, host, start time, command) for the message a second run prints.
 
 A folder that already holds a run (checkpoints, the ``latest`` pointer, its ``config.yaml`` or ``metrics.jsonl``)
-takes only ``--resume`` (the same run, continued) or ``--overwrite`` (that run deleted first): otherwise a new run
-would replace some of the old run's checkpoints and config and append to its metrics, leaving a folder that is
-neither run.
+takes only ``--resume`` (the same run, continued) or ``--overwrite`` (that run's files deleted first, other files
+left): otherwise a new run would replace some of the old run's checkpoints and config and append to its metrics,
+leaving a folder that is neither run.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from tcl.errors import TclError
+from tcl.evaluation.answers import ANSWER_LIST
 from tcl.run_folder import LATEST, PREFIX
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ LOCK_FILE = ".run.lock"
 HOLDER_FILE = "run.lock.json"
 # What a run leaves in its folder from its first step on: checkpoints (complete or not), the pointer, config, log.
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", LATEST)
+# Everything pretraining, fine-tuning and their evaluations write into a run folder: what --overwrite deletes (other
+# files stay where they are).
+RUN_OUTPUTS = (*RUN_MARKERS, f"{PREFIX}*", f".tmp-{PREFIX}*", "loss_curves.png", "tensorboard", "rank_states",
+               "retrieval*.json", "eval_results.json", ANSWER_LIST, "vqa_results_*.json", "vqa_scores_*.json")
 # How a run starts in its folder: a new run (the folder must hold none), the run there continued, or replaced.
 STARTS = ("new", "resume", "overwrite")
 
@@ -94,6 +100,11 @@ def previous_run(folder: Path) -> list[str]:
                   if p.name in RUN_MARKERS or p.name.startswith((PREFIX, f".tmp-{PREFIX}")))
 
 
+def run_outputs(folder: Path) -> list[Path]:
+    """The entries of ``folder`` that a run wrote (``RUN_OUTPUTS``)."""
+    return [entry for entry in sorted(folder.iterdir()) if any(fnmatch(entry.name, p) for p in RUN_OUTPUTS)]
+
+
 def _claim(folder: Path, overwrite: bool) -> tuple[type[TclError], str] | None:
     """None when a new run may start in ``folder`` (deleting the run there first with ``overwrite``), else why not."""
     found = previous_run(folder)
@@ -101,9 +112,11 @@ def _claim(folder: Path, overwrite: bool) -> tuple[type[TclError], str] | None:
         return None
     if overwrite:
         logger.warning("%s: --overwrite deletes the run there (%s)", folder, ", ".join(found[:4]))
-        for entry in folder.iterdir():
-            if entry.name not in (LOCK_FILE, HOLDER_FILE):
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for entry in run_outputs(folder):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         return None
     shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
     return OutputFolderHoldsARun, (f"{folder} already holds a run ({shown}); a new run there would mix its "

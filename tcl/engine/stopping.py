@@ -32,8 +32,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Signals this soon after the first are the same request delivered twice (scheduler and launcher).
 REPEAT_WINDOW_S = 2.0
 # What gloo and NCCL say when a peer is gone or does not answer (they raise plain RuntimeErrors).
-_PEER_FAILURE = re.compile(r"gloo|nccl|connection (reset|closed) by peer|pair closure|timed out waiting|"
-                           r"collective operation timeout", re.IGNORECASE)
+_PEER_FAILURE = re.compile(r"connection (reset|closed) by peer|pair closure|timed out waiting|"
+                           r"collective operation timeout|communicator was aborted", re.IGNORECASE)
 
 
 class StopRequest:
@@ -49,9 +49,9 @@ class StopRequest:
         name = signal.Signals(signum).name
         now = time.monotonic()
         if self.first_signal is None:
+            self.local, self.first_signal = True, now  # before logging: a repeat may arrive while it writes
             logger.warning("received %s: saving a checkpoint and stopping (another %s from %g s on ends this process "
                            "at once)", name, name, REPEAT_WINDOW_S)
-            self.local, self.first_signal = True, now
         elif now - self.first_signal >= REPEAT_WINDOW_S:
             logger.warning("received %s again: ending now; the last complete checkpoint stays the latest", name)
             signal.signal(signum, signal.SIG_DFL)

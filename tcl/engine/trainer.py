@@ -128,7 +128,8 @@ class Trainer:
             if self._should_save():
                 self._checkpoint()
             every = cfg.eval.every
-            if every and self.state["step"] % every == 0 and self.state["step"] < self.max_steps:
+            if every and self.state["step"] % every == 0 and self.state["step"] < self.max_steps and \
+                    not self.stop.agreed:
                 self._evaluate()
             if self.state["step"] >= self.max_steps or self.stop.agreed:
                 return False

@@ -48,5 +48,6 @@ def evaluate_grounding(model, data: GroundingSet, batch_size: int = 128, shard: 
         iou = paired_iou(predicted, data.boxes.to(device))
     sums = torch.stack([(iou >= 0.5).sum().double(), iou.sum().double(), iou.new_tensor(len(iou)).double()])
     found, total_iou, phrases = shard.total(sums).tolist()
-    return {"grounding_iou50": 100.0 * found / max(phrases, 1), "grounding_mean_iou": 100.0 * total_iou / max(phrases, 1),
+    share = 100.0 / max(phrases, 1)
+    return {"grounding_iou50": found * share, "grounding_mean_iou": total_iou * share,
             "grounding_phrases": int(phrases)}

@@ -194,15 +194,6 @@ def itm_accuracy(model, data: RetrievalSet, seed: int = 0, batch_size: int = 128
     return 100.0 * int(shard.total(correct)) / (2 * data.num_images)
 
 
-@torch.no_grad()
-def masked_word_accuracy(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int,
-                         batch_size: int = 128, encoded: tuple | None = None) -> float | None:
-    """Percent of content-word tokens (``word_ids``: colours, shapes, sizes, numbers) the MLM head restores when each
-    is masked alone, the caption's image given; None when the set's captions hold none of them."""
-    restored = masked_word_hits(model, data, word_ids, mask_id, batch_size, encoded)
-    return None if restored is None else 100.0 * restored[1].float().mean().item()
-
-
 def masked_word_hits(model, data: RetrievalSet, word_ids: Sequence[int], mask_id: int, batch_size: int = 128,
                      encoded: tuple | None = None, shard: Shard = ALONE) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Each content-word token of the set masked alone: its id and whether the MLM head restores it (two [N]

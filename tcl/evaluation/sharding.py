@@ -37,10 +37,6 @@ class Shard:
         """Whether this process holds the image at ``position`` of the set."""
         return position % self.count == self.index
 
-    def owned(self, positions: torch.Tensor) -> torch.Tensor:
-        """[N] bool: which of ``positions`` (image positions in the set) this process holds."""
-        return positions % self.count == self.index
-
     def assemble(self, rows: torch.Tensor, positions: torch.Tensor, size: int) -> torch.Tensor:
         """A [size, ...] tensor of every process's ``rows``, each at its ``positions`` (the rows of this process's
         images put together with every other process's)."""

@@ -143,3 +143,16 @@ def test_the_process_group_timeout_reaches_the_process_group(tiny_config, shapes
 
     accelerator = build_accelerator(tiny_config(shapes_root, "train.process_group_timeout_s=123"))
     assert accelerator.init_handler.to_kwargs()["timeout"] == timedelta(seconds=123)
+
+
+def test_a_checkpoint_of_another_run_folder_is_refused_and_the_timeout_may_change(tmp_path):
+    from tcl.config import load_config
+    from tcl.engine.resume import checkpoint_to_resume
+    from tcl.errors import TclError
+
+    out = written_by(tmp_path, world(2, 4))
+    elsewhere = load_config(out / "config.yaml", [f"train.output_dir={tmp_path / 'other'}"])
+    with pytest.raises(TclError, match="belongs to the run in .*--init"):
+        checkpoint_to_resume(elsewhere, str(out / "checkpoint-00000004"), world(2, 4))
+    patient = load_config(out / "config.yaml", ["train.process_group_timeout_s=3600"])
+    assert checkpoint_to_resume(patient, str(out / "checkpoint-00000004"), world(2, 4)).name == "checkpoint-00000004"

@@ -88,7 +88,9 @@ def test_a_folder_that_holds_a_run_takes_only_resume_or_overwrite(shapes_root, t
     assert pretrain.main([*other, "--resume", "latest", "--overwrite"]) == 2
     assert "give one of them" in capsys.readouterr().err
 
-    assert pretrain.main([*other, "--overwrite"]) == 0  # the old run deleted first
+    (out / "notes.txt").write_text("mine\n")
+    assert pretrain.main([*other, "--overwrite"]) == 0  # the old run deleted first, other files left
+    assert (out / "notes.txt").read_text() == "mine\n"
     config = (out / "config.yaml").read_text()
     assert "vision_width: 64" in config and "seed: 7" in config
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -216,3 +216,19 @@ def test_sigterm_to_one_machines_launcher_stops_both_machines(shapes_root, tmp_p
     output = finish(resumed, 300)
     assert resumed.returncode == 0, output[-3000:]
     assert latest(out)[1]["step"] == step + 2
+
+
+def test_an_evaluation_image_one_process_cannot_read_stops_every_process(shapes_copy, tmp_path):
+    """The evaluation set is shared: process 1 alone decodes the second val image, which is damaged. Both processes
+    stop before training with the message (none is left waiting in the evaluation's collectives)."""
+    captions = json.loads((shapes_copy / "annotations/captions_val2014.json").read_text())
+    second = sorted(captions["images"], key=lambda image: image["id"])[1]["file_name"]
+    (shapes_copy / "images/val2014" / second).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    arguments = [argument for argument in training(shapes_copy, out, f"train.batch_size={BATCH}", "train.max_steps=4")
+                 if argument != "eval.retrieval_file=null"]
+    job = launcher(arguments)
+    output = finish(job, 120)
+    assert job.returncode != 0
+    assert output.count(f"error: process 1: {shapes_copy / 'images/val2014' / second}") == 2, output[-3000:]
+    assert not (out / "checkpoint-00000002").exists()

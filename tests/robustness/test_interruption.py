@@ -219,14 +219,17 @@ def test_a_second_sigterm_ends_the_process_at_once_and_keeps_the_last_checkpoint
     within seconds, by that signal; the previous checkpoint stays the latest, intact, and the run resumes from it."""
     from tcl.run_folder import checkpoint_problem
 
+    import psutil
+
     out = tmp_path / "stopped"
-    steps = ["train.max_steps=200", "train.save_every=2"]
+    steps = ["train.max_steps=200", "train.save_every=2", "data.num_workers=1"]  # a loader worker to leave behind
     process = subprocess.Popen(command(shapes_root, out, *steps, script=SLOW_WRITE_DRIVER), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(out / "checkpoint-00000002" / "trainer_state.json", process)
     (out / "SLOW").touch()
     process.send_signal(signal.SIGTERM)
     wait_for(out / "WRITING", process)
+    children = psutil.Process(process.pid).children(recursive=True)
     time.sleep(2.5)
     start = time.perf_counter()
     process.send_signal(signal.SIGTERM)
@@ -234,6 +237,7 @@ def test_a_second_sigterm_ends_the_process_at_once_and_keeps_the_last_checkpoint
     assert time.perf_counter() - start < 10
     assert process.returncode == -signal.SIGTERM
     assert "received SIGTERM again: ending now" in stderr
+    assert children and psutil.wait_procs(children, timeout=20)[1] == []  # the loader's worker follows its parent
     name = latest(out)
     assert checkpoint_problem(out / name) is None
     unfinished = [p.name for p in out.glob(".tmp-checkpoint-*")]  # the stop checkpoint, cut short

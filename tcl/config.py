@@ -254,7 +254,10 @@ class TrainConfig:
     # An optimizer step whose loss (or, with grad_clip, gradient norm) is NaN/Inf on any process is skipped with a
     # warning; this many skipped steps in a row stop the run with a message (the weights stay the last good ones).
     max_nonfinite_steps: int = 5
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # auto: the launcher's bf16/fp16 when it names one (accelerate launch --mixed_precision, or its config file),
+    # else bf16 on a GPU that supports it, else fp32 (with TF32 matmuls on GPUs that have them). no / bf16 / fp16:
+    # that precision, whatever the launcher says.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
     # Deterministic kernels: bit-identical reruns and resumes on CPU (some multi-threaded backward kernels, such as
     # indexed accumulation, otherwise differ in the last bits between runs).
@@ -479,6 +482,8 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         inner = [arg for arg in args if arg is not type(None)]
         return _coerce(value, inner[0], source, key)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted choice such as `no` as False
+            value = next((arg for arg in args if isinstance(arg, str) and yaml.safe_load(arg) is value), value)
         if value not in args:
             choices = " | ".join(str(arg) for arg in args)
             raise ConfigError(f"{source}: {key} = {value!r} is not one of {choices}. Set {key} to one of those.")

@@ -23,9 +23,17 @@ def build_accelerator(config: Config):
     """An Accelerator for this config (launcher settings such as DeepSpeed come from ``accelerate launch``)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    precision = config.train.mixed_precision
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    precision = resolve_precision(config.train.mixed_precision, launcher,
+                                  torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("train.mixed_precision = fp16 needs a GPU; use bf16 on CPU (or no).")
+        named_by = "the launcher" if config.train.mixed_precision == "auto" else "train.mixed_precision"
+        raise ConfigError(f"fp16 (named by {named_by}) needs a GPU; use bf16 on CPU (or no).")
+    if precision == "no" and torch.cuda.is_available():
+        # fp32 on a GPU: TensorFloat-32 matmuls and convolutions where the GPU has them (Ampere on), fp32 storage.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    logger.info("precision %s (train.mixed_precision %s, launcher %s)", "fp32" if precision == "no" else precision,
+                config.train.mixed_precision, launcher or "none")
     # The queues are identical on every rank by construction: re-broadcasting 2 x 256 x 65,536 floats from rank 0
     # every forward (DDP's default) would only cost time.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
@@ -38,6 +46,17 @@ def build_accelerator(config: Config):
                        gradient_accumulation_steps=config.train.grad_accum_steps, log_with="tensorboard",
                        project_dir=config.train.output_dir, kwargs_handlers=handlers,
                        step_scheduler_with_optimizer=False)
+
+
+def resolve_precision(setting: str, launcher: str | None, gpu_bf16: bool) -> str:
+    """The precision a run trains in: ``setting`` (``train.mixed_precision``) unless it is ``auto``, which takes
+    the launcher's bf16/fp16 when it names one (``launcher``: ``ACCELERATE_MIXED_PRECISION``, which accelerate
+    launch sets to "no" when nothing is named), else bf16 on a GPU that supports it, else "no" (fp32)."""
+    if setting != "auto":
+        return setting
+    if launcher in ("bf16", "fp16"):
+        return launcher
+    return "bf16" if gpu_bf16 else "no"
 
 
 def process_group_kwargs(config: Config, backend: str | None = None):
@@ -58,9 +77,9 @@ def check_distributed_setup(accelerator, config: Config) -> None:
     if plugin is not None:
         # Batches are not prepared by accelerate here (our sampler shards them), so DeepSpeed cannot infer "auto".
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
-    if plugin is not None and config.train.mixed_precision != "no":
+    if plugin is not None and accelerator.mixed_precision != "no":
         logger.warning("DeepSpeed casts the whole module, momentum copy included, to %s; the EMA then runs in that "
-                       "precision", config.train.mixed_precision)
+                       "precision", accelerator.mixed_precision)
     # The config was validated for WORLD_SIZE; the launcher's real process count is known only now.
     validate(config, "the launched run", accelerator.num_processes)
 

@@ -128,7 +128,7 @@ def shared_probe(config: Config, tokenizer, accelerator):
 
 
 def dump_rank_state(accelerator, model, folder: Path) -> None:
-    """Writes this rank's model state (online, momentum, queues) to ``rank<r>.safetensors``."""
+    """Writes this rank's model state (online, momentum, queues) to ``rank<r>.safetensors``, in its own dtypes."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def dump_rank_state(accelerator, model, folder: Path) -> None:
     for name, tensor in state.items():  # tied weights are stored once
         if tensor.data_ptr() not in seen:
             seen.add(tensor.data_ptr())
-            unique[name] = tensor.detach().float().cpu().contiguous()
+            unique[name] = tensor.detach().cpu().contiguous()
     save_file(unique, str(folder / f"rank{accelerator.process_index}.safetensors"))
 
 

@@ -42,10 +42,19 @@ def build_accelerator(config: Config):
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     gloo = use_deepspeed and not torch.cuda.is_available() and "LOCAL_RANK" in os.environ
     handlers = [ddp, process_group_kwargs(config, backend="gloo" if gloo else None)]
-    return Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed, mixed_precision=precision,
-                       gradient_accumulation_steps=config.train.grad_accum_steps, log_with="tensorboard",
-                       project_dir=config.train.output_dir, kwargs_handlers=handlers,
-                       step_scheduler_with_optimizer=False)
+    # DeepSpeed's own bf16 casts every parameter, the momentum encoders' too (an EMA of momentum 0.995 in bf16 leaves
+    # most entries where they were), and expects bf16 inputs. Its torch autocast instead keeps the parameters in fp32
+    # and runs the matmuls in bf16, as DDP's mixed precision does: accelerate is told "no", DeepSpeed autocasts.
+    deepspeed_autocast = use_deepspeed and precision == "bf16"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
+                              mixed_precision="no" if deepspeed_autocast else precision,
+                              gradient_accumulation_steps=config.train.grad_accum_steps, log_with="tensorboard",
+                              project_dir=config.train.output_dir, kwargs_handlers=handlers,
+                              step_scheduler_with_optimizer=False)
+    if deepspeed_autocast:
+        accelerator.state.deepspeed_plugin.deepspeed_config["torch_autocast"] = {"enabled": True,
+                                                                                 "dtype": "bfloat16"}
+    return accelerator
 
 
 def resolve_precision(setting: str, launcher: str | None, gpu_bf16: bool) -> str:
@@ -77,9 +86,9 @@ def check_distributed_setup(accelerator, config: Config) -> None:
     if plugin is not None:
         # Batches are not prepared by accelerate here (our sampler shards them), so DeepSpeed cannot infer "auto".
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train.batch_size
-    if plugin is not None and accelerator.mixed_precision != "no":
-        logger.warning("DeepSpeed casts the whole module, momentum copy included, to %s; the EMA then runs in that "
-                       "precision", accelerator.mixed_precision)
+    if plugin is not None and accelerator.mixed_precision == "fp16":
+        logger.warning("DeepSpeed's fp16 casts the whole module, momentum copy included; the EMA then runs in fp16 "
+                       "(bf16 keeps fp32 parameters under DeepSpeed's autocast)")
     # The config was validated for WORLD_SIZE; the launcher's real process count is known only now.
     validate(config, "the launched run", accelerator.num_processes)
 

@@ -263,6 +263,8 @@ class TrainConfig:
     # indexed accumulation, otherwise differ in the last bits between runs).
     deterministic: bool = False
     seed: int = 42
+    # A metrics line (metrics.jsonl, TensorBoard, the progress bar's losses) every N optimizer steps and at the last:
+    # reading a step's numbers waits for the device, so they are read only then.
     log_every: int = 10
     # Seconds a collective may wait for the other processes (gloo and NCCL alike) before the run stops (over gloo
     # with a message naming the step and the last checkpoint; over NCCL torch's watchdog ends the process): a process

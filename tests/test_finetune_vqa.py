@@ -12,7 +12,7 @@ from tcl.evaluation.answers import AnswerVocabulary
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 FAST = ["train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "train.warmup_steps=2",
-        "eval.batch_size=16"]
+        "eval.batch_size=16", "train.log_every=1"]
 
 
 def finetune(root, out, *extra):
@@ -165,7 +165,8 @@ def test_the_tcl_exact_vqa_recipe_loads_with_every_switch_and_trains(shapes_root
     out = tmp_path / "exact"
     assert finetune_vqa.main(["--config", "vqa_tcl_exact", f"data.root={shapes_root}", f"train.output_dir={out}",
                               *TINY_MODEL, f"data.vqa_extra_train=[{tmp_path / 'vg_qa.json'}]",
-                              f"data.vg_root={vg_root}", "train.max_steps=3", "eval.max_questions=16"]) == 0
+                              f"data.vg_root={vg_root}", "train.max_steps=3", "train.log_every=1",
+                              "eval.max_questions=16"]) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(math.isfinite(line["loss"]) for line in lines)
     assert json.loads((out / "vqa_scores_val2014_first16.json").read_text())["num_questions"] == 16

@@ -110,3 +110,15 @@ def test_tcl_pretrain_command_and_clear_errors(shapes_root, tmp_path, capsys):
     assert "does not exist. Run `tcl make-data" in capsys.readouterr().err
     assert tcl_main(["pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                      f"train.output_dir={tmp_path / 'none'}", "--resume", "latest"]) == 2
+
+
+def test_metrics_are_read_every_log_every_steps_and_at_the_last(shapes_root, tmp_path):
+    """train.log_every=3 over 7 steps: lines at steps 3, 6 and 7, each with the samples/s since the line before."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    out = tmp_path / "run"
+    assert pretrain(shapes_root, out, "train.max_steps=7", "train.log_every=3", "eval.retrieval_file=null") == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6, 7]
+    assert all(line["samples_per_s"] > 0 and "loss/i2t" in line for line in lines)

@@ -16,7 +16,8 @@ EVAL_PANELS = {"retrieval R@1 (%)": ("eval/i2t_r1", "eval/t2i_r1"),
 
 
 class MetricsLogger:
-    """Writes one JSON line per optimizer step (main process only) and mirrors it to accelerate's trackers."""
+    """Writes one JSON line per logged optimizer step (main process only) and mirrors it to accelerate's
+    trackers."""
 
     def __init__(self, accelerator, output_dir: Path, tracker_name: str = "tensorboard"):
         self.accelerator = accelerator
@@ -40,7 +41,6 @@ class MetricsLogger:
         if self.main:
             self.handle.write(json.dumps(record) + "\n")
             self.handle.flush()
-            bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}")
 
     def log_eval(self, step: int, results: dict) -> None:

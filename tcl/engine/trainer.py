@@ -60,6 +60,7 @@ class Trainer:
         start = time.perf_counter()
         samples_before = self.state["step"]
         bar = self.metrics.progress(self.max_steps, self.state["step"])
+        self.log_start, self.steps_since_log = time.perf_counter(), 0
         try:
             self._loop(bar)
         except RuntimeError as error:
@@ -105,7 +106,6 @@ class Trainer:
         """Runs (the rest of) the current epoch; returns whether it reached the end of the epoch."""
         cfg, accumulation = self.config, self.config.train.grad_accum_steps
         self.loader.sampler.set_epoch(self.state["epoch"], self.state["batch"])
-        step_start = time.perf_counter()
         # Whole optimizer steps only: a remainder of micro-batches at the epoch end would shift the accumulation
         # windows of the next epoch.
         usable = self.steps_per_epoch * accumulation
@@ -121,10 +121,8 @@ class Trainer:
             if (micro + 1) % accumulation:
                 continue
             self.state["step"] += 1
-            seconds = time.perf_counter() - step_start
-            step_start = time.perf_counter()
-            self.metrics.log_step(self.state["step"], output, self.scheduler.get_last_lr()[0], alpha,
-                                  cfg.train.batch_size * accumulation * self.accelerator.num_processes / seconds, bar)
+            bar.update(1)
+            self._log(output, alpha, bar)
             if self._should_save():
                 self._checkpoint()
             every = cfg.eval.every
@@ -134,6 +132,19 @@ class Trainer:
             if self.state["step"] >= self.max_steps or self.stop.agreed:
                 return False
         return True
+
+    def _log(self, output, alpha: float, bar) -> None:
+        """Every ``train.log_every`` optimizer steps and at the last one: the step's losses, lr and the samples/s
+        since the previous line. Only then are the step's numbers read from the device (each read waits for it)."""
+        self.steps_since_log += 1
+        step = self.state["step"]
+        if step % self.config.train.log_every and step < self.max_steps and not self.stop.agreed:
+            return
+        seconds = time.perf_counter() - self.log_start
+        samples = self.steps_since_log * self.config.train.batch_size * self.config.train.grad_accum_steps * \
+            self.accelerator.num_processes
+        self.metrics.log_step(step, output, self.scheduler.get_last_lr()[0], alpha, samples / seconds, bar)
+        self.log_start, self.steps_since_log = time.perf_counter(), 0
 
     def _evaluate(self) -> dict | None:
         """Runs ``evaluate`` on every process (each scores its share of the set; all get the whole set's metrics) and

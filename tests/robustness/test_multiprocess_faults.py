@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 def training(root: Path, out: Path, *extra: str) -> list[str]:
     return [str(REPO / "scripts/pretrain.py"), "--config", "pretrain_tiny", f"data.root={root}",
             f"train.output_dir={out}", f"model.queue_size={QUEUE}", "data.num_workers=0", "train.save_every=2",
-            "train.epochs=50", f"train.process_group_timeout_s={TIMEOUT_S}", "eval.retrieval_file=null", *extra]
+            "train.epochs=50", f"train.process_group_timeout_s={TIMEOUT_S}", "eval.retrieval_file=null",
+            "train.log_every=1", *extra]
 
 
 def launcher(arguments: list[str], *launch_options: str, config: str = "cpu_multiprocess.yaml",

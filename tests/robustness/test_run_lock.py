@@ -72,7 +72,7 @@ def test_a_folder_that_holds_a_run_takes_only_resume_or_overwrite(shapes_root, t
     out = tmp_path / "run"
     common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
               f"train.output_dir={out}", "train.max_steps=2", "data.num_workers=0", "train.batch_size=8",
-              "model.queue_size=32", "eval.retrieval_file=null"]
+              "model.queue_size=32", "eval.retrieval_file=null", "train.log_every=1"]
     assert pretrain.main(common) == 0
     finished = snapshot(out)
     other = [*common, "train.seed=7", "model.vision_width=64"]

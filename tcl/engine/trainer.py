@@ -46,6 +46,7 @@ class Trainer:
         self.output_dir = Path(config.train.output_dir)
         self.total_steps = steps_per_epoch * config.train.epochs
         self.max_steps = min(config.train.max_steps or self.total_steps, self.total_steps)
+        self.samples_per_step = config.train.batch_size * config.train.grad_accum_steps * accelerator.num_processes
         self.metrics = MetricsLogger(accelerator, self.output_dir)
         self.stop = StopRequest()
         self.last_checkpoint: Path | None = None
@@ -141,9 +142,8 @@ class Trainer:
         if step % self.config.train.log_every and step < self.max_steps and not self.stop.agreed:
             return
         seconds = time.perf_counter() - self.log_start
-        samples = self.steps_since_log * self.config.train.batch_size * self.config.train.grad_accum_steps * \
-            self.accelerator.num_processes
-        self.metrics.log_step(step, output, self.scheduler.get_last_lr()[0], alpha, samples / seconds, bar)
+        self.metrics.log_step(step, output, self.scheduler.get_last_lr()[0], alpha,
+                              self.steps_since_log * self.samples_per_step / seconds, bar)
         self.log_start, self.steps_since_log = time.perf_counter(), 0
 
     def _evaluate(self) -> dict | None:
@@ -231,8 +231,7 @@ class Trainer:
             path = self.output_dir / self.eval_file
             write_json_atomic({"step": self.state["step"], **self.final_eval}, path, indent=2)
             evaluation = f"evaluation {headline(self.final_eval)} ({path}), "
-        samples = steps * self.config.train.batch_size * self.config.train.grad_accum_steps * \
-            self.accelerator.num_processes
+        samples = steps * self.samples_per_step
         print(f"{self.name} done: {self.state['step']} steps on {self.accelerator.num_processes} process(es), "
               f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
               f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "

@@ -32,11 +32,12 @@ class MetricsLogger:
         return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not self.main,
                     dynamic_ncols=True)
 
-    def log_step(self, step: int, output, lr: float, alpha: float, samples_per_s: float, bar) -> None:
-        record = {"step": step, "loss": float(output.loss.detach()), "lr": lr, "alpha": alpha,
-                  "samples_per_s": samples_per_s}
-        record.update({f"loss/{k}": float(v) for k, v in output.losses.items()})
-        record.update({f"diag/{k}": float(v) for k, v in output.diagnostics.items()})
+    def log_step(self, step: int, numbers: dict[str, float], lr: float, alpha: float, samples_per_s: float,
+                 bar) -> None:
+        """One JSON line of the step's ``numbers`` (``loss``, ``loss/<term>``, ``diag/<name>``, already read from
+        the device), lr, alpha and throughput, mirrored to the trackers; the progress bar shows the loss."""
+        record = {"step": step, "loss": numbers["loss"], "lr": lr, "alpha": alpha, "samples_per_s": samples_per_s,
+                  **{k: v for k, v in numbers.items() if k != "loss"}}
         self.accelerator.log(record, step=step)
         if self.main:
             self.handle.write(json.dumps(record) + "\n")

@@ -23,6 +23,7 @@ from tcl.engine.metrics import MetricsLogger, chance_levels, headline, plot_loss
 from tcl.engine.optim import alpha_at
 from tcl.engine.resume import world_of
 from tcl.engine.runtime import average_batchnorm_statistics, peak_memory_mb
+from tcl.engine.step_guard import build_step_guard
 from tcl.engine.stopping import StopRequest, peer_failure
 from tcl.errors import TclError
 from tcl.run_folder import find_checkpoint
@@ -50,7 +51,8 @@ class Trainer:
         self.metrics = MetricsLogger(accelerator, self.output_dir)
         self.stop = StopRequest()
         self.last_checkpoint: Path | None = None
-        self.window_nonfinite, self.nonfinite_in_a_row, self.nonfinite_skipped = False, 0, 0
+        self.guard = build_step_guard(accelerator, config.train.grad_clip)
+        self.nonfinite_skipped = 0  # as of the last log line
         # evaluate(unwrapped model) -> metrics, run by every process every eval.every steps and at the end.
         self.evaluate, self.eval_file, self.final_eval = evaluate, eval_file, None
 
@@ -123,7 +125,7 @@ class Trainer:
                 continue
             self.state["step"] += 1
             bar.update(1)
-            self._log(output, alpha, bar)
+            self._check_in(output, alpha, bar)
             if self._should_save():
                 self._checkpoint()
             every = cfg.eval.every
@@ -134,15 +136,25 @@ class Trainer:
                 return False
         return True
 
-    def _log(self, output, alpha: float, bar) -> None:
-        """Every ``train.log_every`` optimizer steps and at the last one: the step's losses, lr and the samples/s
-        since the previous line. Only then are the step's numbers read from the device (each read waits for it)."""
+    def _check_in(self, output, alpha: float, bar) -> None:
+        """Every ``train.log_every`` optimizer steps and at the last one, the host reads from the device, once: the
+        stop requests of all processes (summed), the skipped-step counts, and the step's losses for the log line
+        (with the samples/s since the previous one). In between the host never waits for the device, so every
+        process learns of a stop request, and of non-finite steps, at the same step."""
         self.steps_since_log += 1
         step = self.state["step"]
-        if step % self.config.train.log_every and step < self.max_steps and not self.stop.agreed:
+        if step % self.config.train.log_every and step < self.max_steps:
             return
+        stop = torch.full((1,), float(self.stop.local), device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            stop = self.accelerator.reduce(stop, reduction="sum")
+        names, values = step_numbers(output)
+        numbers = torch.cat([stop, self.guard.counts().float(), values]).tolist()  # the one read
+        stops, in_a_row, skipped = numbers[:3]
+        self.stop.agree(stops > 0)
+        self._account_nonfinite(int(in_a_row), int(skipped))
         seconds = time.perf_counter() - self.log_start
-        self.metrics.log_step(step, output, self.scheduler.get_last_lr()[0], alpha,
+        self.metrics.log_step(step, dict(zip(names, numbers[3:])), self.scheduler.get_last_lr()[0], alpha,
                               self.steps_since_log * self.samples_per_step / seconds, bar)
         self.log_start, self.steps_since_log = time.perf_counter(), 0
 
@@ -162,53 +174,29 @@ class Trainer:
     def _micro_step(self, batch: dict, alpha: float, boundary: bool):
         with self.accelerator.accumulate(self.model):
             output = self.step_fn(self.model, batch, alpha, boundary, self.accelerator.device, self.state["step"])
-            if self._finite_on_every_process(output.loss):
-                self.accelerator.backward(output.loss)
-            else:  # every process skips together, so no collective is left waiting
-                self.window_nonfinite = True
+            self.guard.backward(output.loss)
             if self.accelerator.sync_gradients:
-                self._end_of_window()
+                self.guard.step(self.model, self.optimizer)
+                # The schedule counts optimizer steps, skipped ones too (the device decides, the host never knows).
+                self.scheduler.step()
+                average_batchnorm_statistics(self.accelerator, self.model)
             self.optimizer.zero_grad(set_to_none=True)  # accelerate makes it a no-op inside an accumulation window
         return output
 
-    def _end_of_window(self) -> None:
-        """Steps the optimizer and schedule, or skips the step when a loss or the gradient norm was not finite."""
-        bad = self.window_nonfinite
-        if not bad and self.config.train.grad_clip:
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-            bad = norm is not None and not self._finite_on_every_process(norm)
-        self.window_nonfinite = False
-        if bad:
-            self._skip_nonfinite_step()
-            return
-        self.nonfinite_in_a_row = 0
-        self.optimizer.step()
-        self.scheduler.step()  # the schedule counts optimizer steps, not micro-batches
-        average_batchnorm_statistics(self.accelerator, self.model)
-
-    def _finite_on_every_process(self, value) -> bool:
-        """Whether ``value`` is finite on every process. The same reduction carries each process's stop flag, so that
-        every process learns of a stop request at the same micro-batch (``self.stop.agreed``) at no extra cost."""
-        flags = torch.tensor([0.0 if torch.isfinite(torch.as_tensor(value)).all() else 1.0, float(self.stop.local)],
-                             device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flags = self.accelerator.reduce(flags, reduction="sum")
-        nonfinite, stops = flags.tolist()
-        self.stop.agree(stops > 0)
-        return nonfinite == 0
-
-    def _skip_nonfinite_step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_skipped += 1
-        step, limit = self.state["step"] + 1, self.config.train.max_nonfinite_steps
-        logger.warning("step %d: non-finite loss or gradient norm; the step is skipped (%d in a row, %d in total)",
-                       step, self.nonfinite_in_a_row, self.nonfinite_skipped)
-        if self.nonfinite_in_a_row >= limit:
+    def _account_nonfinite(self, in_a_row: int, skipped: int) -> None:
+        """Warns of the steps skipped since the last log line; stops when the last ``train.max_nonfinite_steps``
+        steps were all skipped (the weights are then those of the last good step)."""
+        new, self.nonfinite_skipped = skipped - self.nonfinite_skipped, skipped
+        step, limit = self.state["step"], self.config.train.max_nonfinite_steps
+        if new:
+            logger.warning("%d optimizer step(s) up to step %d had a non-finite loss or gradient norm and were "
+                           "skipped (%d in a row at step %d, %d in total)", new, step, in_a_row, step, skipped)
+        if in_a_row >= limit:
             last = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
-            raise TclError(f"{limit} optimizer steps in a row had a NaN/Inf loss or gradient (up to step {step}); "
-                           f"stopping with the weights of the last good step ({last}). Lower train.lr, set "
-                           f"train.grad_clip, check the data, or resume with --resume latest after a fix.")
+            raise TclError(f"the last {in_a_row} optimizer steps (up to step {step}) had a NaN/Inf loss or gradient, "
+                           f"at least train.max_nonfinite_steps = {limit} in a row; stopping with the weights of the "
+                           f"last good step ({last}). Lower train.lr, set train.grad_clip, check the data, or resume "
+                           f"with --resume latest after a fix.")
 
     def _should_save(self) -> bool:
         every = self.config.train.save_every
@@ -236,3 +224,13 @@ class Trainer:
               f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
               f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "
               f"plot {plot}, {evaluation}{self.skips.format()}, {self.nonfinite_skipped} non-finite steps skipped")
+
+
+def step_numbers(output) -> tuple[list[str], torch.Tensor]:
+    """The names and values of a step's logged numbers (loss, ``loss/<term>``, ``diag/<name>``) as one fp32 tensor
+    on the loss's device, so that the host reads them all at once."""
+    named = {"loss": output.loss, **{f"loss/{k}": v for k, v in output.losses.items()},
+             **{f"diag/{k}": v for k, v in output.diagnostics.items()}}
+    device = output.loss.device
+    values = [torch.as_tensor(v, device=device).detach().float().reshape(()) for v in named.values()]
+    return list(named), torch.stack(values)

@@ -107,10 +107,8 @@ def lmi_loss(global_feat: torch.Tensor, local_feat: torch.Tensor, local_mask: to
                                   temperature, objective, tau_plus, include_self)
     rows = mask & (num_neg > 0)[:, None]  # a lone sample (B = 1) has no negatives and no loss
     per_sample = (losses * rows).sum(dim=1) / rows.sum(dim=1).clamp_min(1)
-    has_rows = rows.any(dim=1)
-    if not has_rows.any():
-        return global_feat.sum() * 0.0
-    return per_sample[has_rows].mean()
+    has_rows = rows.any(dim=1).float()  # a mask, not boolean indexing: nothing waits for the device
+    return (per_sample * has_rows).sum() / has_rows.sum().clamp_min(1.0)
 
 
 def pool_image_regions(patch_feat: torch.Tensor, regions: int = 4, tcl_pretrain_kernel: bool = False

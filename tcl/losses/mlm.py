@@ -39,18 +39,16 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.T
              alpha: float = 0.0) -> torch.Tensor:
     """(1 − α)·CE + α·KD over the labelled tokens, KD = −Σ_v softmax(teacher)_v · log_softmax(student)_v.
 
-    ``logits`` may be [B, L, V] with labels [B, L], or already restricted to the labelled tokens ([K, V], [K]).
-    The softmaxes run over the vocabulary (dim=-1): the upstream dim=1 bug is not reproduced. Zero labelled tokens
-    give a zero loss rather than NaN.
+    ``logits`` [..., V] and ``labels`` [...]: every position is scored and the unlabelled ones weigh zero, as the
+    official code does; the shapes never depend on how many tokens were masked, so nothing waits for the device to
+    count them. The softmaxes run over the vocabulary (dim=-1): the upstream dim=1 bug is not reproduced. Zero
+    labelled tokens give a zero loss rather than NaN.
     """
-    keep = labels.reshape(-1) != IGNORE
-    student = logits.reshape(-1, logits.shape[-1])[keep].float()
-    if student.shape[0] == 0:
-        return logits.sum() * 0.0
-    log_probs = F.log_softmax(student, dim=-1)
-    loss = F.nll_loss(log_probs, labels.reshape(-1)[keep])
+    flat_labels = labels.reshape(-1)
+    weights = (flat_labels != IGNORE).float()
+    log_probs = F.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
+    per_token = F.nll_loss(log_probs, flat_labels, ignore_index=IGNORE, reduction="none")
     if teacher_logits is not None and alpha > 0:
-        teacher = F.softmax(teacher_logits.reshape(-1, logits.shape[-1])[keep].float(), dim=-1)
-        distill = -(teacher * log_probs).sum(dim=-1).mean()
-        loss = (1.0 - alpha) * loss + alpha * distill
-    return loss
+        teacher = F.softmax(teacher_logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
+        per_token = (1.0 - alpha) * per_token - alpha * (teacher * log_probs).sum(dim=-1)
+    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)

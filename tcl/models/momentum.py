@@ -74,9 +74,8 @@ class FeatureQueue(nn.Module):
         count = features.shape[0]
         if self.size % count:
             raise ValueError(f"queue size {self.size} is not a multiple of the gathered batch {count}")
-        start = int(self.ptr)
-        self.queue[:, start:start + count] = features.T.to(self.queue.dtype)
-        self.ptr[0] = (start + count) % self.size
+        self.queue.index_copy_(1, ring_positions(self.ptr, count, self.size), features.T.to(self.queue.dtype))
+        self.ptr.add_(count).remainder_(self.size)
 
 
 class KeyQueue(nn.Module):
@@ -90,6 +89,12 @@ class KeyQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        start, count = int(self.ptr), keys.shape[0]
-        self.keys[start:start + count] = keys
-        self.ptr[0] = (start + count) % self.keys.shape[0]
+        count, size = keys.shape[0], self.keys.shape[0]
+        self.keys.index_copy_(0, ring_positions(self.ptr, count, size), keys.to(self.keys.dtype))
+        self.ptr.add_(count).remainder_(size)
+
+
+def ring_positions(pointer: torch.Tensor, count: int, size: int) -> torch.Tensor:
+    """The ``count`` slots from ``pointer`` on, computed on the pointer's device: the pointer is never read by the
+    host, so enqueueing does not wait for the device."""
+    return (pointer + torch.arange(count, device=pointer.device)) % size

@@ -40,7 +40,7 @@ def pool_boxes(embeds: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     inside_y = (centres - cy[..., None]).abs() <= h[..., None] / 2  # [B, R, side] rows
     mask = (inside_y[..., :, None] & inside_x[..., None, :]).flatten(-2)  # [B, R, P], row by row
     centre = (cy * side).long().clamp(0, side - 1) * side + (cx * side).long().clamp(0, side - 1)
-    empty = ~mask.any(dim=-1)
-    mask[empty] = F.one_hot(centre[empty], side * side).bool()
+    empty = ~mask.any(dim=-1, keepdim=True)  # a box between patch centres takes the patch it lies in
+    mask = torch.where(empty, F.one_hot(centre, side * side).bool(), mask)
     weights = mask.to(patches.dtype)
     return weights @ patches / weights.sum(dim=-1, keepdim=True)

@@ -14,7 +14,7 @@ from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_imag
 from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
 from tcl.losses.grounding import box_loss
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
-from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
+from tcl.losses.mlm import mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
 from tcl.models.convert import read_official_pretrain
 from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
@@ -316,12 +316,11 @@ class TCLPretrainModel(nn.Module):
         loss, accuracies = image_embeds.sum() * 0.0, []
         for k, logits in enumerate(self.classify_regions(image_embeds, regions["boxes"])):
             labels = regions["labels"][..., k]
-            real = labels >= 0
-            if not bool(real.any()):
-                accuracies.append(image_embeds.new_zeros(()))
-                continue
-            loss = loss + F.cross_entropy(logits[real], labels[real])
-            accuracies.append((logits.argmax(dim=-1) == labels)[real].float().mean().detach())
+            real = (labels >= 0).float()  # masks, not boolean indexing: shapes that never wait for the device
+            count = real.sum().clamp_min(1.0)
+            per_object = F.cross_entropy(logits.flatten(0, 1), labels.flatten().clamp_min(0), reduction="none")
+            loss = loss + (per_object * real.flatten()).sum() / count
+            accuracies.append(((logits.argmax(dim=-1) == labels).float() * real).sum().detach() / count)
         return loss, accuracies
 
     @torch.no_grad()
@@ -415,7 +414,7 @@ class TCLPretrainModel(nn.Module):
         return negative_texts, negative_masks
 
     def _mlm(self, input_ids, attention_mask, image_embeds, image_embeds_m, alpha: float) -> torch.Tensor:
-        """MLM on a re-encoded masked copy of the text; the head runs on masked positions only."""
+        """MLM on a re-encoded masked copy of the text, scored at every position (``mlm_loss``)."""
         content_probability = self.loss_config.mlm_content_probability
         content = None
         # A model built without the word ids (for inference, or a test) keeps BERT's masking; the engine always
@@ -425,17 +424,16 @@ class TCLPretrainModel(nn.Module):
         masked_ids, labels = mask_tokens(input_ids, self.vocab_size, self.special.mask, self.special.pad,
                                          self.special.cls, self.model_config.mlm_probability,
                                          content=content, content_probability=content_probability)
-        keep = labels != IGNORE
         hidden = self.fuse(self.text_encoder(masked_ids, attention_mask), attention_mask, image_embeds)
-        logits = self.mlm_head(hidden[keep])
+        logits = self.mlm_head(hidden)
         teacher_logits = None
         if alpha > 0:
             with torch.no_grad():
                 m = self.momentum
                 hidden_m = m["fusion_encoder"](m["text_encoder"](masked_ids, attention_mask), attention_mask,
                                                image_embeds_m)
-                teacher_logits = m["mlm_head"](hidden_m[keep])
-        return mlm_loss(logits, labels[keep], teacher_logits, alpha)
+                teacher_logits = m["mlm_head"](hidden_m)
+        return mlm_loss(logits, labels, teacher_logits, alpha)
 
     # -- saving and loading ----------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""A NaN/Inf loss or gradient skips that optimizer step (weights untouched, warning, counter) and K in a row stop the
-run with a message, leaving the last checkpoint as it was."""
+"""A NaN/Inf loss or gradient skips that optimizer step (weights untouched, counted, a warning with the next log line)
+and K in a row at a log line stop the run with a message, leaving the last checkpoint as it was. The skip is decided
+on the device (tcl.engine.step_guard.DeviceGuard), for the fused AdamW of real runs and for the others."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +40,13 @@ class Loader:
         return iter(self.batches[self.start:])
 
 
-def run(tmp_path, bad_batches, *overrides, snapshots=None):
+def run(tmp_path, bad_batches, *overrides, snapshots=None, fused=False):
     config = load_config(REPO / "configs/vqa_tiny.yaml", [f"train.output_dir={tmp_path}", "train.epochs=1",
                                                           "train.save_every=2", *overrides])
     accelerator = build_accelerator(config)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -62,15 +63,17 @@ def run(tmp_path, bad_batches, *overrides, snapshots=None):
     return trainer, model
 
 
-def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, caplog, capsys):
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, caplog, capsys, fused):
     snapshots = {}
-    trainer, model = run(tmp_path, {3, 6}, snapshots=snapshots)
+    trainer, model = run(tmp_path, {3, 6}, snapshots=snapshots, fused=fused)
     assert trainer.fit() == 0
     assert torch.equal(snapshots[4], snapshots[3])  # the NaN step left the weights as they were
     assert torch.equal(snapshots[7], snapshots[6])  # and so did the Inf step
     assert not torch.equal(snapshots[3], snapshots[2])  # good steps do update
     assert trainer.nonfinite_skipped == 2 and torch.isfinite(model.weight).all()
-    assert "non-finite loss or gradient norm; the step is skipped (1 in a row, 2 in total)" in caplog.text
+    assert ("2 optimizer step(s) up to step 10 had a non-finite loss or gradient norm and were skipped (0 in a row "
+            "at step 10, 2 in total)") in caplog.text
     assert "2 non-finite steps skipped" in capsys.readouterr().out
 
 
@@ -92,14 +95,21 @@ def test_a_nonfinite_gradient_is_caught_by_the_clipping_norm(tmp_path):
 
 
 def test_too_many_in_a_row_stop_with_the_last_good_weights(tmp_path):
-    trainer, model = run(tmp_path, {4, 5, 6}, "train.max_nonfinite_steps=3")
-    with pytest.raises(TclError, match="3 optimizer steps in a row had a NaN/Inf loss or gradient"):
+    # steps 3, 4 and 5 are not finite; the log line of step 5 sees three in a row
+    trainer, model = run(tmp_path, {2, 3, 4}, "train.max_nonfinite_steps=3", "train.log_every=5")
+    with pytest.raises(TclError, match=r"the last 3 optimizer steps \(up to step 5\) had a NaN/Inf loss or gradient"):
         trainer.fit()
     assert torch.isfinite(model.weight).all()
     from safetensors.torch import load_file
 
     checkpoints = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-00000004", "checkpoint-00000006"]  # keep_last 2; none after the stop
+    assert checkpoints == ["checkpoint-00000002", "checkpoint-00000004"]  # none after the stop
     # the checkpoint written between the skipped steps holds the last good weights, not corrupted ones
     good, later = (load_file(str(tmp_path / name / "model.safetensors")) for name in checkpoints)
     assert all(torch.equal(good[k], later[k]) for k in good)
+
+
+def test_a_run_that_recovers_before_its_log_line_goes_on(tmp_path, caplog):
+    trainer, model = run(tmp_path, {2, 3, 4}, "train.max_nonfinite_steps=3", "train.log_every=10")
+    assert trainer.fit() == 0
+    assert trainer.nonfinite_skipped == 3 and "(0 in a row at step 10, 3 in total)" in caplog.text

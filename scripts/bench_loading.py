@@ -82,9 +82,8 @@ def view_costs(dataset, keys: list[int]) -> tuple[float, float]:
         if isinstance(step, T.RandomResizedCrop):
             steps.append(v2.RandomResizedCrop(step.size, scale=step.scale, ratio=step.ratio,
                                               interpolation=InterpolationMode.BICUBIC, antialias=True))
-        elif isinstance(step, T.ToNormalisedTensor):
-            steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                      v2.Normalize(step.mean.flatten().tolist(), step.std.flatten().tolist()), v2.ToPureTensor()]
+        elif isinstance(step, T.ToPixels):
+            steps += [v2.ToImage(), v2.ToPureTensor()]
         else:
             steps.append(step)
     torchvision = v2.Compose(steps)

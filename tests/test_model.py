@@ -294,3 +294,18 @@ def test_the_epoch_schedule_holds_each_epoch_at_the_cosine_of_the_epochs_done():
         assert lrs[epoch * 10:(epoch + 1) * 10] == pytest.approx([value] * 10)
     per_step = load_config(REPO / "configs/pretrain_tiny.yaml", ["train.warmup_steps=5"]).train
     assert len({learning_rate(step, 40, per_step, per_epoch) for step in range(10, 20)}) == 10  # ours: every step
+
+
+def test_the_image_encoder_normalises_uint8_pixels_as_clip_does():
+    """Loaders hand uint8 pixels to the model; the encoder's CLIP normalisation equals torchvision's on the host."""
+    from torchvision.transforms import v2
+
+    from tcl.config import ModelConfig
+    from tcl.models.vision import CLIP_MEAN, CLIP_STD, build_vision_encoder
+
+    encoder = build_vision_encoder(ModelConfig(image_size=32, patch_size=16, vision_width=32, vision_depth=1,
+                                               vision_heads=2)).eval()
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    normalised = v2.Normalize(CLIP_MEAN, CLIP_STD)(pixels.float() / 255)
+    assert torch.allclose(encoder.forward_features(pixels), encoder.forward_features(normalised), atol=1e-5)
+    assert not any("pixel" in key for key in encoder.state_dict())  # checkpoints are unchanged

@@ -13,9 +13,8 @@ def _noise(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def _normalised(value: int) -> torch.Tensor:
-    mean, std = torch.tensor(T.CLIP_MEAN), torch.tensor(T.CLIP_STD)
-    return ((value / 255.0 - mean) / std)[:, None, None]
+def _constant(*rgb: int, size: int = 64) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=torch.uint8)[:, None, None].expand(3, size, size)
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -33,8 +32,7 @@ def test_output_shape_and_dtype(factory, size, input_size):
     torch.manual_seed(0)
     out = factory(size)(_noise(*input_size))
     assert type(out) is torch.Tensor
-    assert out.shape == (3, size, size) and out.dtype == torch.float32
-    assert torch.isfinite(out).all()
+    assert out.shape == (3, size, size) and out.dtype == torch.uint8 and out.is_contiguous()
 
 
 def test_two_views_differ_and_reseeding_reproduces_them():
@@ -68,8 +66,7 @@ def test_test_transform_deterministic_and_exact_on_constant():
     torch.manual_seed(1)
     assert torch.equal(first, transform(image))
     constant = T.test_transform(64)(Image.new("RGB", (130, 70), (200, 100, 50)))
-    expected = torch.stack([_normalised(v)[i] for i, v in enumerate((200, 100, 50))])
-    assert torch.allclose(constant, expected.expand(3, 64, 64), atol=1e-6)
+    assert torch.equal(constant, _constant(200, 100, 50))
 
 
 def test_everything_off_is_deterministic():
@@ -80,7 +77,7 @@ def test_everything_off_is_deterministic():
         torch.manual_seed(seed)
         outputs.append(transform(constant))
     assert all(torch.equal(outputs[0], out) for out in outputs)
-    assert torch.allclose(outputs[0], _normalised(90).expand(3, 64, 64), atol=1e-6)
+    assert torch.equal(outputs[0], _constant(90, 90, 90))
     # A square image with the full-area crop is simply resized, whatever the seed.
     image = _noise(100, 100)
     torch.manual_seed(0)
@@ -108,9 +105,9 @@ def test_switches_remove_steps():
     full = step_types(T.pretrain_transform(64))
     assert full[:6] == ["RandomResizedCrop", "RandomApply", "RandomGrayscale", "RandomApply", "RandomHorizontalFlip",
                         "RandomAugment"]
-    assert full[-1] == "ToNormalisedTensor"
+    assert full[-1] == "ToPixels"
     bare = step_types(T.vqa_train_transform(64, hflip=False, color_jitter=False, randaugment=False))
-    assert bare == ["RandomResizedCrop", "ToNormalisedTensor"]
+    assert bare == ["RandomResizedCrop", "ToPixels"]
 
 
 def test_random_gray_is_torchvisions_grayscale_with_probability_p():
@@ -124,7 +121,7 @@ def test_random_gray_is_torchvisions_grayscale_with_probability_p():
     greyed = sum(np.array_equal(_pixels(T.RandomGray(0.5)(image)), expected) for _ in range(400))
     assert 160 < greyed < 240
     assert [type(step).__name__ for step in T.pretrain_transform(64, grayscale=0.5).transforms][-2:] == [
-        "RandomGray", "ToNormalisedTensor"]
+        "RandomGray", "ToPixels"]
     with pytest.raises(ValueError, match="probability"):
         T.RandomGray(1.5)
 
@@ -152,10 +149,9 @@ def test_lean_crop_draws_and_resamples_as_torchvision(input_size, scale):
 def test_lean_tensor_conversion_is_torchvisions_bit_for_bit(image):
     from torchvision.transforms import v2
 
-    reference = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(T.CLIP_MEAN, T.CLIP_STD),
-                            v2.ToPureTensor()])
-    got = T.ToNormalisedTensor()(image)
-    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == (3, image.height, image.width)
+    reference = v2.Compose([v2.ToImage(), v2.ToPureTensor()])
+    got = T.ToPixels()(image)
+    assert got.dtype == torch.uint8 and got.is_contiguous() and got.shape == (3, image.height, image.width)
     assert torch.equal(got, reference(image))
 
 

@@ -72,7 +72,7 @@ def coco_retrieval_set(captions_file: str | Path, image_root: str | Path, tokeni
 
 def _stack(images: list[torch.Tensor], image_size: int) -> torch.Tensor:
     """[N, 3, S, S]; a process that holds none of a small set's images gets an empty batch."""
-    return torch.stack(images) if images else torch.empty(0, 3, image_size, image_size)
+    return torch.stack(images) if images else torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
 
 
 def coco_grounding_set(instances_file: str | Path, image_root: str | Path, tokenizer: TclTokenizer, image_size: int,

@@ -1,13 +1,14 @@
 """Image transforms as TCL uses them, on torchvision.transforms.v2.
 
 Pretraining: RandomResizedCrop → colour jitter / grayscale / Gaussian blur (TCL's SimCLR-style additions to ALBEF)
-→ horizontal flip → RandomAugment(2, 7) → float tensor → CLIP normalisation, drawn twice per sample (``TwoViews``).
-Fine-tuning uses the same chain with milder crops; evaluation only resizes and normalises.
+→ horizontal flip → RandomAugment(2, 7) → uint8 tensor, drawn twice per sample (``TwoViews``). Fine-tuning uses the
+same chain with milder crops; evaluation only resizes. The CLIP normalisation happens on the model's device, in the
+image encoder (``tcl.models.vision.PixelVisionTransformer``): workers, pinned memory and the copy to the GPU move
+uint8 pixels, a quarter of float32's bytes.
 
-The crop and the conversion to a normalised tensor, which every chain has, are our own lean steps: they draw the
-same random numbers and compute the same pixels as torchvision's ``RandomResizedCrop``, ``ToImage``, ``ToDtype`` and
-``Normalize``, without v2's per-call dispatch, which cost three quarters of a view (docs/BENCHMARKS.md, "The loading
-path").
+The crop and the conversion to a tensor, which every chain has, are our own lean steps: they draw the same random
+numbers and compute the same pixels as torchvision's ``RandomResizedCrop`` and ``ToImage``, without v2's per-call
+dispatch, which cost three quarters of a view (docs/BENCHMARKS.md, "The loading path").
 
 Every random draw comes from torch's global RNG (torchvision v2 and ``RandomAugment`` alike), so seeding torch
 reproduces a view exactly, and DataLoader workers, which torch seeds per worker, draw independent views.
@@ -24,9 +25,6 @@ import numpy as np
 from torchvision import transforms as v1
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # TCL's RandomAugment constants (dataset/randaugment.py): grey fill, and the translation in pixels at full magnitude.
 FILL = [128.0, 128.0, 128.0]
@@ -167,7 +165,7 @@ def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 
         grayscale: probability of a final ``RandomGray`` step (0: none; TCL has none beyond colour jitter's).
 
     Returns:
-        A callable from an RGB PIL image to a normalised float32 tensor of shape (3, image_size, image_size).
+        A callable from an RGB PIL image to a uint8 tensor of shape (3, image_size, image_size).
     """
     return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment, grayscale)
 
@@ -179,10 +177,10 @@ def vqa_train_transform(image_size: int, crop_scale: tuple[float, float] = (0.5,
 
 
 def test_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Evaluation transform: bicubic resize to image_size × image_size (no crop), float tensor, CLIP normalisation."""
+    """Evaluation transform: bicubic resize to image_size × image_size (no crop), uint8 tensor."""
     _check_size(image_size)
     resize = v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True)
-    return v2.Compose([resize, *_to_normalised_tensor()])
+    return v2.Compose([resize, ToPixels()])
 
 
 class RandomResizedCrop:
@@ -251,25 +249,18 @@ class ViewWithCrop:
         return f"{type(self).__name__}({self.crop!r}, {self.rest!r})"
 
 
-class ToNormalisedTensor:
-    """An RGB PIL image as a float32 (3, H, W) tensor in [0, 1], normalised with ``mean`` and ``std`` per channel:
-    the same arithmetic as torchvision's ``ToImage`` → ``ToDtype(float32, scale=True)`` → ``Normalize``."""
-
-    def __init__(self, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+class ToPixels:
+    """An RGB PIL image as a uint8 (3, H, W) tensor, channels first in memory too (batches then stack with plain
+    copies): torchvision's ``ToImage`` without its dispatch."""
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
-        # Channels first in memory too: batches then stack with plain copies.
-        chw = pixels.permute(2, 0, 1).contiguous()
-        return chw.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
+        return pixels.permute(2, 0, 1).contiguous()
 
     def __repr__(self) -> str:
-        mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
-        return f"{type(self).__name__}(mean={mean}, std={std})"
+        return f"{type(self).__name__}()"
 
 
 class RandomGray:
@@ -322,17 +313,13 @@ def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, co
         steps.append(RandomAugment(2, 7))
     if grayscale > 0:
         steps.append(RandomGray(grayscale))
-    return v2.Compose(steps + _to_normalised_tensor())
+    return v2.Compose([*steps, ToPixels()])
 
 
 def _colour_steps(image_size: int) -> list[Callable]:
     blur = v2.GaussianBlur(blur_kernel_size(image_size), sigma=BLUR_SIGMA)
     return [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
             v2.RandomApply([blur], p=0.5)]
-
-
-def _to_normalised_tensor() -> list[Callable]:
-    return [ToNormalisedTensor(CLIP_MEAN, CLIP_STD)]
 
 
 def _check_size(image_size: int) -> None:

@@ -24,7 +24,7 @@ from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
-from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main
+from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main, to_device
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
@@ -178,9 +178,9 @@ class AnswerSequenceCollator:
 
 def vqa_step(model, batch: dict, alpha: float, boundary: bool, device, step: int = 0):
     """One forward of the VQA model with its loss (BCE for the classifier, weighted sequence NLL for the decoder)."""
-    return model(batch["image"].to(device), batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                 targets=batch["targets"].to(device), alpha=alpha, step_boundary=boundary,
-                 image_index=batch["image_index"].to(device))
+    batch = to_device(batch, device)
+    return model(batch["image"], batch["input_ids"], batch["attention_mask"], targets=batch["targets"], alpha=alpha,
+                 step_boundary=boundary, image_index=batch["image_index"])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
 from tcl.engine.runtime import (build_accelerator, check_distributed_setup, evaluation_shard, feature_gather,
-                                share_from_main, unwrap)
+                                share_from_main, to_device, unwrap)
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
@@ -160,17 +160,12 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
 def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step: int = 0):
     """One forward of the pretraining model on a collated batch (``step``: optimizer steps done so far)."""
     loss = unwrap_config(model)
-    return model(batch["image"].to(device), batch["image_aug"].to(device), batch["input_ids"].to(device),
-                 batch["attention_mask"].to(device), alpha=alpha, step_boundary=boundary,
-                 online_keys=step < loss.online_keys_steps,
-                 image_keys=batch["image_keys"].to(device) if loss.skip_same_image else None,
-                 intra_modal_scale=intra_modal_scale(loss, step),
-                 grounding=_on(batch.get("grounding"), device), regions=_on(batch.get("regions"), device))
-
-
-def _on(tensors: dict | None, device) -> dict | None:
-    """A batch's dict of tensors on ``device`` (None stays None)."""
-    return None if tensors is None else {key: value.to(device) for key, value in tensors.items()}
+    batch = to_device(batch, device)
+    return model(batch["image"], batch["image_aug"], batch["input_ids"], batch["attention_mask"], alpha=alpha,
+                 step_boundary=boundary, online_keys=step < loss.online_keys_steps,
+                 image_keys=batch["image_keys"] if loss.skip_same_image else None,
+                 intra_modal_scale=intra_modal_scale(loss, step), grounding=batch.get("grounding"),
+                 regions=batch.get("regions"))
 
 
 def intra_modal_scale(loss, step: int) -> float:

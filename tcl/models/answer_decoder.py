@@ -40,9 +40,9 @@ class AnswerTargets:
     weights: torch.Tensor
     counts: torch.Tensor
 
-    def to(self, device) -> AnswerTargets:
-        return AnswerTargets(self.ids.to(device), self.mask.to(device), self.weights.to(device),
-                             self.counts.to(device))
+    def to(self, device, non_blocking: bool = False) -> AnswerTargets:
+        return AnswerTargets(*(tensor.to(device, non_blocking=non_blocking)
+                               for tensor in (self.ids, self.mask, self.weights, self.counts)))
 
 
 def causal_mask(mask: torch.Tensor) -> torch.Tensor:

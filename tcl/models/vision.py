@@ -1,4 +1,5 @@
-"""The image encoder: a timm VisionTransformer returning all tokens after the final norm (TCL.md Part B §1.1)."""
+"""The image encoder: a timm VisionTransformer returning all tokens after the final norm (TCL.md Part B §1.1), fed
+uint8 pixels that it normalises itself (so loaders and host-to-device copies move a quarter of the bytes)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,25 @@ from torch import nn
 from tcl.config import ModelConfig
 
 logger = logging.getLogger(__name__)
+
+# TCL's (CLIP's) per-channel normalisation of [0, 1] pixels.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class PixelVisionTransformer(VisionTransformer):
+    """timm's ViT taking uint8 [B, 3, H, W] pixels, normalised on the model's device in fp32 (images still in
+    floating point are taken as normalised already). The mean and std are buffers that no checkpoint stores."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = (x.float() - self.pixel_mean.float()) / self.pixel_std.float()
+        return super().forward_features(x)
 
 
 class ConvStemPatchEmbed(PatchEmbed):
@@ -46,7 +66,7 @@ class ConvStemPatchEmbed(PatchEmbed):
         self.proj = nn.Sequential(*layers)
 
 
-def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
+def build_vision_encoder(model: ModelConfig) -> PixelVisionTransformer:
     """ViT with a class token, qkv bias, LayerNorm eps 1e-6, no head and no pooling (keys match timm/DeiT).
 
     ``model.init_scheme: xavier`` selects timm's "jax" initialisation (Xavier-uniform linear layers) instead of its
@@ -57,11 +77,12 @@ def build_vision_encoder(model: ModelConfig) -> VisionTransformer:
     ``model.pos_embed_init: sincos`` starts the position embeddings from a 2-D sine-cosine grid.
     """
     embed_layer = ConvStemPatchEmbed if model.vision_stem == "conv" else PatchEmbed
-    encoder = VisionTransformer(img_size=model.image_size, patch_size=model.patch_size, embed_dim=model.vision_width,
-                                depth=model.vision_depth, num_heads=model.vision_heads,
-                                mlp_ratio=model.vision_mlp_ratio, qkv_bias=True, num_classes=0, global_pool="",
-                                class_token=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=embed_layer,
-                                weight_init="jax" if model.init_scheme == "xavier" else "")
+    encoder = PixelVisionTransformer(img_size=model.image_size, patch_size=model.patch_size,
+                                     embed_dim=model.vision_width, depth=model.vision_depth,
+                                     num_heads=model.vision_heads,
+                                     mlp_ratio=model.vision_mlp_ratio, qkv_bias=True, num_classes=0,
+                                     global_pool="", class_token=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                                     embed_layer=embed_layer, weight_init="jax" if model.init_scheme == "xavier" else "")
     if model.init_scheme == "xavier_qk":
         init_query_key_xavier(encoder)
     if model.pos_embed_init == "sincos":

@@ -6,7 +6,8 @@ repository), with the library versions it was written for installed into a folde
     git clone https://github.com/uta-smile/TCL /path/TCL            # commit 74a3e4f
     pip install --no-deps --target /path/tcl_deps timm==0.4.9 transformers==4.8.1 huggingface-hub==0.0.12 sacremoses
     taskset -c 1 python benchmarks/compare_official.py --tcl-checkout /path/TCL --deps /path/tcl_deps \\
-        [--config tiny|wider] [--settings official|tiny] [--rounds 5] [--steps 20] [--device cpu|cuda]
+        [--config tiny|wider|paper] [--settings official|tiny] [--precision fp32|bf16] [--rounds 5] [--steps 20] \
+        [--device cpu|cuda]
 
 Both models get random weights (no downloads: the official DeiT and BERT loading is replaced by random
 initialisation of the same modules, and its ViT and BERT are built at this configuration's sizes), the same random
@@ -43,6 +44,9 @@ CONFIGS = {
                  fusion_layers=2, embed=64, queue=256, batch=16, tokens=30, vocab=512),
     "wider": dict(image=128, patch=8, vision_width=384, vision_depth=6, vision_heads=6, hidden=384, text_layers=4,
                   fusion_layers=2, embed=64, queue=1024, batch=8, tokens=30, vocab=512),
+    # TCL's pretraining: ViT-B/16 at 256 px, BERT-base (6 text + 6 fusion layers), queue 65,536, batch 64 per GPU
+    "paper": dict(image=256, patch=16, vision_width=768, vision_depth=12, vision_heads=12, hidden=768, text_layers=6,
+                  fusion_layers=6, embed=256, queue=65536, batch=64, tokens=30, vocab=30522),
 }
 PAD, CLS, MASK = 0, 2, 4
 OURS_SETTINGS = {
@@ -122,8 +126,9 @@ def official_step_fn(cfg: dict, checkout: Path, deps: Path, device):
     return step
 
 
-def ours_step_fn(cfg: dict, settings: str, device):
-    """Our TCLPretrainModel at the same sizes, with ``settings``, and one optimizer step of it."""
+def ours_step_fn(cfg: dict, settings: str, device, precision: str = "fp32"):
+    """Our TCLPretrainModel at the same sizes, with ``settings``, and one optimizer step of it (forward under bf16
+    autocast with ``precision`` bf16, as ``train.mixed_precision`` runs it; weights, momentum copy and queues fp32)."""
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -151,7 +156,8 @@ def ours_step_fn(cfg: dict, settings: str, device):
 
     def step() -> dict:
         optimizer.zero_grad(set_to_none=True)
-        output = model(*batch, alpha=0.4)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            output = model(*batch, alpha=0.4)
         output.loss.backward()
         optimizer.step()
         ita = sum(float(output.losses[k]) for k in ("i2t", "t2i", "i2i", "t2t", "lmi_image", "lmi_text")) / 6
@@ -169,7 +175,7 @@ def worker(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     cfg = CONFIGS[args.config]
     step = (official_step_fn(cfg, Path(args.tcl_checkout), Path(args.deps), device) if args.worker == "official"
-            else ours_step_fn(cfg, args.settings, device))
+            else ours_step_fn(cfg, args.settings, device, args.precision))
     times, losses = [], {}
     for _ in range(args.steps):
         if device.type == "cuda":
@@ -189,7 +195,7 @@ def worker(args: argparse.Namespace) -> int:
 
 def run_side(args: argparse.Namespace, side: str) -> dict:
     command = [sys.executable, __file__, "--worker", side, "--config", args.config, "--settings", args.settings,
-               "--steps", str(args.steps), "--device", args.device, "--tcl-checkout", args.tcl_checkout,
+               "--precision", args.precision, "--steps", str(args.steps), "--device", args.device, "--tcl-checkout", args.tcl_checkout,
                "--deps", args.deps]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
@@ -204,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     parser.add_argument("--settings", choices=sorted(OURS_SETTINGS), default="official",
                         help="our side's settings: TCL's, or our tiny configs' speed settings")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="our side's precision (the official code trains in fp32)")
     parser.add_argument("--rounds", type=int, default=5, help="official/ours pairs of runs, alternated")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
@@ -225,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{run['peak_mb']:.0f} MB  last losses {run['last_losses']}", flush=True)
     medians = {side: statistics.median(r["median_s"] for r in runs if r["side"] == side) for side in ("official", "ours")}
     ratios = [b["median_s"] / a["median_s"] for a, b in zip(runs[0::2], runs[1::2])]
-    summary = {"config": args.config, "settings": args.settings, "device": args.device, "rounds": args.rounds,
+    summary = {"config": args.config, "settings": args.settings, "precision": args.precision,
+               "device": args.device, "rounds": args.rounds,
                "steps": args.steps, "median_official_s": medians["official"], "median_ours_s": medians["ours"],
                "ratio": medians["ours"] / medians["official"], "ratio_min": min(ratios), "ratio_max": max(ratios),
                "peak_mb": {side: max(r["peak_mb"] for r in runs if r["side"] == side) for side in medians},
                "date": time.strftime("%Y-%m-%d"),
                "command": " ".join(["python benchmarks/compare_official.py",
                                     *(argv if argv is not None else sys.argv[1:])])}
-    print(f"{args.config}, ours with {args.settings} settings: official {1000 * medians['official']:.0f} ms, ours "
+    print(f"{args.config}, ours with {args.settings} settings in {args.precision}: official {1000 * medians['official']:.0f} ms, ours "
           f"{1000 * medians['ours']:.0f} ms, ratio {summary['ratio']:.3f} (rounds {min(ratios):.3f}–"
           f"{max(ratios):.3f}); peak {summary['peak_mb']['official']:.0f} / {summary['peak_mb']['ours']:.0f} MB")
     if args.json:

@@ -259,6 +259,9 @@ class TrainConfig:
     # that precision, whatever the launcher says.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
+    # torch.compile of the pretraining model's transformer encoders (online and momentum; in place, so checkpoints
+    # keep their keys): the first steps are slower while it compiles. Measured by benchmarks/bench_train_loop.py.
+    compile: bool = False
     # Deterministic kernels: bit-identical reruns and resumes on CPU (some multi-threaded backward kernels, such as
     # indexed accumulation, otherwise differ in the last bits between runs).
     deterministic: bool = False

@@ -309,3 +309,15 @@ def test_the_image_encoder_normalises_uint8_pixels_as_clip_does():
     normalised = v2.Normalize(CLIP_MEAN, CLIP_STD)(pixels.float() / 255)
     assert torch.allclose(encoder.forward_features(pixels), encoder.forward_features(normalised), atol=1e-5)
     assert not any("pixel" in key for key in encoder.state_dict())  # checkpoints are unchanged
+
+
+def test_compiled_encoders_keep_their_names_and_their_outputs():
+    """``train.compile`` compiles each transformer layer in place: the state dict keeps its keys, and a step gives
+    what the eager model gives (torch's "eager" backend here: the real one takes minutes to compile on a CPU)."""
+    eager, compiled = tiny().eval(), tiny().eval()  # no dropout, so both compute the same function
+    compiled.compile_encoders(backend="eager")
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    torch.manual_seed(5)
+    expected = eager(*batch(), step_boundary=False).loss
+    torch.manual_seed(5)
+    assert compiled(*batch(), step_boundary=False).loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -35,7 +35,8 @@ class MetricsLogger:
     def log_step(self, step: int, numbers: dict[str, float], lr: float, alpha: float, samples_per_s: float,
                  bar) -> None:
         """One JSON line of the step's ``numbers`` (``loss``, ``loss/<term>``, ``diag/<name>``, already read from
-        the device), lr, alpha and throughput, mirrored to the trackers; the progress bar shows the loss."""
+        the device, and the process's peak memory so far), lr, alpha and throughput, mirrored to the trackers; the
+        progress bar shows the loss."""
         record = {"step": step, "loss": numbers["loss"], "lr": lr, "alpha": alpha, "samples_per_s": samples_per_s,
                   **{k: v for k, v in numbers.items() if k != "loss"}}
         self.accelerator.log(record, step=step)

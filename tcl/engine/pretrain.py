@@ -154,6 +154,8 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
         load_model_weights(model, init)
     if config.train.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if config.train.compile:
+        model.compile_encoders()
     return model
 
 

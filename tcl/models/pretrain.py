@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 from torch import nn
+from transformers.models.bert.modeling_bert import BertLayer
 
 from tcl.config import LossConfig, ModelConfig, section_from_dict
 from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
@@ -17,7 +19,7 @@ from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negative
 from tcl.losses.mlm import mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
 from tcl.models.convert import read_official_pretrain
-from tcl.models.bert import FusionEncoder, MLMHead, TextEncoder, bert_config, init_bert_weights
+from tcl.models.bert import FusionEncoder, FusionLayer, MLMHead, TextEncoder, bert_config, init_bert_weights
 from tcl.models.pooling import pool_boxes, pool_image, pool_text
 from tcl.models.momentum import FeatureQueue, GatherFn, KeyQueue, MomentumEncoders, identity_gather
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
@@ -30,6 +32,8 @@ from tcl.models.word_swap import WordSwapper
 MOMENTUM_MODULES = ("vision_encoder", "vision_proj", "text_encoder", "fusion_encoder", "mlm_head", "text_proj")
 CONTRASTIVE_TERMS = ("i2t", "t2i", "i2i", "t2t", "lmi_image", "lmi_text")
 TEMPERATURE_RANGE = (0.001, 0.5)
+# The layers ``compile_encoders`` compiles: timm's ViT blocks, transformers' BERT layers, our fusion layers.
+TRANSFORMER_LAYERS = (Block, BertLayer, FusionLayer)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,14 @@ class TCLPretrainModel(nn.Module):
         """Fusion-encoder states [B, L, D] of text states cross-attending to image tokens; ``image_index`` [B]: the
         row of ``image_embeds`` each text reads, when texts share images (None: row i reads image i)."""
         return self.fusion_encoder(text_embeds, attention_mask, image_embeds, image_index=image_index)
+
+    def compile_encoders(self, **options) -> None:
+        """``torch.compile`` of every transformer layer of the image, text and fusion encoders and of their momentum
+        copies, in place (``nn.Module.compile``: parameter names, and so checkpoints, are unchanged; the layers of a
+        tower share one compiled graph). Losses, queues and the EMA stay eager. ``options`` go to ``torch.compile``."""
+        for module in self.modules():
+            if isinstance(module, TRANSFORMER_LAYERS):
+                module.compile(**options)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.vision_encoder.set_grad_checkpointing(enabled)

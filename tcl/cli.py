@@ -12,6 +12,7 @@ import sys
 
 from tcl.config import ShapesConfig
 from tcl.errors import ConfigError, run_command
+from tcl.serving.serve_cli import PRECISIONS
 from tcl.serving.serve_cli import add_arguments as serve_arguments
 
 logger = logging.getLogger("tcl")
@@ -70,7 +71,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="JSON-lines file for the answers (batch mode; default: standard output)")
     parser.add_argument("--top-k", type=int, default=5, help="answers per question (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="questions per forward pass in batch mode")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes decoding images in batch mode (default: the CPUs, at most 4; 0: this one)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default: bf16 autocast on a GPU with bf16, else fp32), fp32 or bf16")
 
 
 def _convert(args: argparse.Namespace) -> int:

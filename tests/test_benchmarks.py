@@ -89,6 +89,21 @@ def test_compare_official_builds_our_side_at_the_official_sizes_and_checks_its_f
         module.main(["--tcl-checkout", str(tmp_path), "--deps", str(tmp_path)])
 
 
+@pytest.mark.slow
+def test_bench_serve_times_both_servers_and_predict(shapes_root, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "benchmarks" / "bench_serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "serve.json"
+    assert bench.main(["--data-root", str(shapes_root), "--clients", "2", "--seconds", "0.5", "--predict-images", "3",
+                       "--predict-size", "64", "--rounds", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["clients"] for row in result["serve"]] == [2, 2] and all(r["requests"] > 0 for r in result["serve"])
+    assert [row["arm"] for row in result["predict"]] == ["--workers 0", "--workers default"]
+    assert all(row["questions"] > 3 and row["file_s"] > 0 for row in result["predict"])
+    assert "| one at a time (--max-batch 1) | 2 |" in capsys.readouterr().out
+
+
 def test_bench_vqa_step_times_both_batch_layouts(tmp_path, capsys):
     out = tmp_path / "vqa_step.json"
     assert load_script("bench_vqa_step").main(["--configs", "tiny", "--steps", "1", "--warmup", "0",

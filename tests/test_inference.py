@@ -161,3 +161,99 @@ def test_predict_command_single_question(vqa_run, shapes_root, capsys):
     assert record["question"] == "what color is the circle?" and len(record["answers"]) == 2
     assert cli.main(["predict", "--model", str(vqa_run), "--image", "nowhere.jpg", "--question", "what?"]) == 2
     assert "nowhere.jpg" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tcl predict in batch mode: images decoded by a loader, each encoded once for all its questions; the precision
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(shapes_root, tmp_path_factory) -> Path:
+    from test_serve import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tiny_pipeline(shapes_root).save_pretrained(folder)
+    return folder
+
+
+def test_predict_encodes_each_image_once_and_answers_in_input_order(tiny_model_dir, shapes_root, tmp_path,
+                                                                    monkeypatch):
+    (tmp_path / "img.jpg").write_bytes(val_image(shapes_root, 6).read_bytes())
+    images = [str(val_image(shapes_root, k)) for k in range(6)]
+    # Questions of one image far apart; one image named three ways; a bad line in the middle.
+    lines = [{"id": f"{k}-{j}", "image": images[k], "question": QUESTIONS[j]} for j in range(3) for k in range(6)]
+    lines[9:9] = [{"image": "missing.jpg", "question": QUESTIONS[0]}]
+    lines += [{"image": name, "question": QUESTIONS[j]}
+              for j, name in enumerate(["img.jpg", "./img.jpg", str(tmp_path / "img.jpg")])]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    vqa = tcl.load_vqa(tiny_model_dir)
+    expected = [None if line["image"] == "missing.jpg" else
+                vqa(tmp_path / line["image"] if "img.jpg" in line["image"] else line["image"], line["question"])
+                for line in lines]
+    encoded = []
+    vision = type(vqa.model.vision_encoder)
+    forward_features = vision.forward_features
+    monkeypatch.setattr(vision, "forward_features", lambda self, image: encoded.append(image.shape[0]) or
+                        forward_features(self, image))
+
+    def predict(out: str, *options: str) -> list[dict]:
+        encoded.clear()
+        assert cli.main(["predict", "--model", str(tiny_model_dir), "--input", str(tmp_path / "q.jsonl"),
+                         "--output", str(tmp_path / out), *options]) == 1  # the missing image
+        return [json.loads(line) for line in (tmp_path / out).read_text().splitlines()]
+
+    records = predict("a.jsonl", "--batch-size", "7", "--workers", "1")
+    assert sum(encoded) == 7 and max(encoded) > 1  # seven distinct images, each encoded once, several per pass
+    assert [r["line"] for r in records] == list(range(1, len(lines) + 1))
+    assert [r.get("id") for r in records] == [line.get("id") for line in lines]
+    assert "line 10: " in records[9]["error"] and "missing.jpg" in records[9]["error"]
+    for record, answers in zip(records, expected):  # as asked one by one (scores to float rounding)
+        if answers is not None:
+            assert [a["answer"] for a in record["answers"]] == [a["answer"] for a in answers], record["line"]
+            assert [a["score"] for a in record["answers"]] == pytest.approx([a["score"] for a in answers], abs=1e-3)
+    # In the main process, and with fewer questions per pass than an image has: each pass encodes its image.
+    assert predict("b.jsonl", "--batch-size", "7", "--workers", "0") == records
+    assert predict("c.jsonl", "--batch-size", "2", "--workers", "0") == records and sum(encoded) == 14
+
+
+@pytest.mark.parametrize("setting, device, cuda_bf16, expected", [
+    ("auto", "cpu", None, "fp32"), ("auto", "cuda", True, "bf16"), ("auto", "cuda:1", False, "fp32"),
+    ("fp32", "cuda", True, "fp32"), ("bf16", "cpu", None, "bf16"), ("bf16", "cuda", True, "bf16"),
+])
+def test_inference_precision_resolution(setting, device, cuda_bf16, expected):
+    from tcl.inference.precision import resolve_inference_precision
+
+    assert resolve_inference_precision(setting, device, cuda_bf16) == expected
+
+
+def test_inference_precision_errors_and_the_command_line_choices():
+    from tcl.inference.precision import PRECISIONS, resolve_inference_precision
+    from tcl.serving import serve_cli
+
+    with pytest.raises(TclError, match="needs a GPU with bf16 support"):
+        resolve_inference_precision("bf16", "cuda", cuda_bf16=False)
+    with pytest.raises(TclError, match="one of auto, fp32, bf16"):
+        resolve_inference_precision("fp16", "cpu")
+    assert serve_cli.PRECISIONS == PRECISIONS  # spelled out there so that --help does not import torch
+
+
+def test_bf16_precision_autocasts_the_model_and_keeps_fp32_scores(shapes_root):
+    from test_serve import tiny_pipeline
+
+    vqa = tiny_pipeline(shapes_root)
+    dtypes = []
+    vqa.model.answer_head.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    fp32 = vqa(val_image(shapes_root), QUESTIONS[0], top_k=3)
+    assert vqa.precision == "fp32" and dtypes == [torch.float32]
+    vqa.to("cpu", "bf16")
+    bf16 = vqa(val_image(shapes_root), QUESTIONS[0], top_k=3)
+    assert vqa.precision == "bf16" and dtypes[1] == torch.bfloat16
+    assert all(abs(a["score"] - b["score"]) < 0.05 for a, b in zip(fp32, bf16))
+    vqa.to("cpu")  # the setting stays until another is given
+    assert vqa.precision == "bf16" and vqa.to("cpu", "auto").precision == "fp32"
+    assert next(vqa.model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32
+
+
+def test_predict_refuses_bad_worker_counts(tiny_model_dir, shapes_root, capsys):
+    assert cli.main(["predict", "--model", str(tiny_model_dir), "--input", "x.jsonl", "--workers", "-1"]) == 2
+    assert "--workers must be 0" in capsys.readouterr().err

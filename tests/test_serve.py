@@ -100,10 +100,11 @@ def test_openapi_describes_the_multipart_vqa_call(client):
     body = spec["paths"]["/api/vqa"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body
     schema_name = body["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
-    assert {"question", "image", "example", "top_k"} == set(spec["components"]["schemas"][schema_name]["properties"])
+    assert {"question", "image", "example", "top_k", "heatmap"} == \
+        set(spec["components"]["schemas"][schema_name]["properties"])
     assert "VQAResponse" in spec["components"]["schemas"]
     responses = spec["paths"]["/api/vqa"]["post"]["responses"]
-    assert {"200", "400", "404", "413", "422"} <= set(responses)
+    assert {"200", "400", "404", "413", "422", "503"} <= set(responses)
     assert responses["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
 
 
@@ -113,7 +114,7 @@ def test_openapi_describes_the_multipart_vqa_call(client):
 
 def test_upload_answers_like_the_library_with_a_heatmap(client, pipeline, examples):
     image = examples[0].read_bytes()
-    response = client.post("/api/vqa", data={"question": "what color is the circle?", "top_k": "4"},
+    response = client.post("/api/vqa", data={"question": "what color is the circle?", "top_k": "4", "heatmap": "true"},
                            files={"image": ("scene.jpg", image, "image/jpeg")})
     assert response.status_code == 200, response.text
     result = response.json()
@@ -129,8 +130,9 @@ def test_upload_answers_like_the_library_with_a_heatmap(client, pipeline, exampl
 
 
 def test_example_by_id_gives_the_same_answers_as_uploading_it(client, examples):
-    by_id = client.post("/api/vqa", data={"question": "how many shapes are there?", "example": "2"}).json()
-    uploaded = client.post("/api/vqa", data={"question": "how many shapes are there?"},
+    by_id = client.post("/api/vqa", data={"question": "how many shapes are there?", "example": "2",
+                                          "heatmap": "true"}).json()
+    uploaded = client.post("/api/vqa", data={"question": "how many shapes are there?", "heatmap": "true"},
                            files={"image": ("x.jpg", examples[2].read_bytes(), "image/jpeg")}).json()
     assert by_id["answers"] == uploaded["answers"] and by_id["attention"] == uploaded["attention"]
 
@@ -143,7 +145,7 @@ def test_non_ascii_and_long_questions_are_answered(client, question):
 
 @pytest.mark.parametrize("size,mode", [((1, 1), "RGB"), ((900, 40), "RGB"), ((64, 64), "L"), ((64, 64), "RGBA")])
 def test_images_of_odd_sizes_and_modes_are_answered(client, size, mode):
-    response = client.post("/api/vqa", data={"question": "is there a red square?"},
+    response = client.post("/api/vqa", data={"question": "is there a red square?", "heatmap": "true"},
                            files={"image": ("odd.png", png(size, mode), "image/png")})
     assert response.status_code == 200, response.text
     ratio = max(size) / 320

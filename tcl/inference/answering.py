@@ -5,13 +5,17 @@ from __future__ import annotations
 import torch
 
 from tcl.evaluation.answers import AnswerVocabulary
+from tcl.inference.precision import inference_autocast
 
 
 class AnswerPredictor:
-    """Scores every listed answer for a batch of questions with either head (the decoder ranks the top ``k``)."""
+    """Scores every listed answer for a batch of questions with either head (the decoder ranks the top ``k``).
+    ``precision`` is ``fp32`` or ``bf16`` (autocast; ``tcl.inference.precision``)."""
 
-    def __init__(self, model, tokenizer, vocabulary: AnswerVocabulary, k: int = 128, rank_score: str = "sequence"):
+    def __init__(self, model, tokenizer, vocabulary: AnswerVocabulary, k: int = 128, rank_score: str = "sequence",
+                 precision: str = "fp32"):
         self.model, self.vocabulary, self.k, self.rank_score = model, vocabulary, k, rank_score
+        self.precision = precision
         self.candidates = None
         if model.head == "decoder":
             tokens = tokenizer.encode_answers(vocabulary.answers)
@@ -30,8 +34,10 @@ class AnswerPredictor:
         device = next(self.model.parameters()).device
         candidates = None if self.candidates is None else tuple(t.to(device) for t in self.candidates)
         image_index = None if image_index is None else image_index.to(device)
-        return self.model.answer_scores(image.to(device), input_ids.to(device), attention_mask.to(device),
-                                        candidates, self.k, self.rank_score, image_index)
+        with inference_autocast(self.precision, device):
+            scores = self.model.answer_scores(image.to(device), input_ids.to(device), attention_mask.to(device),
+                                              candidates, self.k, self.rank_score, image_index)
+        return scores.float()
 
     def top_answers(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     top_k: int = 5, image_index: torch.Tensor | None = None) -> list[list[dict]]:

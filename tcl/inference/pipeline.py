@@ -3,6 +3,8 @@
 ``VQAPipeline`` pairs a VQA model with its processor and answers one question (a list of ``{"answer", "score"}``) or
 lists of images and questions (a list of such lists), in batches. It loads from a folder written by
 ``save_pretrained`` (or a hub name), or straight from a fine-tuning run folder (``runs/vqa_tiny``).
+``answer_batch`` answers prepared image tensors in one forward pass, each image encoded once for all its questions;
+``tcl predict`` and the request batcher of ``tcl serve`` use it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from tcl.atomic import write_json_atomic
 from tcl.inference.answering import AnswerPredictor
+from tcl.inference.precision import resolve_inference_precision
 from tcl.inference.processor import ImageSettings, TCLProcessor
 from tcl.models.saving import CONFIG_FILE, RUN_CONFIG, resolve_model_dir
 from tcl.models.vqa import TCLVQAModel
@@ -41,13 +44,23 @@ class VQAPipeline:
         self.model, self.processor = model.eval(), processor.fit_positions(model.model_config.max_position_embeddings)
         self.k_test, self.rank_score = k_test, rank_score
         self.predictor = AnswerPredictor(model, processor.tokenizer, processor.answers, k_test, rank_score)
+        self.precision_setting = "fp32"
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: str | torch.device) -> VQAPipeline:
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16`` (autocast): what answering runs in on the model's device."""
+        return self.predictor.precision
+
+    def to(self, device: str | torch.device, precision: str | None = None) -> VQAPipeline:
+        """Moves the model to ``device``; ``precision`` (``auto``: bf16 on a CUDA device with bf16, else fp32;
+        ``fp32``; ``bf16``) is resolved for it. Without ``precision`` the last setting stays (fp32 at first)."""
         self.model.to(device)
+        self.precision_setting = precision or self.precision_setting
+        self.predictor.precision = resolve_inference_precision(self.precision_setting, device)
         return self
 
     def __call__(self, image: Any | Sequence[Any], question: str | Sequence[str], top_k: int = 5,
@@ -79,15 +92,35 @@ class VQAPipeline:
         """The ``top_k`` answers of one question and where the model looked: the fusion encoder's cross-attention
         over the image patches as a [G, G] grid (maximum 1), from the same forward pass (``tcl.inference.attention``).
         """
-        from tcl.inference.attention import attention_grid, capture_cross_attention
-
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        batch = self.processor([image], [question])
+        answers, grids = self.answer_batch(self.processor.images([image]), [question], top_k, attention=True)
+        return answers[0], grids[0]
+
+    def answer_batch(self, images: torch.Tensor, questions: Sequence[str], top_k: int = 5,
+                     image_index: torch.Tensor | None = None, attention: bool = False
+                     ) -> tuple[list[list[dict]], torch.Tensor | None]:
+        """The ``top_k`` answers of prepared images and their questions, in one forward pass.
+
+        Args:
+            images: [N, 3, S, S] from ``processor.images``.
+            questions: B questions.
+            image_index: [B], each question's row of ``images``: an image is encoded once for all its questions.
+                None: one image per question (N = B).
+            attention: also return each question's cross-attention grid, [B, G, G] (as ``explain``).
+
+        Returns:
+            (answers per question, grids or None).
+        """
+        from tcl.inference.attention import attention_grid, capture_cross_attention
+
+        input_ids, attention_mask = self.processor.questions(list(questions))
+        if not attention:
+            return self.predictor.top_answers(images, input_ids, attention_mask, top_k, image_index), None
         with capture_cross_attention(self.model) as maps:
-            answers = self.predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k)
+            answers = self.predictor.top_answers(images, input_ids, attention_mask, top_k, image_index)
         # The decoder head runs the question through the fusion encoder once; its own layers are not hooked.
-        return answers[0], attention_grid(maps[:len(self.model.fusion_encoder.layer)], batch["attention_mask"])[0]
+        return answers, attention_grid(maps[:len(self.model.fusion_encoder.layer)], attention_mask)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Model, processor and answering settings in one folder, loadable with ``tcl.load_vqa``."""

@@ -1,13 +1,18 @@
 """``tcl predict``: answers from the command line, one question or a JSON-lines batch.
 
     tcl predict --model runs/demo/model --image img.jpg --question "what color is the circle?" [--top-k 5]
-    tcl predict --model runs/demo/model --input questions.jsonl --output answers.jsonl
+    tcl predict --model runs/demo/model --input questions.jsonl --output answers.jsonl [--workers 4]
 
 A batch line is ``{"image": PATH, "question": TEXT}`` (any other fields, e.g. ``"id"``, are copied to the answer);
 relative image paths are looked up beside the input file first, then in the current folder. Every input line gets
 one output line, in order: ``{..., "answers": [{"answer", "score"}, ...]}``, or ``{..., "error": MESSAGE}`` when the
 line cannot be answered (bad JSON, missing field, empty question, missing or unreadable image) — the rest goes on.
 Exit code 0 when every line was answered, 1 when some failed, 2 for a usage error (no model, no input file).
+
+Batch mode reads and checks every line first, then decodes each distinct image once, in ``--workers`` loader
+processes, and answers all the questions of an image with one pass of the image encoder: a forward pass holds whole
+images and their questions (up to ``--batch-size`` questions; an image with more questions than that is split over
+passes, and encoded once per pass). Answers are written in the input's order as soon as all earlier lines have theirs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
         raise TclError("one question needs both --image and --question.")
     if args.top_k < 1:
         raise TclError(f"--top-k must be at least 1, got {args.top_k}.")
+    if args.batch_size < 1:
+        raise TclError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.workers is not None and args.workers < 0:
+        raise TclError(f"--workers must be 0 (decode in this process) or more, got {args.workers}.")
     if args.input is not None and not Path(args.input).is_file():
         raise TclError(f"{args.input}: input file not found.")
     from tcl.inference import load_vqa
 
-    pipeline = load_vqa(args.model).to(args.device)
+    pipeline = load_vqa(args.model, args.device, args.precision)
     if single:
         return _answer_one(pipeline, args)
     return _answer_batch(pipeline, args)
@@ -55,11 +65,17 @@ def _answer_one(pipeline, args) -> int:
     return 0
 
 
+def default_workers() -> int:
+    """Loader processes for batch mode: the CPUs this process may use, at most 4."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cpus)
+
+
 @dataclass
 class _Line:
     number: int
     record: dict[str, Any] = field(default_factory=dict)
-    image: torch.Tensor | None = None
+    image_path: Path | None = None
     question: str = ""
     error: str | None = None
 
@@ -67,30 +83,28 @@ class _Line:
 def _answer_batch(pipeline, args) -> int:
     from tqdm.auto import tqdm
 
-    input_path = Path(args.input)
-    with input_path.open("rb") as handle:
-        total = sum(1 for _ in handle)
+    lines = list(_read_lines(Path(args.input), pipeline.processor))
+    workers = default_workers() if args.workers is None else args.workers
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    failed = 0
     try:
-        with tqdm(total=total, desc="predict", unit="question", disable=args.output is None) as bar:
-            for chunk in _chunks(_read_lines(input_path, pipeline.processor), args.batch_size):
-                for line in _answer_chunk(pipeline, chunk, args.top_k):
-                    failed += line.error is not None
-                    out.write(json.dumps(_output_record(line), ensure_ascii=False) + "\n")
-                out.flush()
-                bar.update(len(chunk))
+        with tqdm(total=len(lines), desc="predict", unit="question", disable=args.output is None) as bar:
+            writer = _InOrderWriter(lines, out, bar)
+            writer.done(line for line in lines if line.error is not None)
+            for answered in _answer_by_image(pipeline, lines, args.batch_size, args.top_k, workers):
+                writer.done(answered)
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"answered {total - failed} of {total} lines; {failed} failed" + (f" (see {args.output})" if failed and
-          args.output else ""), file=sys.stderr)
+    failed = sum(line.error is not None for line in lines)
+    print(f"answered {len(lines) - failed} of {len(lines)} lines; {failed} failed" + (f" (see {args.output})" if
+          failed and args.output else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
 def _read_lines(path: Path, processor) -> Iterator[_Line]:
-    """Each input line, parsed and with its image decoded, or with the error that stops it. Lines are decoded one by
-    one, so a line that is not UTF-8 is its own error record (a UTF-8 byte-order mark at the start is allowed)."""
+    """Each input line, parsed and checked (its image is only located, decoded later), or with the error that stops
+    it. Lines are decoded one by one, so a line that is not UTF-8 is its own error record (a UTF-8 byte-order mark at
+    the start is allowed)."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -107,8 +121,6 @@ def _read_lines(path: Path, processor) -> Iterator[_Line]:
 
 
 def _parse_line(number: int, text: str, base: Path, processor) -> _Line:
-    from tcl.errors import BadSampleError
-
     line = _Line(number)
     try:
         record = json.loads(text)
@@ -132,11 +144,11 @@ def _parse_line(number: int, text: str, base: Path, processor) -> _Line:
     if line.error:
         return line
     try:
-        line.image = processor.images(_locate(image, base))[0]
         processor.questions(question)  # an empty question after normalisation fails here, for this line only
-        line.question = question
-    except (BadSampleError, ValueError) as error:
+    except ValueError as error:
         line.error = f"line {number}: {error}"
+        return line
+    line.image_path, line.question = _locate(image, base), question
     return line
 
 
@@ -147,25 +159,91 @@ def _locate(image: str, base: Path) -> Path:
     return path
 
 
-def _chunks(lines: Iterator[_Line], size: int) -> Iterator[list[_Line]]:
-    chunk: list[_Line] = []
+class _ImageFiles(torch.utils.data.Dataset):
+    """The distinct images of the input, prepared by the processor: (index, image or None, error or None)."""
+
+    def __init__(self, paths: list[Path], processor):
+        self.paths, self.processor = paths, processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        from tcl.errors import BadSampleError
+
+        try:
+            return index, self.processor.images(self.paths[index])[0], None
+        except (BadSampleError, ValueError) as error:
+            return index, None, str(error)
+
+
+def _one_item(item):
+    return item
+
+
+def _answer_by_image(pipeline, lines: list[_Line], batch_size: int, top_k: int, workers: int
+                     ) -> Iterator[list[_Line]]:
+    """Answers the lines without an error, each image decoded and encoded once for all its questions; yields the
+    lines of each forward pass (and of each image that could not be read) as they are done."""
+    groups: dict[str, list[_Line]] = {}
     for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        if line.error is None:  # the same file named two ways (img.jpg, ./img.jpg) is one image
+            groups.setdefault(os.path.realpath(line.image_path), []).append(line)
+    if not groups:
+        return
+    grouped = list(groups.values())
+    files = _ImageFiles([group[0].image_path for group in grouped], pipeline.processor)
+    loader = torch.utils.data.DataLoader(files, batch_size=None, num_workers=min(workers, len(files)),
+                                         collate_fn=_one_item)
+    images: list[torch.Tensor] = []
+    batch: list[_Line] = []
+    image_index: list[int] = []
+    for index, image, error in loader:
+        if error is not None:
+            for line in grouped[index]:
+                line.error = f"line {line.number}: {error}"
+            yield grouped[index]
+            continue
+        for start in range(0, len(grouped[index]), batch_size):
+            questions = grouped[index][start:start + batch_size]
+            if len(batch) + len(questions) > batch_size:
+                yield _answer(pipeline, images, batch, image_index, top_k)
+                images, batch, image_index = [], [], []
+            images.append(image)
+            batch += questions
+            image_index += [len(images) - 1] * len(questions)
+    if batch:
+        yield _answer(pipeline, images, batch, image_index, top_k)
 
 
-def _answer_chunk(pipeline, chunk: list[_Line], top_k: int) -> list[_Line]:
-    good = [line for line in chunk if line.error is None]
-    if good:
-        input_ids, attention_mask = pipeline.processor.questions([line.question for line in good])
-        images = torch.stack([line.image for line in good])
-        for line, answers in zip(good, pipeline.predictor.top_answers(images, input_ids, attention_mask, top_k)):
-            line.record["answers"] = answers
-    return chunk
+def _answer(pipeline, images: list[torch.Tensor], batch: list[_Line], image_index: list[int], top_k: int
+            ) -> list[_Line]:
+    answers, _ = pipeline.answer_batch(torch.stack(images), [line.question for line in batch], top_k,
+                                       torch.tensor(image_index))
+    for line, found in zip(batch, answers):
+        line.record["answers"] = found
+    return batch
+
+
+class _InOrderWriter:
+    """Writes each line's output record once it and every line before it are done."""
+
+    def __init__(self, lines: list[_Line], out, bar):
+        self.lines, self.out, self.bar = lines, out, bar
+        self.finished = [False] * len(lines)
+        self.next = 0
+
+    def done(self, lines) -> None:
+        for line in lines:
+            self.finished[line.number - 1] = True
+        start = self.next
+        while self.next < len(self.lines) and self.finished[self.next]:
+            self.out.write(json.dumps(_output_record(self.lines[self.next]), ensure_ascii=False) + "\n")
+            self.lines[self.next].record = {}  # written: its answers need not stay in memory
+            self.next += 1
+        if self.next > start:
+            self.out.flush()
+            self.bar.update(self.next - start)
 
 
 def _output_record(line: _Line) -> dict[str, Any]:

@@ -2,15 +2,22 @@
 
 Routes:
     ``GET /``                      the page (plain HTML and JavaScript, no front-end build).
-    ``POST /api/vqa``              multipart ``image`` (a file) or ``example`` (an id), ``question``, ``top_k`` →
-                                   the top answers with scores and the cross-attention heat map.
+    ``POST /api/vqa``              multipart ``image`` (a file) or ``example`` (an id), ``question``, ``top_k``,
+                                   ``heatmap`` → the top answers with scores (and, with ``heatmap=true``, the
+                                   cross-attention heat map).
     ``GET /api/examples``          the example images the server offers; ``GET /api/examples/{id}`` one of them.
     ``GET /api/health``            the model's head, answer count and image size.
     ``GET /openapi.json``          the API's OpenAPI description (FastAPI writes it from the code below).
 
 Safety: requests never name files (examples are chosen by number from a list the server made at start); request
 bodies are capped before they are read; images are decoded with a pixel limit; every error is JSON
-``{"error": {"status", "code", "message"}}`` with a fitting status code; the model runs one request at a time.
+``{"error": {"status", "code", "message"}}`` with a fitting status code.
+
+Batching: requests are checked and decoded in their own threads, then answered together by one worker thread
+(``tcl.serving.batching``): the questions waiting for the model, up to ``max_batch``, share one forward pass, which
+waits up to ``max_wait_ms`` for requests still being decoded. Heat maps come from the same pass (the attention hooks
+see the whole batch); only the requests that ask for one pay for drawing it. With ``max_queue`` requests waiting,
+further ones get 503 at once.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import base64
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -33,10 +43,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tcl.data.images import as_rgb_image
 from tcl.errors import BadSampleError, DataError
 from tcl.inference.attention import heatmap_overlay, png_bytes
+from tcl.serving.batching import BatcherClosed, QueueFull, RequestBatcher
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+SHUTTING_DOWN = "the server is shutting down; try again when it is back."
 
 
 @dataclass
@@ -57,6 +69,11 @@ class ServeSettings:
     # Connections served at once (uvicorn answers 503 beyond); slow request heads are closed after 10 s
     # (tcl.serving.protocol).
     max_connections: int = 64
+    # Questions answered in one forward pass at most, how long a batch waits for requests still being decoded
+    # (milliseconds), and how many may wait for the model before further requests get 503 (tcl.serving.batching).
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
 
 
 class Answer(BaseModel):
@@ -72,7 +89,7 @@ class Attention(BaseModel):
 class VQAResponse(BaseModel):
     question: str
     answers: list[Answer]
-    attention: Attention
+    attention: Attention | None = None  # with heatmap=true only
     elapsed_ms: float
 
 
@@ -97,7 +114,8 @@ ERROR_RESPONSES = {400: {"model": ErrorBody, "description": "bad question, image
                    408: {"model": ErrorBody, "description": "the request body arrived too slowly"},
                    413: {"model": ErrorBody, "description": "request body or image too large"},
                    422: {"model": ErrorBody, "description": "malformed form fields"},
-                   500: {"model": ErrorBody, "description": "an unforeseen failure (details in the server's log)"}}
+                   500: {"model": ErrorBody, "description": "an unforeseen failure (details in the server's log)"},
+                   503: {"model": ErrorBody, "description": "too many requests waiting, or the server is stopping"}}
 
 
 class ApiError(Exception):
@@ -118,11 +136,41 @@ def find_examples(folder: str | Path, limit: int = 12) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
 
 
+@dataclass
+class QuestionItem:
+    """One request as the batcher answers it: the prepared image [3, S, S], the checked question, and what to
+    return."""
+
+    image: torch.Tensor
+    question: str
+    top_k: int
+    heatmap: bool = False
+
+
+def answer_items(pipeline, items: Sequence[QuestionItem]) -> list[tuple[list[dict], torch.Tensor | None]]:
+    """(answers, heat-map grid or None) of each item, from one forward pass over all of them."""
+    answers, grids = pipeline.answer_batch(torch.stack([item.image for item in items]),
+                                           [item.question for item in items], max(item.top_k for item in items),
+                                           attention=any(item.heatmap for item in items))
+    return [(found[:item.top_k], grids[n] if item.heatmap else None)
+            for n, (item, found) in enumerate(zip(items, answers))]
+
+
 def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
-    """The app for a loaded ``VQAPipeline``."""
+    """The app for a loaded ``VQAPipeline``; ``app.state.batcher`` answers its questions."""
     settings = settings or ServeSettings()
-    app = FastAPI(title="tcl VQA", version="1", description="Ask questions about images with a TCL VQA model.")
-    model_lock = threading.Lock()
+    # The worker looks ``pipeline.answer_batch`` up at each batch (tests replace it to make the model fail).
+    batcher = RequestBatcher(lambda items: answer_items(pipeline, items), settings.max_batch,
+                             settings.max_wait_ms / 1000, settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="tcl VQA", version="1", description="Ask questions about images with a TCL VQA model.",
+                  lifespan=lifespan)
+    app.state.batcher = batcher
     decoding = threading.BoundedSemaphore(settings.concurrent_decodes)
     _install_error_handlers(app)
     _refuse_form_fields_that_are_not_utf8()
@@ -156,22 +204,45 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
     def answer(question: str = Form("", description="the question, in English"),
                image: UploadFile | None = File(None, description="an image file (JPEG, PNG, ...)"),
                example: int | None = Form(None, description="the id of an example image instead of a file"),
-               top_k: int = Form(5, description="how many answers to return")) -> VQAResponse:
+               top_k: int = Form(5, description="how many answers to return"),
+               heatmap: bool = Form(False, description="also return the cross-attention heat map")) -> VQAResponse:
         question = _check_question(question, settings, pipeline.processor)
         if not 1 <= top_k <= settings.max_top_k:
             raise ApiError(400, "bad_top_k", f"top_k must be between 1 and {settings.max_top_k}, got {top_k}.")
-        with decoding:
-            picture = _read_image(image, example, settings)
-        start = time.perf_counter()
-        with model_lock:
-            answers, grid = pipeline.explain(picture, question, top_k)
-        overlay = base64.b64encode(png_bytes(heatmap_overlay(picture, grid.numpy()))).decode("ascii")
-        return VQAResponse(question=question, answers=[Answer(**a) for a in answers],
-                           attention=Attention(grid=[[round(float(v), 4) for v in row] for row in grid.tolist()],
-                                               overlay_png=f"data:image/png;base64,{overlay}"),
-                           elapsed_ms=round((time.perf_counter() - start) * 1000, 1))
+        with batcher.coming() as arrival:  # a batch that has begun waits for this request (up to max_wait_ms)
+            with decoding:
+                picture = _read_image(image, example, settings)
+                prepared = pipeline.processor.images([picture])[0]
+            start = time.perf_counter()
+            future = _submit(batcher, QuestionItem(prepared, question, top_k, heatmap), arrival, settings)
+        answers, grid = _result(future)
+        elapsed_ms = round((time.perf_counter() - start) * 1000, 1)
+        attention = None
+        if grid is not None:
+            overlay = base64.b64encode(png_bytes(heatmap_overlay(picture, grid.numpy()))).decode("ascii")
+            attention = Attention(grid=[[round(float(v), 4) for v in row] for row in grid.tolist()],
+                                  overlay_png=f"data:image/png;base64,{overlay}")
+        return VQAResponse(question=question, answers=[Answer(**a) for a in answers], attention=attention,
+                           elapsed_ms=elapsed_ms)
 
     return app
+
+
+def _submit(batcher: RequestBatcher, item: QuestionItem, arrival, settings: ServeSettings):
+    try:
+        return batcher.submit(item, arrival)
+    except QueueFull:
+        raise ApiError(503, "busy", f"the server has {settings.max_queue} questions waiting for the model; try "
+                                    "again in a moment.") from None
+    except BatcherClosed:
+        raise ApiError(503, "shutting_down", SHUTTING_DOWN) from None
+
+
+def _result(future):
+    try:
+        return future.result()
+    except BatcherClosed:
+        raise ApiError(503, "shutting_down", SHUTTING_DOWN) from None
 
 
 def _check_question(question: str, settings: ServeSettings, processor) -> str:

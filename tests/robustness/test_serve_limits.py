@@ -158,7 +158,7 @@ def test_questions_the_model_cannot_take(pipeline, shapes_root, monkeypatch):
     assert "empty after normalisation" in message
     gibberish = " ".join(["qwertyuiopasdfghjklzxcvbnm"] * 3)  # word pieces past the 64 positions: cut, answered
     assert client.post("/api/vqa", data={"question": gibberish, "example": "0"}).status_code == 200
-    monkeypatch.setattr(pipeline, "explain", lambda *a, **k: 1 / 0)  # any unforeseen failure: the same JSON shape
+    monkeypatch.setattr(pipeline, "answer_batch", lambda *a, **k: 1 / 0)  # any unforeseen failure: the same JSON shape
     broken = TestClient(create_app(pipeline, ServeSettings(examples=examples)), raise_server_exceptions=False)
     assert "ZeroDivisionError" in error_of(broken.post("/api/vqa", data={"question": "what?", "example": "0"}), 500,
                                            "internal_error")

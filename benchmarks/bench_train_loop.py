@@ -15,8 +15,9 @@ queue 65,536, batch 64 per GPU); ``tiny`` is the embedded demo's model. A run is
 settings joined with ``+``: ``fp32``, ``bf16``, ``bf16+checkpointing`` (``train.grad_checkpointing``),
 ``bf16+compile`` (``train.compile``). MFU = samples/s × model FLOPs per sample (torch's FLOP counter over one
 forward and backward of the model, ``scripts/bench_train.py``) ÷ the dense matmul FLOP/s of that dtype measured on
-the same device. ``--largest-batch`` also finds the largest batch per device whose model step fits in memory (the
-batch grows by half until it runs out).
+the same device. ``--largest-batch`` also finds the largest batch per device whose model step fits in memory, in the
+first run's precision (the batch grows by half until it runs out). ``--loader`` also times the loader alone (the same dataset, transforms,
+collation and workers, no model) over as many batches: were it slower than the loop, it would be the bottleneck.
 """
 
 from __future__ import annotations
@@ -83,18 +84,22 @@ def make_data(folder: Path, images: int, seed: int = 0) -> Path:
     return folder
 
 
+def loop_overrides(size: str, data: Path, batch: int, workers: int) -> list[str]:
+    """The size's config on the generated set, evaluation off."""
+    return [*SIZES[size]["overrides"], f"data.root={data}", f"data.tokenizer={data / 'tokenizer'}",
+            "data.pretrain_source=albef_json", "data.pretrain_files=[pairs.json]", "data.pretrain_instances=[]",
+            "eval.retrieval_file=null", f"train.batch_size={batch}", f"data.num_workers={workers}"]
+
+
 def run_loop(name: str, size: str, data: Path, out: Path, steps: int, log_every: int, workers: int,
              devices: int, batch: int) -> dict:
     """One ``tcl pretrain`` run (name: precision[+setting...]); its samples/s and peak memory."""
     precision, *settings = name.split("+")
-    spec = SIZES[size]
-    overrides = [*spec["overrides"], f"data.root={data}", f"data.tokenizer={data / 'tokenizer'}",
-                 "data.pretrain_source=albef_json", "data.pretrain_files=[pairs.json]", "data.pretrain_instances=[]",
-                 "eval.retrieval_file=null", f"train.output_dir={out / name}", f"train.batch_size={batch}",
+    overrides = [*loop_overrides(size, data, batch, workers), f"train.output_dir={out / name}",
                  f"train.max_steps={steps}", f"train.log_every={log_every}", "train.save_every=null",
-                 f"data.num_workers={workers}", f"train.mixed_precision={PRECISIONS[precision]}", "train.epochs=1000",
+                 f"train.mixed_precision={PRECISIONS[precision]}", "train.epochs=1000",
                  *(SETTINGS[setting] for setting in settings)]
-    command = ["-m", "tcl", "pretrain", "--config", str(REPO / spec["config"]), *overrides, "--overwrite"]
+    command = ["-m", "tcl", "pretrain", "--config", str(REPO / SIZES[size]["config"]), *overrides, "--overwrite"]
     if devices > 1:
         command = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(devices), *command]
     started = time.perf_counter()
@@ -110,9 +115,31 @@ def run_loop(name: str, size: str, data: Path, out: Path, steps: int, log_every:
             "wall_s": time.perf_counter() - started}
 
 
-def model_numbers(size: str, device: str, precisions: set[str], largest: bool) -> dict:
+def loader_throughput(size: str, data: Path, batch: int, workers: int, batches: int) -> dict:
+    """Samples/s of the training loader alone (one process's), over ``batches`` batches after the first."""
+    from tcl.config import load_config
+    from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokenizer, pretrain_collator
+
+    config = load_config(REPO / SIZES[size]["config"], loop_overrides(size, data, batch, workers))
+    loader = build_loader(build_pretrain_dataset(config), pretrain_collator(config, build_tokenizer(config)), batch,
+                          shuffle=True, num_workers=workers, drop_last=True)
+    loader.sampler.set_epoch(0)
+    iterator = iter(loader)
+    next(iterator)  # workers start
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            seen += len(next(iterator)["input_ids"])
+        except StopIteration:
+            loader.sampler.set_epoch(1)
+            iterator = iter(loader)
+    return {"loader_samples_per_s": seen / (time.perf_counter() - start), "loader_workers": workers,
+            "loader_batches": batches}
+
+
+def model_numbers(size: str, device: str, precisions: list[str], largest: bool) -> dict:
     """FLOPs per sample of the model step, the matmul peak of each precision, and (``largest``) the largest batch
-    per device whose step fits, each from an in-process model on ``device``."""
+    per device whose step fits in the first precision, each from an in-process model on ``device``."""
     bench = load_bench_train()
     bench.DEVICE = torch.device(device)
     model, optimizer, inputs, batch = bench.build(SIZES[size]["model"], SIZES[size]["overrides"], "infonce", batch=2)
@@ -122,8 +149,8 @@ def model_numbers(size: str, device: str, precisions: set[str], largest: bool) -
     for precision in precisions:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         numbers["matmul_flops_per_s"][precision] = bench.matmul_flops_per_s(dtype)
-        if largest:
-            numbers["largest_batch"][precision] = largest_batch(bench, size, precision == "bf16")
+    if largest:
+        numbers["largest_batch"][precisions[0]] = largest_batch(bench, size, precisions[0] == "bf16")
     return numbers
 
 
@@ -160,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="where the generated set goes (default data/bench_<size>)")
     parser.add_argument("--out", default=None, help="run folders (default runs/bench_train_loop)")
     parser.add_argument("--largest-batch", action="store_true", help="also find the largest batch that fits")
+    parser.add_argument("--loader", action="store_true", help="also time the loader alone")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     for name in args.runs:
@@ -176,19 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or REPO / "runs/bench_train_loop")
     batch = args.batch or SIZES[args.size]["batch"]
     runs = [run_loop(name, args.size, data, out, steps, log_every, workers, devices, batch) for name in args.runs]
+    loader = loader_throughput(args.size, data, batch, workers, steps) if args.loader else {}
     model = model_numbers(args.size, "cuda" if devices and args.device.startswith("cuda") else "cpu",
-                          {run["precision"] for run in runs}, args.largest_batch)
+                          list(dict.fromkeys(run["precision"] for run in runs)), args.largest_batch)
     for run in runs:
         achieved = run["samples_per_s"] * model["flops_per_sample"]
         run["mfu"] = achieved / (model["matmul_flops_per_s"][run["precision"]] * devices)
     result = {"machine": machine(args.device), "date": time.strftime("%Y-%m-%d"), "size": args.size,
               "command": " ".join(["python benchmarks/bench_train_loop.py", *(argv or sys.argv[1:])]),
-              "workers_per_process": workers, **model, "runs": runs}
+              "workers_per_process": workers, **model, **loader, "runs": runs}
     print("| run | batch/device | devices | samples/s | MFU | peak memory |")
     print("|---|---|---|---|---|---|")
     for run in runs:
         print(f"| {run['run']} | {run['batch_per_device']} | {run['devices']} | {run['samples_per_s']:.1f} | "
               f"{100 * run['mfu']:.1f} % | {run['peak_memory_mb']:.0f} MB |")
+    if loader:
+        print(f"loader alone: {loader['loader_samples_per_s']:.1f} samples/s per process ({workers} workers)")
     if model["largest_batch"]:
         print("largest batch per device: " + ", ".join(f"{k} {v}" for k, v in model["largest_batch"].items()))
     if args.json:

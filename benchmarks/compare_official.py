@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{run['peak_mb']:.0f} MB  last losses {run['last_losses']}", flush=True)
     medians = {side: statistics.median(r["median_s"] for r in runs if r["side"] == side) for side in ("official", "ours")}
     ratios = [b["median_s"] / a["median_s"] for a, b in zip(runs[0::2], runs[1::2])]
-    summary = {"config": args.config, "settings": args.settings, "precision": args.precision,
+    summary = {"config": args.config, "batch": CONFIGS[args.config]["batch"], "settings": args.settings,
+               "precision": args.precision,
                "device": args.device, "rounds": args.rounds,
                "steps": args.steps, "median_official_s": medians["official"], "median_ours_s": medians["ours"],
                "ratio": medians["ours"] / medians["official"], "ratio_min": min(ratios), "ratio_max": max(ratios),

@@ -82,7 +82,8 @@ def build_vision_encoder(model: ModelConfig) -> PixelVisionTransformer:
                                      num_heads=model.vision_heads,
                                      mlp_ratio=model.vision_mlp_ratio, qkv_bias=True, num_classes=0,
                                      global_pool="", class_token=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                                     embed_layer=embed_layer, weight_init="jax" if model.init_scheme == "xavier" else "")
+                                     embed_layer=embed_layer,
+                                     weight_init="jax" if model.init_scheme == "xavier" else "")
     if model.init_scheme == "xavier_qk":
         init_query_key_xavier(encoder)
     if model.pos_embed_init == "sincos":

@@ -113,3 +113,79 @@ def test_a_run_that_recovers_before_its_log_line_goes_on(tmp_path, caplog):
     trainer, model = run(tmp_path, {2, 3, 4}, "train.max_nonfinite_steps=3", "train.log_every=10")
     assert trainer.fit() == 0
     assert trainer.nonfinite_skipped == 3 and "(0 in a row at step 10, 3 in total)" in caplog.text
+
+
+WORKER = '''
+import json, sys
+from dataclasses import dataclass, field
+import torch
+from tcl.config import load_config
+from tcl.data.bad_samples import SkipReport
+from tcl.engine.runtime import build_accelerator, check_distributed_setup
+from tcl.engine.trainer import Trainer
+
+@dataclass
+class Output:
+    loss: torch.Tensor
+    losses: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+
+class Loader:
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.batches = [{"x": torch.randn(4, 3, generator=g), "index": i} for i in range(8)]
+        self.sampler, self.start = self, 0
+    def set_epoch(self, epoch, start=0):
+        self.start = start
+    def __iter__(self):
+        return iter(self.batches[self.start:])
+
+out, repo = sys.argv[1], sys.argv[2]
+config = load_config(repo + "/configs/vqa_tiny.yaml", ["train.output_dir=" + out, "train.epochs=1",
+                                                       "train.log_every=4", "train.batch_size=4"])
+accelerator = build_accelerator(config)
+check_distributed_setup(accelerator, config)
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+weights = {}
+
+def step_fn(model, batch, alpha, boundary, device, step=0):
+    weights[batch["index"]] = [float(w) for w in accelerator.unwrap_model(model).weight.detach().flatten()]
+    loss = model(batch["x"].to(device)).pow(2).mean()
+    if batch["index"] == 3 and accelerator.process_index == 1:  # one process only
+        loss = loss * float("nan")
+    return Output(loss)
+
+trainer = Trainer(config, accelerator, model, optimizer, scheduler, Loader(), 8, {"epoch": 0, "batch": 0, "step": 0},
+                  SkipReport(), step_fn)
+trainer.fit()
+with open(out + "/rank%d.json" % accelerator.process_index, "w") as handle:
+    json.dump({"skipped": trainer.nonfinite_skipped, "weights": weights}, handle)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["cpu_multiprocess", "deepspeed_zero2"])
+def test_a_nonfinite_loss_on_one_process_is_skipped_by_every_process(tmp_path, launcher):
+    """Two real processes (DDP: decided on the device; DeepSpeed: read by the host); the NaN is on process 1 only."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                             str(REPO / f"configs/accelerate/{launcher}.yaml"), "--num_processes", "2", str(script),
+                             str(tmp_path), str(REPO)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [rank["skipped"] for rank in ranks] == [1, 1]
+    for rank in ranks:
+        assert rank["weights"]["4"] == rank["weights"]["3"]  # the step of batch 3 left every process's weights
+        assert rank["weights"]["3"] != rank["weights"]["2"]  # while the others update
+    assert ranks[0]["weights"] == ranks[1]["weights"]

@@ -4,12 +4,12 @@
 #   bash benchmarks/gpu_check.sh [OUT.json]            # default: benchmarks/results/gpu_check.json
 #
 # Where it runs: one CUDA GPU, a Python (3.12 expected) with its own PyTorch (>= 2.6), transformers (>= 5), timm and
-# accelerate, and no internet. Whatever else the project imports (datasets, matplotlib, tensorboard, their
+# accelerate, and no internet. Whatever else the project imports (datasets, ijson, matplotlib, tensorboard, their
 # dependencies) is installed, when missing, from the wheels in $TCL_WHEELS (default: data/wheels). Prepare them on a
 # machine with internet and the same Python, constrained to what the GPU machine has (`pip freeze > device.txt`
 # there):
 #   pip download -d data/wheels --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#       --platform manylinux_2_28_x86_64 -c device.txt datasets matplotlib tensorboard
+#       --platform manylinux_2_28_x86_64 -c device.txt datasets ijson matplotlib tensorboard
 # The project itself is not installed: PYTHONPATH points at this checkout.
 #
 # What it records (each stage has its own time limit; a stage that fails is recorded with its error and the next
@@ -55,7 +55,8 @@ stage() {  # stage NAME SECONDS COMMAND...: runs it, keeps its output tail, reco
 
 missing=$(python - <<'EOF'
 import importlib.util
-needed = {"datasets": "datasets", "matplotlib": "matplotlib", "tensorboard": "tensorboard", "yaml": "pyyaml",
+needed = {"datasets": "datasets", "ijson": "ijson", "matplotlib": "matplotlib", "tensorboard": "tensorboard",
+          "yaml": "pyyaml",
           "PIL": "pillow", "tqdm": "tqdm", "safetensors": "safetensors", "filelock": "filelock"}
 print(" ".join(package for module, package in needed.items() if importlib.util.find_spec(module) is None))
 EOF

@@ -299,3 +299,16 @@ def test_objective_study_pretraining_only_records_retrieval(shapes_root, tmp_pat
     assert {"i2t_r1", "t2i_r1", "itm_accuracy", "alignment"} <= set(runs[0])
     assert "| debiased_neg | 1 |" in (tmp_path / "pretraining_only" / "table.md").read_text()
     assert (tmp_path / "pretraining_only" / "objectives.png").is_file()
+
+
+def test_bench_index_builds_the_streamed_index_of_a_generated_list(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_index", REPO / "benchmarks" / "bench_index.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "index.json"
+    assert bench.main(["--entries", "3000", "--compare-json-load", "--folder", str(tmp_path / "work"),
+                       "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["streamed_index"]["rows"] == result["json_load"]["rows"] == 3000
+    assert result["streamed_index"]["peak_rss_mb"] > 0 and result["list_mb"] > 0
+    assert not (tmp_path / "work").exists()  # the list and its index are deleted

@@ -26,7 +26,7 @@ from tcl.data.bad_samples import merge_skipped
 from tcl.data.base import TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
-from tcl.data.json_io import load_json
+from tcl.data.json_io import load_json, stream_json_list
 from tcl.data.text import pre_caption
 from tcl.data.transforms import ViewWithCrop, box_in_crop
 from tcl.data.tokenizer import TclTokenizer
@@ -170,18 +170,15 @@ def albef_json_table(files: Sequence[str | Path], on_bad_sample: str, cache_dir:
                      ) -> tuple[datasets.Dataset, Counter]:
     """Indexes ALBEF/TCL pretraining lists ``[{"image": path, "caption": str | [str, ...]}, ...]``.
 
-    Image files are not checked here (the lists span millions of files in many folders); unreadable images are
-    handled when loaded.
+    The lists are parsed as they are read (``stream_json_list``), so CC12M's (14 million entries, gigabytes of JSON)
+    needs little memory. Image files are not checked here (the lists span millions of files in many folders);
+    unreadable images are handled when loaded.
     """
     key = source_key(files, extra=f"albef|{on_bad_sample}")
 
     def rows(skipped: Counter) -> Iterator[dict]:
         for path in files:
-            entries = load_json(path)
-            if not isinstance(entries, list):
-                raise DataError(f"{path}: expected a JSON list of {{'image', 'caption'}} entries, got "
-                                f"{type(entries).__name__}.")
-            for position, entry in enumerate(entries):
+            for position, entry in enumerate(stream_json_list(path)):
                 row = _albef_row(entry, f"{path}: entry {position}", on_bad_sample, skipped)
                 if row is not None:
                     yield row

@@ -14,12 +14,13 @@ import json
 import logging
 import os
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from tcl.atomic import atomic_write, write_json_atomic
 
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 # Bump when the row layout of an index changes, so old caches are not reused.
 INDEX_VERSION = 1
+# How often a process waiting for another's index build says so, and how often a build reports its rows.
+WAIT_MESSAGE_S = 30
+PROGRESS_ROWS = 1_000_000
 
 
 def default_cache_dir() -> Path:
@@ -50,20 +54,48 @@ def cached_index(name: str, key: str, features: datasets.Features,
 
     ``build_rows`` receives a Counter in which it counts the rows it left out, by reason; the counts are stored with
     the index and returned on every load so that skipped rows are always reported.
-    Concurrent processes (``accelerate launch``) wait on a file lock while one of them builds the index.
+    Concurrent processes (``accelerate launch``) wait on a file lock while one of them builds the index, saying so
+    every ``WAIT_MESSAGE_S`` seconds; the builder logs its progress every ``PROGRESS_ROWS`` rows.
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     arrow_path = folder / f"{name}-{key}.arrow"
     report_path = folder / f"{name}-{key}.skipped.json"
-    with FileLock(str(folder / f"{name}-{key}.lock")):
+    with _wait_for(FileLock(str(folder / f"{name}-{key}.lock")), f"the {name} index {arrow_path}"):
         if not arrow_path.exists():
             skipped: Counter = Counter()
-            _write_arrow(arrow_path, features, build_rows(skipped))
+            _write_arrow(arrow_path, features, _counted(build_rows(skipped), f"{name} index"))
             write_json_atomic(dict(skipped), report_path)
     table = datasets.Dataset.from_file(str(arrow_path))
     skipped = Counter(json.loads(report_path.read_text())) if report_path.exists() else Counter()
     return table, skipped
+
+
+@contextmanager
+def _wait_for(lock: FileLock, what: str) -> Iterator[None]:
+    """Holds ``lock``; while another process holds it, says every ``WAIT_MESSAGE_S`` seconds that this one waits."""
+    waited = 0
+    while True:
+        try:
+            lock.acquire(timeout=WAIT_MESSAGE_S)
+            break
+        except Timeout:
+            waited += WAIT_MESSAGE_S
+            logger.info("waiting %d s for another process building %s", waited, what)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _counted(rows: Iterable[dict], what: str) -> Iterator[dict]:
+    count = 0
+    for count, row in enumerate(rows, 1):
+        if count % PROGRESS_ROWS == 0:
+            logger.info("%s: %d rows so far", what, count)
+        yield row
+    if count >= PROGRESS_ROWS:
+        logger.info("%s: %d rows", what, count)
 
 
 def _write_arrow(path: Path, features: datasets.Features, rows: Iterable[dict]) -> None:

@@ -60,3 +60,30 @@ def test_the_loader_skips_disagreeing_image_ids_and_reports_irregular_answers(sh
     third = rows[annotations[2]["question_id"]]["answers"]
     assert len(third) == 9 and None not in third
     assert "1 with 1 human answers" in caplog.text and "1 null answers left out" in caplog.text
+
+
+def test_json_lists_are_streamed_with_the_entries_json_load_gives(tmp_path):
+    from tcl.data.json_io import stream_json_list
+
+    entries = [{"image": "a/é.jpg", "caption": ["one", "two"], "n": 3, "x": 0.5}, {"image": "b.jpg", "caption": None}]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+    assert list(stream_json_list(path)) == entries
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"image": "a.jpg"}', "expected a JSON list of entries, found an object at the top"),
+    ('', "the file is empty"),
+    ('  ', "malformed JSON near byte"),
+    ('[{"image": "a.jpg", "caption": "x"}, {"image": ', "malformed JSON near byte"),
+    ('[{"image": "a.jpg" "caption": "x"}]', "malformed JSON near byte"),
+])
+def test_a_streamed_list_that_is_not_one_names_the_file(tmp_path, text, message):
+    from tcl.data.json_io import stream_json_list
+    from tcl.errors import DataError
+
+    path = tmp_path / "pairs.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as error:
+        list(stream_json_list(path))
+    assert str(path) in str(error.value)

@@ -6,7 +6,9 @@
 Writes a list of ``--entries`` entries (``{"image": "cc12m/00123/001234567.jpg", "caption": "..."}``, captions of 8
 to 20 words: about 100 bytes an entry, as CC12M's list) to a temporary folder, then builds the project's index of it
 (``tcl.data.image_text.albef_json_table``: ijson's streaming parser into a memory-mapped Arrow file) in a fresh
-process and reports its wall time and peak resident memory. ``--compare-json-load`` also times, in another fresh
+process and reports its wall time, its peak resident memory and its peak anonymous memory (sampled; the resident
+figure also counts the pages of the memory-mapped index it opens at the end, which the page cache holds and every
+worker shares). ``--compare-json-load`` also times, in another fresh
 process, what the index build did before: ``json.load`` of the whole list. The list and the index are deleted at the
 end (``--keep`` keeps them).
 """
@@ -27,18 +29,32 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = ("a man woman dog cat red blue green small large table street car tree sitting standing on in near with "
          "the of two three white black holding riding plate food water field building sky photo view old new").split()
 
-STREAMED = """
-import resource, sys, time
+# Each measured process samples its anonymous memory (RssAnon: what it allocated, not the pages of files it maps,
+# such as the memory-mapped index that DataLoader workers share) every 20 ms; ru_maxrss counts both.
+SAMPLER = """
+import re, resource, sys, threading, time
+peak = [0]
+def sample():
+    while True:
+        text = open("/proc/self/status").read()
+        peak[0] = max(peak[0], int(re.search(r"RssAnon:\\s+(\\d+)", text).group(1)))
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+def report(rows, start):
+    time.sleep(0.05)
+    print(rows, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak[0] / 1024)
+"""
+STREAMED = SAMPLER + """
 from tcl.data.image_text import albef_json_table
 start = time.perf_counter()
 table, skipped = albef_json_table([sys.argv[1]], "skip", cache_dir=sys.argv[2])
-print(len(table), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+report(len(table), start)
 """
-JSON_LOAD = """
-import json, resource, sys, time
+JSON_LOAD = SAMPLER + """
+import json
 start = time.perf_counter()
 entries = json.load(open(sys.argv[1], "rb"))
-print(len(entries), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+report(len(entries), start)
 """
 
 
@@ -55,12 +71,13 @@ def write_list(path: Path, entries: int, seed: int = 0) -> None:
 
 
 def measure(code: str, *args: str) -> dict:
-    """Runs ``code`` in a fresh Python: rows, seconds and peak resident MB it prints."""
+    """Runs ``code`` in a fresh Python: rows, seconds, peak resident MB and peak anonymous MB it prints."""
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
-    rows, seconds, peak = result.stdout.split()
-    return {"rows": int(rows), "seconds": float(seconds), "peak_rss_mb": float(peak)}
+    rows, seconds, peak, anonymous = result.stdout.split()
+    return {"rows": int(rows), "seconds": float(seconds), "peak_rss_mb": float(peak),
+            "peak_anonymous_mb": float(anonymous)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -312,3 +312,23 @@ def test_bench_index_builds_the_streamed_index_of_a_generated_list(tmp_path, cap
     assert result["streamed_index"]["rows"] == result["json_load"]["rows"] == 3000
     assert result["streamed_index"]["peak_rss_mb"] > 0 and result["list_mb"] > 0
     assert not (tmp_path / "work").exists()  # the list and its index are deleted
+
+
+def test_bench_loader_times_our_pretraining_samples_per_core(tmp_path, capsys):
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("bench_loader", REPO / "benchmarks" / "bench_loader.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photos / f"{index}.jpg")
+    out = tmp_path / "loader.json"
+    assert bench.main(["--photos", str(photos), "--sizes", "64", "--rounds", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["photos"] == 4 and result["sizes"]["64"]["ours"]["samples_per_s_per_core"] > 0
+    assert "64 px: ours" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--tcl-checkout", str(tmp_path)])  # the official side needs its OpenCV folder too

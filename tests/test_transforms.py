@@ -159,12 +159,19 @@ def test_crop_scales_and_blur():
     pretrain, vqa = T.pretrain_transform(256).transforms, T.vqa_train_transform(256).transforms
     assert pretrain[0].scale == (0.2, 1.0) and vqa[0].scale == (0.5, 1.0)
     blur = pretrain[3].transforms[0]
-    assert blur.kernel_size == (25, 25) and list(blur.sigma) == [0.1, 2.0]
+    assert isinstance(blur, T.GaussianBlur) and blur.sigma == (0.1, 2.0)
 
 
-@pytest.mark.parametrize(("size", "kernel"), [(8, 7), (64, 13), (128, 13), (224, 23), (256, 25), (384, 39)])
-def test_blur_kernel_size(size, kernel):
-    assert T.blur_kernel_size(size) == kernel
+def test_the_blur_is_pils_with_a_sigma_drawn_from_torch():
+    from PIL import ImageFilter
+
+    image = _noise(64, 48)
+    torch.manual_seed(4)
+    sigma = torch.empty(1).uniform_(0.1, 2.0).item()
+    expected = _pixels(image.filter(ImageFilter.GaussianBlur(radius=sigma)))
+    torch.manual_seed(4)
+    assert np.array_equal(_pixels(T.GaussianBlur()(image)), expected)
+    assert not np.array_equal(expected, _pixels(image))
 
 
 @pytest.mark.parametrize("bad", [{"image_size": 0}, {"image_size": 64, "crop_scale": (0.0, 1.0)},

@@ -20,7 +20,7 @@ import math
 from typing import Callable
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 import numpy as np
 from torchvision import transforms as v1
 from torchvision.transforms import InterpolationMode, v2
@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 # TCL's RandomAugment constants (dataset/randaugment.py): grey fill, and the translation in pixels at full magnitude.
 FILL = [128.0, 128.0, 128.0]
 TRANSLATE_PIXELS_AT_MAX = 10.0
-# TCL blurs with PIL's GaussianBlur(radius=sigma), sigma in [0.1, 2.0]; see ``blur_kernel_size``.
+# TCL blurs with PIL's GaussianBlur(radius=sigma), sigma in [0.1, 2.0] (``RandomGaussianBlur``).
 BLUR_SIGMA = (0.1, 2.0)
 
 
@@ -134,21 +134,21 @@ def _random_sign() -> float:
     return 1.0 if torch.rand(()).item() < 0.5 else -1.0
 
 
-def blur_kernel_size(image_size: int) -> int:
-    """The Gaussian-blur kernel for an image side: odd, about 10 % of the side, at least 13, at most the side.
+class GaussianBlur:
+    """TCL's blur: PIL's ``GaussianBlur(radius=sigma)`` (an extended box blur; its support grows with sigma), sigma
+    drawn uniformly from ``sigma`` with torch's RNG, as torchvision's ``GaussianBlur`` draws it. torchvision's own
+    blur needs a fixed kernel (25 px at 256) and ran 40 times slower on a PIL image (60 against 1.5 ms at 256 px,
+    one core): three quarters of a pretraining sample's loading time (docs/BENCHMARKS.md, "The loader at 256 px")."""
 
-    TCL blurs with PIL's ``GaussianBlur(radius=sigma)``, which has no kernel size: its support grows with sigma to
-    about ±3 sigma, i.e. 13 pixels at TCL's largest sigma of 2. torchvision needs a fixed size, so we take SimCLR's
-    10 % of the side (the recipe TCL's blur cites), which already holds the ±3 sigma support at TCL's resolutions
-    (25 px at 256, 39 at 384), and raise it to 13 for small images so large sigmas are not cut short there. The
-    kernel stays within the side because torchvision pads by reflection.
-    """
-    support = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
-    size = max(int(0.1 * image_size), support)
-    size += 1 - size % 2
-    if size > image_size:
-        size = image_size if image_size % 2 else image_size - 1
-    return max(size, 1)
+    def __init__(self, sigma: tuple[float, float] = BLUR_SIGMA):
+        self.sigma = sigma
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        sigma = torch.empty(1).uniform_(self.sigma[0], self.sigma[1]).item()
+        return image.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma})"
 
 
 def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
@@ -306,7 +306,7 @@ def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, co
         raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
     steps: list[Callable] = [RandomResizedCrop(image_size, scale=(low, high))]
     if color_jitter:
-        steps += _colour_steps(image_size)
+        steps += _colour_steps()
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if randaugment:
@@ -316,10 +316,9 @@ def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, co
     return v2.Compose([*steps, ToPixels()])
 
 
-def _colour_steps(image_size: int) -> list[Callable]:
-    blur = v2.GaussianBlur(blur_kernel_size(image_size), sigma=BLUR_SIGMA)
+def _colour_steps() -> list[Callable]:
     return [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([blur], p=0.5)]
+            v2.RandomApply([GaussianBlur(BLUR_SIGMA)], p=0.5)]
 
 
 def _check_size(image_size: int) -> None:

@@ -116,30 +116,16 @@ def test_a_run_that_recovers_before_its_log_line_goes_on(tmp_path, caplog):
 
 
 WORKER = '''
-import json, sys
-from dataclasses import dataclass, field
+import importlib.util, json, sys
 import torch
 from tcl.config import load_config
 from tcl.data.bad_samples import SkipReport
 from tcl.engine.runtime import build_accelerator, check_distributed_setup
 from tcl.engine.trainer import Trainer
 
-@dataclass
-class Output:
-    loss: torch.Tensor
-    losses: dict = field(default_factory=dict)
-    diagnostics: dict = field(default_factory=dict)
-
-class Loader:
-    def __init__(self):
-        g = torch.Generator().manual_seed(0)
-        self.batches = [{"x": torch.randn(4, 3, generator=g), "index": i} for i in range(8)]
-        self.sampler, self.start = self, 0
-    def set_epoch(self, epoch, start=0):
-        self.start = start
-    def __iter__(self):
-        return iter(self.batches[self.start:])
-
+spec = importlib.util.spec_from_file_location("nonfinite_steps", sys.argv[3])  # this test file: Output, Loader
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
 out, repo = sys.argv[1], sys.argv[2]
 config = load_config(repo + "/configs/vqa_tiny.yaml", ["train.output_dir=" + out, "train.epochs=1",
                                                        "train.log_every=4", "train.batch_size=4"])
@@ -157,10 +143,10 @@ def step_fn(model, batch, alpha, boundary, device, step=0):
     loss = model(batch["x"].to(device)).pow(2).mean()
     if batch["index"] == 3 and accelerator.process_index == 1:  # one process only
         loss = loss * float("nan")
-    return Output(loss)
+    return tests.Output(loss)
 
-trainer = Trainer(config, accelerator, model, optimizer, scheduler, Loader(), 8, {"epoch": 0, "batch": 0, "step": 0},
-                  SkipReport(), step_fn)
+trainer = Trainer(config, accelerator, model, optimizer, scheduler, tests.Loader(), 10,
+                  {"epoch": 0, "batch": 0, "step": 0}, SkipReport(), step_fn)
 trainer.fit()
 with open(out + "/rank%d.json" % accelerator.process_index, "w") as handle:
     json.dump({"skipped": trainer.nonfinite_skipped, "weights": weights}, handle)
@@ -180,7 +166,7 @@ def test_a_nonfinite_loss_on_one_process_is_skipped_by_every_process(tmp_path, l
     script.write_text(WORKER)
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                              str(REPO / f"configs/accelerate/{launcher}.yaml"), "--num_processes", "2", str(script),
-                             str(tmp_path), str(REPO)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                             str(tmp_path), str(REPO), __file__], cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -32,6 +32,20 @@ def _make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_shards(args: argparse.Namespace) -> int:
+    from tcl.config import load_config
+    from tcl.data.builders import pretrain_pairs
+    from tcl.data.shards import write_shards
+
+    table, image_root, _ = pretrain_pairs(load_config(args.config, args.overrides))
+    report = write_shards(table, image_root, args.out, args.samples_per_shard, total=len(table),
+                          show_progress=not args.quiet)
+    left_out = ", ".join(f"{reason} {count}" for reason, count in report.skipped.most_common()) or "none"
+    print(f"wrote {report.samples} samples in {len(report.shards)} shards to {args.out} (left out: {left_out}); "
+          f"the list of shards is {args.out}/shards.json")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tcl.demo import run_demo
 
@@ -134,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--force", action="store_true", help="regenerate even if the data exists")
     make.add_argument("--quiet", action="store_true", help="no progress bars")
     make.set_defaults(run=_make_data)
+
+    shards = commands.add_parser(
+        "make-shards", help="write a pretraining source as WebDataset tar shards (img2dataset's layout)",
+        description="Writes the image-text pairs of a config's data.pretrain_source (coco or albef_json: the "
+                    "embedded world, COCO captions, ALBEF lists) as tar shards: <key>.jpg|png|webp (the file's own "
+                    "bytes), <key>.txt (the first caption), <key>.json (source path and every caption), and "
+                    "shards.json listing the shards and their sample counts. Missing or corrupt images are left out "
+                    "and counted.")
+    shards.add_argument("config", help="YAML config or shipped name whose pretraining source to convert")
+    shards.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. data.root=...)")
+    shards.add_argument("--out", required=True, help="folder for the shards")
+    shards.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar file (default 1000)")
+    shards.add_argument("--quiet", action="store_true", help="no progress bar")
+    shards.set_defaults(run=_make_shards)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: data, pretraining, VQA "
                                             "fine-tuning and evaluation, baselines, examples")

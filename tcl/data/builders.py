@@ -7,7 +7,7 @@ import os
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,6 +20,9 @@ from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
 from tcl.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +43,19 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     chain = dict(crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip, color_jitter=data.color_jitter,
                  randaugment=data.randaugment)
     transform = pretrain_transform(config.model.image_size, **chain)
-    image_root = _resolve(config, data.image_root)
-    files = [_resolve(config, f) for f in data.pretrain_files]
     kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
                               "max_image_pixels": data.max_image_pixels, "seed": config.train.seed}
     if data.teacher_grayscale > 0:
         kwargs["aug_transform"] = pretrain_transform(config.model.image_size, grayscale=data.teacher_grayscale, **chain)
     if data.pretrain_source == "hf":
         # A saved table under data.root, or else a hub name.
-        source = str(files[0]) if files[0].exists() else data.pretrain_files[0]
-        table = hf_table(source, data.hf_image_column, data.hf_caption_column)
-        return ImageTextDataset(table, image_root, transform, image_column=data.hf_image_column,
+        first = _resolve(config, data.pretrain_files[0])
+        table = hf_table(str(first) if first.exists() else data.pretrain_files[0], data.hf_image_column,
+                         data.hf_caption_column)
+        return ImageTextDataset(table, _resolve(config, data.image_root), transform, image_column=data.hf_image_column,
                                 caption_column=data.hf_caption_column, **kwargs)
+    table, image_root, skipped = pretrain_pairs(config)
     if data.pretrain_source == "coco":
-        table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
         if config.loss.grounding_weight > 0 or config.loss.region_class_weight > 0:
             kwargs["objects"] = coco_objects(_instances_files(config))
             kwargs["varied_phrases"] = data.grounding_phrases == "varied"
@@ -61,12 +63,25 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
         if config.loss.region_class_weight > 0:
             kwargs["region_classes"] = [_listed_categories(config, kwargs["objects"]),
                                         *config.loss.region_attributes]
-    else:
+    return ImageTextDataset(table, image_root, transform, skipped_at_indexing=skipped, **kwargs)
+
+
+def pretrain_pairs(config: Config) -> tuple[datasets.Dataset, Path, Counter]:
+    """The ``{"image", "captions"}`` table of a ``coco`` or ``albef_json`` pretraining source, the folder its image
+    paths are relative to, and the rows left out while indexing (logged)."""
+    data = config.data
+    files = [_resolve(config, f) for f in data.pretrain_files]
+    if data.pretrain_source == "coco":
+        image_root = _resolve(config, data.image_root)
+        table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
+    elif data.pretrain_source == "albef_json":
         # ALBEF lists hold paths relative to the working directory or absolute; relative ones resolve against root.
         table, skipped = albef_json_table(files, data.on_bad_sample, data.cache_dir)
         image_root = Path(data.root)
+    else:
+        raise DataError(f"data.pretrain_source {data.pretrain_source!r} has no pairs table (coco and albef_json do)")
     _log_index_skips("pretraining pairs", skipped)
-    return ImageTextDataset(table, image_root, transform, skipped_at_indexing=skipped, **kwargs)
+    return table, image_root, skipped
 
 
 def _instances_files(config: Config) -> list[Path]:

@@ -110,8 +110,9 @@ class DataConfig:
     cache_dir: Optional[str] = None
     # Image directory relative to root (COCO layout: <image_root>/train2014/COCO_train2014_*.jpg).
     image_root: str = "images"
-    # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, or a Hugging Face datasets table.
-    pretrain_source: Literal["coco", "albef_json", "hf"] = "coco"
+    # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, a Hugging Face datasets table, or local WebDataset
+    # tar shards (shards; brace ranges such as shards/{00000..00099}.tar are expanded; tcl make-shards writes them).
+    pretrain_source: Literal["coco", "albef_json", "hf", "shards"] = "coco"
     pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
     # COCO instances files (boxes) of the same images, read by the grounding and region classification terms
     # (loss.grounding_weight, loss.region_class_weight) only.
@@ -527,7 +528,13 @@ def _apply_override(config: Config, item: str) -> None:
             raise ConfigError(f"{source}: unknown key '{prefix}{name}'. {_suggest(name, fields, prefix)}")
         if depth == len(parts) - 1:
             hint = typing.get_type_hints(type(node))[name]
-            value = yaml.safe_load(text) if text.strip() else ""
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError as error:
+                problem = str(error).splitlines()[0]
+                raise ConfigError(f"{source}: {dotted} = {text!r} is not a YAML value ({problem}); quote strings "
+                                  f"with braces or commas, e.g. {dotted}='[\"shards/{{00000..00099}}.tar\"]'.") \
+                    from None
             if dataclasses.is_dataclass(hint):
                 setattr(node, name, _build(hint, value, source, f"{dotted}."))
             else:

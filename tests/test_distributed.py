@@ -137,3 +137,16 @@ def test_both_processes_stop_when_the_folder_is_held(shapes_root, tmp_path):
     assert result.returncode != 0
     assert f"is in use by another run (pid {process.pid}" in result.stderr
     assert result.stderr.count("is in use by another run") == 2  # each rank says it, then exits
+
+
+def test_two_processes_read_tar_shards_and_stay_identical(shapes_copy, tmp_path):
+    """Pretraining from uneven tar shards (50, 50, 20 samples) written by tcl make-shards, on two processes."""
+    from tcl import cli
+
+    assert cli.main(["make-shards", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}", "--out",
+                     str(shapes_copy / "shards"), "--samples-per-shard", "50", "--quiet"]) == 0
+    out = tmp_path / "run"
+    result = launch("configs/accelerate/cpu_multiprocess.yaml", shapes_copy, out, "data.pretrain_source=shards",
+                    'data.pretrain_files=["shards/{00000..00002}.tar"]', "loss.region_class_weight=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_ranks_agree(out)

@@ -6,6 +6,9 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+import torch
+
 from tcl import cli
 from tcl.config import load_config
 from tcl.data.builders import pretrain_pairs
@@ -76,3 +79,88 @@ def test_bad_images_and_captions_are_left_out_and_counted(shapes_copy, tmp_path)
     samples = read_shards(out)
     assert [set(sample) for sample in samples.values()] == [{"jpg", "txt", "json"}, {"png", "txt", "json"}]
     assert json.loads(samples["000000003"]["json"])["captions"] == ["a png", "kept as png"]
+
+
+def make_shards(root: Path, out: Path) -> list[str]:
+    assert cli.main(["make-shards", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={root}", "--out", str(out),
+                     "--samples-per-shard", "50", "--quiet"]) == 0
+    return ["data.pretrain_source=shards", f'data.pretrain_files=["{out.name}/{{00000..00002}}.tar"]',
+            "loss.region_class_weight=0"]
+
+
+def test_shards_are_indexed_and_read_back_as_the_files_they_came_from(shapes_copy):
+    from tcl.data.builders import build_pretrain_dataset
+    from tcl.data.image_text import image_key
+    from tcl.data.shards import expand_shards, read_member
+
+    assert expand_shards("s/{08..11}.tar") == ["s/08.tar", "s/09.tar", "s/10.tar", "s/11.tar"]
+    source = make_shards(shapes_copy, shapes_copy / "shards")
+    config = str(REPO / "configs/pretrain_tiny.yaml")
+    files, root, _ = pretrain_pairs(load_config(config, [f"data.root={shapes_copy}"]))
+    shards, _, skipped = pretrain_pairs(load_config(config, [f"data.root={shapes_copy}", *source]))
+    assert len(shards) == len(files) and not skipped
+    for index in (0, 7, len(files) - 1):
+        assert read_member(shards[index]["image"]) == (root / files[index]["image"]).read_bytes()
+        assert shards[index]["captions"] == files[index]["captions"]
+        # the same image key as from the files: loss.skip_same_image sees the five captions of an image as one
+        assert image_key(shards[index]["image"], index) == image_key(files[index]["image"], index)
+    dataset = build_pretrain_dataset(load_config(config, [f"data.root={shapes_copy}", *source]))
+    sample = dataset[3]
+    assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, 64, 64) and sample["caption"]
+
+
+def test_a_bad_member_is_a_counted_bad_sample(shapes_copy):
+    import io
+
+    from tcl.data.builders import build_pretrain_dataset
+
+    out = shapes_copy / "bad"
+    out.mkdir()
+    image = (shapes_copy / "images/train2014").glob("*.jpg").__next__().read_bytes()
+    with tarfile.open(out / "00000.tar", "w") as tar:
+        for name, data in [("a.jpg", image), ("a.txt", b"a good sample"), ("b.jpg", image[:200]),
+                           ("b.txt", b"a cut image"), ("c.jpg", image), ("d.txt", b"a caption without image")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    config = load_config(REPO / "configs/pretrain_tiny.yaml", [
+        f"data.root={shapes_copy}", "data.pretrain_source=shards", "data.pretrain_files=[bad/00000.tar]",
+        "loss.region_class_weight=0"])
+    table, _, skipped = pretrain_pairs(config)
+    assert len(table) == 2 and skipped == {"empty caption": 1, "missing image": 1}  # c: no caption, d: no image
+    dataset = build_pretrain_dataset(config)
+    assert dataset[0]["caption"] == "a good sample"
+    assert dataset[1]["skipped"] == ["corrupt image"]  # the cut JPEG, found when read: replaced and counted
+
+
+def test_pretraining_on_shards_takes_the_same_steps_as_on_the_files(shapes_copy, tmp_path):
+    from safetensors.torch import load_file
+
+    from tcl.engine.pretrain import main
+
+    source = make_shards(shapes_copy, shapes_copy / "shards")
+    common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}",
+              "loss.region_class_weight=0", "train.batch_size=8", "model.queue_size=32", "data.num_workers=0",
+              "train.max_steps=3", "train.deterministic=true", "eval.retrieval_file=null"]
+    assert main([*common, f"train.output_dir={tmp_path / 'files'}"]) == 0
+    assert main([*common, *source, f"train.output_dir={tmp_path / 'shards'}"]) == 0
+    files, shards = (load_file(str(tmp_path / run / "checkpoint-00000003/model.safetensors"))
+                     for run in ("files", "shards"))
+    assert all(torch.equal(files[key], shards[key]) for key in files)  # the same samples, views and steps
+
+
+def test_a_run_on_shards_resumes_to_the_weights_of_an_uninterrupted_one(shapes_copy, tmp_path):
+    from safetensors.torch import load_file
+
+    from tcl.engine.pretrain import main
+
+    source = make_shards(shapes_copy, shapes_copy / "shards")
+    common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}", *source,
+              "train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "train.deterministic=true",
+              "eval.retrieval_file=null", "train.log_every=1"]
+    assert main([*common, "train.max_steps=5", f"train.output_dir={tmp_path / 'straight'}"]) == 0
+    assert main([*common, "train.max_steps=2", f"train.output_dir={tmp_path / 'resumed'}"]) == 0
+    assert main([*common, "train.max_steps=5", f"train.output_dir={tmp_path / 'resumed'}", "--resume", "latest"]) == 0
+    straight, resumed = (load_file(str(tmp_path / run / "checkpoint-00000005/model.safetensors"))
+                         for run in ("straight", "resumed"))
+    assert all(torch.allclose(straight[key], resumed[key], atol=1e-6) for key in straight)

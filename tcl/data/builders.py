@@ -16,6 +16,7 @@ from tcl.config import Config
 from tcl.data.image_text import (BoxedObject, ImageTextDataset, PretrainCollator, albef_json_table,
                                  coco_caption_table, coco_objects, hf_table)
 from tcl.data.sampling import ShardedEpochSampler
+from tcl.data.shards import expand_shards, shard_table
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
@@ -67,19 +68,29 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
 
 
 def pretrain_pairs(config: Config) -> tuple[datasets.Dataset, Path, Counter]:
-    """The ``{"image", "captions"}`` table of a ``coco`` or ``albef_json`` pretraining source, the folder its image
-    paths are relative to, and the rows left out while indexing (logged)."""
+    """The ``{"image", "captions"}`` table of a ``coco``, ``albef_json`` or ``shards`` pretraining source, the folder
+    its image paths are relative to, and the rows left out while indexing (logged)."""
     data = config.data
     files = [_resolve(config, f) for f in data.pretrain_files]
     if data.pretrain_source == "coco":
         image_root = _resolve(config, data.image_root)
         table, skipped = coco_caption_table(files, image_root, data.on_bad_sample, data.cache_dir)
+    elif data.pretrain_source == "shards":
+        streams = [f for f in data.pretrain_files if "://" in f or f.startswith("pipe:")]
+        if streams:
+            raise DataError(f"data.pretrain_files {streams[0]!r}: data.pretrain_source: shards reads local tar files "
+                            f"(streams from pipes or URLs are not supported yet); copy the shards to a local or "
+                            f"shared filesystem.")
+        shards = [_resolve(config, name) for pattern in data.pretrain_files for name in expand_shards(pattern)]
+        table, skipped = shard_table(shards, data.on_bad_sample, data.cache_dir)
+        image_root = Path(data.root)
     elif data.pretrain_source == "albef_json":
         # ALBEF lists hold paths relative to the working directory or absolute; relative ones resolve against root.
         table, skipped = albef_json_table(files, data.on_bad_sample, data.cache_dir)
         image_root = Path(data.root)
     else:
-        raise DataError(f"data.pretrain_source {data.pretrain_source!r} has no pairs table (coco and albef_json do)")
+        raise DataError(f"data.pretrain_source {data.pretrain_source!r} has no pairs table (coco, albef_json and "
+                        f"shards do)")
     _log_index_skips("pretraining pairs", skipped)
     return table, image_root, skipped
 

@@ -228,6 +228,8 @@ def hf_table(name_or_path: str, image_column: str, caption_column: str, split: s
 def image_key(value: Any, index: int) -> int:
     """A non-negative int64 naming a row's image, the same in every process: the hash of its path, or of the row
     index for a decoded image (one row per image in such tables). What ``loss.skip_same_image`` compares."""
+    if isinstance(value, dict) and "name" in value:  # a sample of a tar shard: its image's source name
+        value = value["name"]
     name = str(value) if isinstance(value, (str, Path)) else f"row {index}"
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "big")
 
@@ -319,6 +321,13 @@ class ImageTextDataset(TableDataset):
 
         if value is None:
             raise BadSampleError("image missing from the table row", "missing image")
+        if isinstance(value, dict) and "shard" in value:  # a member of a tar shard (tcl.data.shards)
+            from tcl.data.shards import read_member
+
+            try:
+                return as_rgb_image(read_member(value), self.max_image_pixels)
+            except BadSampleError as error:
+                raise BadSampleError(f"{value['shard']}: {value['name']}: {error}", error.reason) from None
         return as_rgb_image(value)
 
 

@@ -6,6 +6,11 @@ JPEG), ``KKKKKKKKK.txt`` (the first caption) and ``KKKKKKKKK.json`` (``{"key", "
 path and every caption). Tar headers carry no time, owner or mode of this machine, so the same source gives the same
 bytes. Each shard is written under a temporary name and renamed when complete. ``shards.json`` beside them lists the
 shards with their sample counts (a reader knows an epoch's size without opening them) and the samples left out.
+
+Reading (``data.pretrain_source: shards``): local shards are indexed once (``shard_table``: per sample, the shard,
+the byte offset and size of its image member, its captions; cached like every index) and then read at random
+(``read_member``), so the sampler's guarantees hold as for files: each process and worker takes its own samples,
+every process the same number of steps, and a resumed epoch continues with exactly the samples it had left.
 """
 
 from __future__ import annotations
@@ -13,21 +18,31 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+import datasets
 
 from tqdm.auto import tqdm
 
 from tcl.atomic import atomic_write, write_json_atomic
 from tcl.data.images import load_rgb_image
-from tcl.errors import BadSampleError
+from tcl.data.index import cached_index, source_key
+from tcl.errors import BadSampleError, DataError
 
 logger = logging.getLogger(__name__)
 
 LISTING = "shards.json"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SHARD_FEATURES = datasets.Features({
+    "image": {"shard": datasets.Value("string"), "offset": datasets.Value("int64"), "size": datasets.Value("int64"),
+              "name": datasets.Value("string")},
+    "captions": datasets.Sequence(datasets.Value("string"))})
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # Leading bytes of the formats kept as they are, and the extension WebDataset readers decode them by.
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 
@@ -108,3 +123,102 @@ def _write_shard(out: Path, report: ShardReport, samples: list[dict[str, bytes]]
                 info.size, info.mode = len(data), 0o444
                 tar.addfile(info, io.BytesIO(data))
     report.shards[name] = len(samples)
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """``cc3m/{00000..00331}.tar`` → the 332 names, zero-padded as written (img2dataset's shard lists)."""
+    match = _RANGE.search(pattern)
+    if match is None:
+        return [pattern]
+    first, last = match.groups()
+    if int(last) < int(first):
+        raise DataError(f"{pattern}: the range {{{first}..{last}}} runs backwards")
+    names = [f"{pattern[:match.start()]}{number:0{len(first)}d}{pattern[match.end():]}"
+             for number in range(int(first), int(last) + 1)]
+    return [name for expanded in names for name in expand_shards(expanded)]
+
+
+def shard_table(shards: list[Path], on_bad_sample: str, cache_dir: str | Path | None = None
+                ) -> tuple[datasets.Dataset, Counter]:
+    """Indexes local tar shards: one row per sample with an image member, ``{"image": {"shard", "offset", "size",
+    "name"}, "captions"}`` (captions from ``<key>.json``'s ``captions``, else ``<key>.txt``; ``name``, the image's
+    source path when the JSON gives it, names the image for ``loss.skip_same_image``). Samples without an image or a
+    caption are bad samples (counted, or an error with ``data.on_bad_sample: error``)."""
+    for shard in shards:
+        if not shard.is_file():
+            raise DataError(f"{shard}: shard not found; check data.root and data.pretrain_files (brace ranges such "
+                            f"as shards/{{00000..00099}}.tar are expanded).")
+    key = source_key(shards, extra=f"shards|{on_bad_sample}")
+
+    def rows(skipped: Counter) -> Iterator[dict]:
+        for shard in shards:
+            for name, members in _samples(shard):
+                row = _shard_row(shard, name, members, skipped, on_bad_sample)
+                if row is not None:
+                    yield row
+
+    return cached_index("shard_samples", key, SHARD_FEATURES, rows, cache_dir)
+
+
+def read_member(reference: dict) -> bytes:
+    """The bytes of an image member indexed by ``shard_table``."""
+    with open(reference["shard"], "rb") as handle:
+        handle.seek(reference["offset"])
+        data = handle.read(reference["size"])
+    if len(data) != reference["size"]:
+        raise BadSampleError(f"{reference['shard']}: the member at byte {reference['offset']} is cut short (the "
+                             f"shard changed after indexing?)", "corrupt image")
+    return data
+
+
+def _samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[tarfile.TarFile, tarfile.TarInfo]]]]:
+    """(key, {extension: (tar, member)}) per sample, in the shard's order (a sample's members are adjacent)."""
+    try:
+        with tarfile.open(shard) as tar:
+            current, members = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, extension = member.name.partition(".")
+                if key != current and members:
+                    yield current, members
+                    members = {}
+                current = key
+                members[extension.lower()] = (tar, member)
+            if members:
+                yield current, members
+    except tarfile.TarError as error:
+        raise DataError(f"{shard}: not a readable tar file ({error}); re-write or re-download the shard.") from None
+
+
+def _shard_row(shard: Path, key: str, members: dict, skipped: Counter, on_bad_sample: str) -> dict | None:
+    image = next((members[ext][1] for ext in IMAGE_EXTENSIONS if ext in members), None)
+    meta = _read_json(members["json"]) if "json" in members else {}
+    captions = meta.get("captions") if isinstance(meta.get("captions"), list) else None
+    if captions is None and "txt" in members:
+        captions = [_read(members["txt"]).decode("utf-8", errors="replace")]
+    captions = [str(caption) for caption in captions or [] if str(caption or "").strip()]
+    problem = ("missing image", "no image member") if image is None else \
+        ("empty caption", "no caption (.txt or .json captions)") if not captions else None
+    if problem is not None:
+        if on_bad_sample == "error":
+            raise BadSampleError(f"{shard}: sample {key}: {problem[1]}. Fix the shard, or set data.on_bad_sample=skip "
+                                 f"to leave such samples out.", problem[0])
+        skipped[problem[0]] += 1
+        return None
+    name = str(meta.get("image") or f"{shard.name}/{key}")
+    return {"image": {"shard": str(shard), "offset": image.offset_data, "size": image.size, "name": name},
+            "captions": captions}
+
+
+def _read(entry: tuple[tarfile.TarFile, tarfile.TarInfo]) -> bytes:
+    tar, member = entry
+    return tar.extractfile(member).read()
+
+
+def _read_json(entry) -> dict:
+    try:
+        value = json.loads(_read(entry))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -8,7 +8,7 @@ from tcl.config import Config, load_config, save_config
 from tcl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["pretrain_tiny.yaml", "vqa_tiny.yaml", "pretrain_4m.yaml", "vqa.yaml"]
+SHIPPED = ["pretrain_tiny.yaml", "vqa_tiny.yaml", "pretrain_4m.yaml", "pretrain_4m_shards.yaml", "vqa.yaml"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

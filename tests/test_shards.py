@@ -149,7 +149,8 @@ def test_pretraining_on_shards_takes_the_same_steps_as_on_the_files(shapes_copy,
     assert all(torch.equal(files[key], shards[key]) for key in files)  # the same samples, views and steps
 
 
-def test_a_run_on_shards_resumes_to_the_weights_of_an_uninterrupted_one(shapes_copy, tmp_path):
+@pytest.mark.parametrize("workers_on_resume", [0, 1], ids=["same workers", "a worker process on resume"])
+def test_a_run_on_shards_resumes_to_the_weights_of_an_uninterrupted_one(shapes_copy, tmp_path, workers_on_resume):
     from safetensors.torch import load_file
 
     from tcl.engine.pretrain import main
@@ -160,7 +161,8 @@ def test_a_run_on_shards_resumes_to_the_weights_of_an_uninterrupted_one(shapes_c
               "eval.retrieval_file=null", "train.log_every=1"]
     assert main([*common, "train.max_steps=5", f"train.output_dir={tmp_path / 'straight'}"]) == 0
     assert main([*common, "train.max_steps=2", f"train.output_dir={tmp_path / 'resumed'}"]) == 0
-    assert main([*common, "train.max_steps=5", f"train.output_dir={tmp_path / 'resumed'}", "--resume", "latest"]) == 0
+    assert main([*common, "train.max_steps=5", f"train.output_dir={tmp_path / 'resumed'}", "--resume", "latest",
+                 f"data.num_workers={workers_on_resume}"]) == 0
     straight, resumed = (load_file(str(tmp_path / run / "checkpoint-00000005/model.safetensors"))
                          for run in ("straight", "resumed"))
     assert all(torch.allclose(straight[key], resumed[key], atol=1e-6) for key in straight)

@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 
 # After this many unreadable samples in a row the data is almost certainly misconfigured, not merely damaged.
 MAX_CONSECUTIVE_BAD = 50
+# Web-scale sets lose a few per cent of their images: each process (DataLoader worker) warns of the first
+# WARN_FIRST skipped samples of each reason, then of every WARN_EVERY-th; all of them are counted.
+WARN_FIRST, WARN_EVERY = 10, 1000
+_warned: Counter = Counter()
 
 
 # What to check when a dataset sample fails, by reason: training settings, which messages about a user's own input
@@ -50,7 +54,7 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
                 raise BadSampleError(f"{_with_hint(error)} (sample {position}; set data.on_bad_sample=skip to skip "
                                      f"and count such samples)", error.reason) from None
             if offset == 0:
-                logger.warning("skipping sample %d: %s", position, _with_hint(error))
+                _warn_skip(position, error)
             reasons.append(error.reason)
             continue
         sample["skipped"] = reasons[:1]
@@ -58,6 +62,15 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
     raise DataError(f"{MAX_CONSECUTIVE_BAD} unreadable samples in a row from index {index} (reasons: "
                     f"{Counter(reasons).most_common(3)}): the data is probably misconfigured. Check data.root and "
                     f"data.image_root.")
+
+
+def _warn_skip(position: int, error: BadSampleError) -> None:
+    _warned[error.reason] += 1
+    seen = _warned[error.reason]
+    if seen <= WARN_FIRST or seen % WARN_EVERY == 0:
+        later = (f" ({seen} '{error.reason}' samples skipped by this process so far; from now on one line per "
+                 f"{WARN_EVERY}, all counted in metrics.jsonl and the summary)" if seen >= WARN_FIRST else "")
+        logger.warning("skipping sample %d: %s%s", position, _with_hint(error), later)
 
 
 def merge_skipped(samples: list[dict[str, Any]]) -> dict[str, int]:

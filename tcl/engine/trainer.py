@@ -154,7 +154,8 @@ class Trainer:
         self.stop.agree(stops > 0)
         self._account_nonfinite(int(in_a_row), int(skipped))
         seconds = time.perf_counter() - self.log_start
-        logged = {**dict(zip(names, numbers[3:])), "peak_memory_mb": peak_memory_mb(self.accelerator)}
+        logged = {**dict(zip(names, numbers[3:])), "peak_memory_mb": peak_memory_mb(self.accelerator),
+                  **{f"skipped/{reason}": count for reason, count in self.skips.at_loading.items()}}
         self.metrics.log_step(step, logged, self.scheduler.get_last_lr()[0], alpha,
                               self.steps_since_log * self.samples_per_step / seconds, bar)
         self.log_start, self.steps_since_log = time.perf_counter(), 0

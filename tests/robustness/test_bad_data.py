@@ -495,3 +495,38 @@ def test_consecutive_bad_samples_mean_misconfigured_data(shapes_copy, tiny_confi
     assert "the data is probably misconfigured" in message, message
     assert f"{MAX_CONSECUTIVE_BAD} unreadable samples in a row" in message
     assert "missing image" in message and "data.image_root" in message
+
+
+def test_skip_warnings_are_rate_limited_and_every_skip_is_counted(monkeypatch, caplog):
+    from tcl.data import bad_samples
+
+    monkeypatch.setattr(bad_samples, "WARN_FIRST", 2)
+    monkeypatch.setattr(bad_samples, "WARN_EVERY", 5)
+    monkeypatch.setattr(bad_samples, "_warned", Counter())
+
+    def load(position):
+        if position % 2 == 0:
+            raise BadSampleError(f"image {position} is cut short", "corrupt image")
+        return {"position": position}
+
+    samples = [bad_samples.load_with_policy(load, index, 100, "skip") for index in range(0, 24, 2)]
+    assert [s["skipped"] for s in samples] == [["corrupt image"]] * 12
+    lines = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
+    assert len(lines) == 4  # the first 2, then the 5th and the 10th
+    assert "10 'corrupt image' samples skipped by this process so far" in lines[-1]
+
+
+def test_skipped_samples_are_counted_in_the_metrics_lines(shapes_copy, tmp_path):
+    from tcl.engine.pretrain import main
+
+    images = sorted((shapes_copy / "images" / "train2014").glob("*.jpg"))
+    for image in images[::2]:  # every other image cut short: at most 5 bad captions in a row
+        image.write_bytes(image.read_bytes()[:100])
+    out = tmp_path / "run"
+    config = Path(__file__).resolve().parents[2] / "configs/pretrain_tiny.yaml"
+    assert main(["--config", str(config), f"data.root={shapes_copy}",
+                 f"train.output_dir={out}", "train.batch_size=8", "model.queue_size=32", "data.num_workers=0",
+                 "train.max_steps=3", "train.log_every=1", "eval.retrieval_file=null", NO_REGIONS]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    counts = [line.get("skipped/corrupt image", 0) for line in lines]
+    assert counts[-1] > 0 and counts == sorted(counts)  # a running count

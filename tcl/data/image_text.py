@@ -27,6 +27,7 @@ from tcl.data.base import TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
 from tcl.data.json_io import load_json, stream_json_list
+from tcl.data.shards import read_member
 from tcl.data.text import pre_caption
 from tcl.data.transforms import ViewWithCrop, box_in_crop
 from tcl.data.tokenizer import TclTokenizer
@@ -322,8 +323,6 @@ class ImageTextDataset(TableDataset):
         if value is None:
             raise BadSampleError("image missing from the table row", "missing image")
         if isinstance(value, dict) and "shard" in value:  # a member of a tar shard (tcl.data.shards)
-            from tcl.data.shards import read_member
-
             try:
                 return as_rgb_image(read_member(value), self.max_image_pixels)
             except BadSampleError as error:

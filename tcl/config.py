@@ -110,10 +110,19 @@ class DataConfig:
     cache_dir: Optional[str] = None
     # Image directory relative to root (COCO layout: <image_root>/train2014/COCO_train2014_*.jpg).
     image_root: str = "images"
-    # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, a Hugging Face datasets table, or local WebDataset
-    # tar shards (shards; brace ranges such as shards/{00000..00099}.tar are expanded; tcl make-shards writes them).
-    pretrain_source: Literal["coco", "albef_json", "hf", "shards"] = "coco"
+    # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, a Hugging Face datasets table, local WebDataset
+    # tar shards read at random (shards), or WebDataset shards streamed (webdataset: local paths, pipe: commands,
+    # URLs; each entry of pretrain_files is one source). Brace ranges such as shards/{00000..00099}.tar are
+    # expanded; tcl make-shards writes shards.
+    pretrain_source: Literal["coco", "albef_json", "hf", "shards", "webdataset"] = "coco"
     pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
+    # Streamed shards (webdataset): samples per epoch, all processes together (0 = the samples the shards' listings,
+    # shards.json or img2dataset's *_stats.json, count: one pass over every source); the shuffle buffer of each
+    # loader worker, in samples; and optional weights, one per entry of pretrain_files, to draw shards at random with
+    # those weights (with replacement, as open_clip's resampled mode) instead of reading every shard once per pass.
+    epoch_samples: int = 0
+    shuffle_buffer: int = 1000
+    source_weights: list[float] = field(default_factory=list)
     # COCO instances files (boxes) of the same images, read by the grounding and region classification terms
     # (loss.grounding_weight, loss.region_class_weight) only.
     pretrain_instances: list[str] = field(default_factory=list)
@@ -270,6 +279,9 @@ class TrainConfig:
     # A metrics line (metrics.jsonl, TensorBoard, the progress bar's losses) every N optimizer steps and at the last:
     # reading a step's numbers waits for the device, so they are read only then.
     log_every: int = 10
+    # Streamed data (data.pretrain_source = webdataset): write the keys of every micro-batch's samples to
+    # sample_keys/rank<r>.jsonl ({"step", "micro", "keys"}), to audit what a step saw (after a resume too).
+    log_sample_keys: bool = False
     # Seconds a collective may wait for the other processes (gloo and NCCL alike) before the run stops (over gloo
     # with a message naming the step and the last checkpoint; over NCCL torch's watchdog ends the process): a process
     # that died or hangs (a node taken away, a stopped process) then ends the job instead of holding every GPU. Long
@@ -660,6 +672,19 @@ def _check_data(config: Config, world_size: int) -> str | None:
         return f"data.max_image_pixels = {data.max_image_pixels} must be positive."
     if not data.pretrain_files:
         return "data.pretrain_files is empty. List at least one annotation file (relative to data.root)."
+    if data.epoch_samples < 0 or data.shuffle_buffer < 1:
+        return (f"data.epoch_samples = {data.epoch_samples} must not be negative and data.shuffle_buffer = "
+                f"{data.shuffle_buffer} must be at least 1.")
+    if data.source_weights and (data.pretrain_source != "webdataset" or
+                                len(data.source_weights) != len(data.pretrain_files)):
+        return (f"data.source_weights ({len(data.source_weights)} weights) weighs streamed sources: set "
+                f"data.pretrain_source = webdataset and give one weight per entry of data.pretrain_files "
+                f"({len(data.pretrain_files)}).")
+    if any(weight < 0 for weight in data.source_weights) or (data.source_weights and not any(data.source_weights)):
+        return f"data.source_weights = {data.source_weights}: weights must not be negative, and one must be positive."
+    if config.train.log_sample_keys and data.pretrain_source != "webdataset":
+        return ("train.log_sample_keys records the keys of streamed samples: it needs data.pretrain_source = "
+                "webdataset.")
     for name in ("grounding_weight", "region_class_weight"):
         weight = getattr(config.loss, name)
         if weight < 0:

@@ -54,7 +54,7 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
                 raise BadSampleError(f"{_with_hint(error)} (sample {position}; set data.on_bad_sample=skip to skip "
                                      f"and count such samples)", error.reason) from None
             if offset == 0:
-                _warn_skip(position, error)
+                warn_skip(position, error)
             reasons.append(error.reason)
             continue
         sample["skipped"] = reasons[:1]
@@ -64,7 +64,7 @@ def load_with_policy(load: Callable[[int], dict[str, Any]], index: int, size: in
                     f"data.image_root.")
 
 
-def _warn_skip(position: int, error: BadSampleError) -> None:
+def warn_skip(position: int | str, error: BadSampleError) -> None:
     _warned[error.reason] += 1
     seen = _warned[error.reason]
     if seen <= WARN_FIRST or seen % WARN_EVERY == 0:

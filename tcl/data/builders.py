@@ -16,7 +16,8 @@ from tcl.config import Config
 from tcl.data.image_text import (BoxedObject, ImageTextDataset, PretrainCollator, albef_json_table,
                                  coco_caption_table, coco_objects, hf_table)
 from tcl.data.sampling import ShardedEpochSampler
-from tcl.data.shards import expand_shards, shard_table
+from tcl.data.shards import expand_shards, listed_samples, shard_table
+from tcl.data.streaming import ShardSequence, StreamDataset, StreamLoader
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
@@ -38,16 +39,63 @@ def _resolve(config: Config, path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else Path(config.data.root) / path
 
 
-def build_pretrain_dataset(config: Config) -> ImageTextDataset:
-    """Image-text pairs from ``data.pretrain_source`` with TCL's two-view pretraining augmentation."""
+def pretrain_transforms(config: Config) -> tuple[Callable, Callable]:
+    """TCL's pretraining augmentation: the online view's and the momentum view's (``data.teacher_grayscale``)."""
     data = config.data
     chain = dict(crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip, color_jitter=data.color_jitter,
                  randaugment=data.randaugment)
     transform = pretrain_transform(config.model.image_size, **chain)
-    kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
-                              "max_image_pixels": data.max_image_pixels, "seed": config.train.seed}
     if data.teacher_grayscale > 0:
-        kwargs["aug_transform"] = pretrain_transform(config.model.image_size, grayscale=data.teacher_grayscale, **chain)
+        return transform, pretrain_transform(config.model.image_size, grayscale=data.teacher_grayscale, **chain)
+    return transform, transform
+
+
+def build_pretrain_loader(config: Config, tokenizer: TclTokenizer, rank: int, world_size: int
+                          ) -> DataLoader | StreamLoader:
+    """The pretraining batches: streamed shards (``webdataset``), or a sampled loader over any other source."""
+    if config.data.pretrain_source == "webdataset":
+        return build_stream_loader(config, tokenizer, rank, world_size)
+    return build_loader(build_pretrain_dataset(config), pretrain_collator(config, tokenizer), config.train.batch_size,
+                        shuffle=True, num_workers=config.data.num_workers, seed=config.train.seed, drop_last=True,
+                        rank=rank, world_size=world_size)
+
+
+def build_stream_loader(config: Config, tokenizer: TclTokenizer, rank: int, world_size: int) -> StreamLoader:
+    """Streamed shards (``tcl.data.streaming``): each entry of ``data.pretrain_files`` one source; an epoch of
+    ``data.epoch_samples`` samples (0: the shards' listed count)."""
+    data = config.data
+    sources = [[_shard_url(config, name) for name in expand_shards(pattern)] for pattern in data.pretrain_files]
+    shards = [shard for source in sources for shard in source]
+    sequence = ShardSequence(tuple(shards), tuple(len(source) for source in sources),
+                             tuple(data.source_weights) if data.source_weights else None, config.train.seed)
+    epoch_samples = data.epoch_samples or listed_samples(shards)
+    transform, aug_transform = pretrain_transforms(config)
+    dataset = StreamDataset(sequence, pretrain_collator(config, tokenizer), transform, aug_transform,
+                            config.train.batch_size, rank, world_size, data.shuffle_buffer, data.on_bad_sample,
+                            config.train.seed, data.max_caption_words, data.max_image_pixels)
+    logger.info("streaming %d shards of %d source(s): %d samples per epoch", len(shards), len(sources),
+                epoch_samples)
+    return StreamLoader(dataset, usable_workers(data.num_workers), epoch_samples, config.train.seed)
+
+
+def _shard_url(config: Config, name: str) -> str:
+    """A local shard resolved against ``data.root`` (and checked to exist); a ``pipe:`` command or URL as given."""
+    if name.startswith("pipe:") or "://" in name:
+        return name
+    path = _resolve(config, name)
+    if not path.is_file():
+        raise DataError(f"{path}: shard not found; check data.root and data.pretrain_files (brace ranges such as "
+                        f"shards/{{00000..00099}}.tar are expanded).")
+    return str(path)
+
+
+def build_pretrain_dataset(config: Config) -> ImageTextDataset:
+    """Image-text pairs from ``data.pretrain_source`` with TCL's two-view pretraining augmentation."""
+    data = config.data
+    transform, aug_transform = pretrain_transforms(config)
+    kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
+                              "max_image_pixels": data.max_image_pixels, "seed": config.train.seed,
+                              "aug_transform": aug_transform}
     if data.pretrain_source == "hf":
         # A saved table under data.root, or else a hub name.
         first = _resolve(config, data.pretrain_files[0])

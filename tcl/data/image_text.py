@@ -281,12 +281,7 @@ class ImageTextDataset(TableDataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
-        captions = row[self.caption_column]
-        captions = captions if isinstance(captions, list) else [captions]
-        caption = pre_caption(str(captions[int(torch.randint(len(captions), ()))] or ""), self.max_words) \
-            if captions else ""
-        if not caption:
-            raise BadSampleError(f"empty caption for image {row[self.image_column]!r}", "empty caption")
+        caption = draw_caption(row[self.caption_column], self.max_words, row[self.image_column])
         image = self._image(row[self.image_column])
         if self.objects is None:
             return {"image": self.transform(image), "image_aug": self.aug_transform(image), "caption": caption,
@@ -328,6 +323,16 @@ class ImageTextDataset(TableDataset):
             except BadSampleError as error:
                 raise BadSampleError(f"{value['shard']}: {value['name']}: {error}", error.reason) from None
         return as_rgb_image(value)
+
+
+def draw_caption(captions: Any, max_words: int, image: Any) -> str:
+    """One of an image's captions drawn at random (torch's global RNG, seeded per sample), normalised
+    (``pre_caption``); BadSampleError ``empty caption`` when there is none."""
+    captions = captions if isinstance(captions, list) else [captions]
+    caption = pre_caption(str(captions[int(torch.randint(len(captions), ()))] or ""), max_words) if captions else ""
+    if not caption:
+        raise BadSampleError(f"empty caption for image {image!r}", "empty caption")
+    return caption
 
 
 class PretrainCollator:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import datasets
+from braceexpand import braceexpand
 
 from tqdm.auto import tqdm
 
@@ -42,7 +42,6 @@ SHARD_FEATURES = datasets.Features({
     "image": {"shard": datasets.Value("string"), "offset": datasets.Value("int64"), "size": datasets.Value("int64"),
               "name": datasets.Value("string")},
     "captions": datasets.Sequence(datasets.Value("string"))})
-_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # Leading bytes of the formats kept as they are, and the extension WebDataset readers decode them by.
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG\r\n\x1a\n", "png"))
 
@@ -126,16 +125,9 @@ def _write_shard(out: Path, report: ShardReport, samples: list[dict[str, bytes]]
 
 
 def expand_shards(pattern: str) -> list[str]:
-    """``cc3m/{00000..00331}.tar`` → the 332 names, zero-padded as written (img2dataset's shard lists)."""
-    match = _RANGE.search(pattern)
-    if match is None:
-        return [pattern]
-    first, last = match.groups()
-    if int(last) < int(first):
-        raise DataError(f"{pattern}: the range {{{first}..{last}}} runs backwards")
-    names = [f"{pattern[:match.start()]}{number:0{len(first)}d}{pattern[match.end():]}"
-             for number in range(int(first), int(last) + 1)]
-    return [name for expanded in names for name in expand_shards(expanded)]
+    """``cc3m/{00000..00331}.tar`` → the 332 names, zero-padded as written (img2dataset's shard lists); also
+    ``{a,b}`` alternatives (bash's brace expansion, as WebDataset reads shard lists)."""
+    return list(braceexpand(pattern))
 
 
 def shard_table(shards: list[Path], on_bad_sample: str, cache_dir: str | Path | None = None
@@ -192,12 +184,10 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[tarfile.TarFile
 
 
 def _shard_row(shard: Path, key: str, members: dict, skipped: Counter, on_bad_sample: str) -> dict | None:
-    image = next((members[ext][1] for ext in IMAGE_EXTENSIONS if ext in members), None)
-    meta = _read_json(members["json"]) if "json" in members else {}
-    captions = meta.get("captions") if isinstance(meta.get("captions"), list) else None
-    if captions is None and "txt" in members:
-        captions = [_read(members["txt"]).decode("utf-8", errors="replace")]
-    captions = [str(caption) for caption in captions or [] if str(caption or "").strip()]
+    image = image_member(members)
+    image = image[1] if image is not None else None
+    meta = sample_meta(_read(members["json"]) if "json" in members else None)
+    captions = sample_captions(meta, _read(members["txt"]) if "txt" in members else None)
     problem = ("missing image", "no image member") if image is None else \
         ("empty caption", "no caption (.txt or .json captions)") if not captions else None
     if problem is not None:
@@ -216,9 +206,49 @@ def _read(entry: tuple[tarfile.TarFile, tarfile.TarInfo]) -> bytes:
     return tar.extractfile(member).read()
 
 
-def _read_json(entry) -> dict:
+def sample_meta(data: bytes | None) -> dict:
+    """A sample's ``<key>.json`` as a dict ({} when absent or not a JSON object)."""
     try:
-        value = json.loads(_read(entry))
+        value = json.loads(data) if data is not None else {}
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def sample_captions(meta: dict, txt: bytes | None) -> list[str]:
+    """A sample's captions: its JSON's ``captions`` list (written by ``tcl make-shards``), else its ``<key>.txt``
+    (img2dataset's caption); blank ones dropped."""
+    captions = meta.get("captions") if isinstance(meta.get("captions"), list) else None
+    if captions is None and txt is not None:
+        captions = [txt.decode("utf-8", errors="replace")]
+    return [str(caption) for caption in captions or [] if str(caption or "").strip()]
+
+
+def image_member(members: dict) -> object | None:
+    """The first image member of a sample (``{extension: member}``), or None."""
+    return next((members[ext] for ext in IMAGE_EXTENSIONS if ext in members), None)
+
+
+def listed_samples(shards: list[str]) -> int:
+    """How many samples ``shards`` hold by their listings: ``shards.json`` beside them (``tcl make-shards``) or
+    img2dataset's ``<shard>_stats.json`` (``successes``). DataError naming the first shard no listing counts (a
+    stream from a pipe or URL has none): then ``data.epoch_samples`` must say how long an epoch is."""
+    total, listings = 0, {}
+    for shard in shards:
+        path = Path(shard)
+        if shard.startswith("pipe:") or "://" in shard:
+            count = None
+        else:
+            if path.parent not in listings:
+                listing = path.parent / LISTING
+                listings[path.parent] = json.loads(listing.read_text()).get("shards", {}) if listing.is_file() else {}
+            count = listings[path.parent].get(path.name)
+            stats = path.with_name(f"{path.name.split('.')[0]}_stats.json")
+            if count is None and stats.is_file():
+                count = json.loads(stats.read_text()).get("successes")
+        if count is None:
+            raise DataError(f"{shard}: no listing counts its samples (shards.json or img2dataset's _stats.json beside "
+                            f"it), so the epoch's length is unknown: set data.epoch_samples (all processes together; "
+                            f"e.g. 2,900,000 for CC3M).")
+        total += int(count)
+    return total

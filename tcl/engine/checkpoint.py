@@ -21,10 +21,14 @@ from tcl.engine.stopping import peer_failure
 from tcl.errors import TclError
 from tcl.run_folder import LATEST, MANIFEST, PREFIX, TRAINER_STATE, find_checkpoint
 
+# Each process's position in streamed data (tcl.data.streaming), beside accelerate's per-process RNG states.
+DATA_STATE = "data_state_rank{rank}.json"
+
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
-                    keep_last: int, config_yaml: str) -> Path:
-    """Saves the full training state as ``checkpoint-<step>`` (every process must call this)."""
+                    keep_last: int, config_yaml: str, data_state: dict[str, Any] | None = None) -> Path:
+    """Saves the full training state as ``checkpoint-<step>`` (every process must call this); ``data_state``: this
+    process's position in streamed data (``data_state_rank<r>.json``)."""
     output_dir = Path(output_dir)
     final = output_dir / f"{PREFIX}{step:08d}"
     tmp = output_dir / f".tmp-{PREFIX}{step:08d}"
@@ -33,6 +37,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        if data_state is not None:
+            (tmp / DATA_STATE.format(rank=accelerator.process_index)).write_text(json.dumps(data_state))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
@@ -78,6 +84,16 @@ def _prune(output_dir: Path, keep_last: int) -> None:
     checkpoints = sorted(p for p in output_dir.glob(f"{PREFIX}*") if p.is_dir() and (p / TRAINER_STATE).exists())
     for old in checkpoints[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def load_data_state(path: Path, rank: int) -> dict[str, Any]:
+    """Process ``rank``'s position in streamed data, saved in checkpoint ``path``."""
+    file = path / DATA_STATE.format(rank=rank)
+    if not file.is_file():
+        raise TclError(f"{file} is missing: {path} holds no position in the stream for process {rank} (written by "
+                       "another number of processes, or before the run streamed its data). Resume with the launch "
+                       "and data.pretrain_source that wrote it.")
+    return json.loads(file.read_text())
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:

@@ -15,6 +15,28 @@ EVAL_PANELS = {"retrieval R@1 (%)": ("eval/i2t_r1", "eval/t2i_r1"),
                "ITM / masked-word accuracy (%)": ("eval/itm_accuracy", "eval/mlm_word_accuracy")}
 
 
+SAMPLE_KEYS = "sample_keys/rank{rank}.jsonl"
+
+
+class SampleKeyLog:
+    """``train.log_sample_keys``: one JSON line per micro-batch, ``{"step", "micro", "keys"}`` (``step``: the
+    optimizer step the batch belongs to), in ``sample_keys/rank<r>.jsonl`` of each process."""
+
+    def __init__(self, output_dir: Path, rank: int):
+        path = output_dir / SAMPLE_KEYS.format(rank=rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a")
+
+    def write(self, step: int, micro: int, keys: list[str]) -> None:
+        self.handle.write(json.dumps({"step": step, "micro": micro, "keys": keys}) + "\n")
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class MetricsLogger:
     """Writes one JSON line per logged optimizer step (main process only) and mirrors it to accelerate's
     trackers."""

@@ -20,9 +20,11 @@ import torch
 
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
-from tcl.data.builders import build_loader, build_pretrain_dataset, build_tokenizer, check_data_root, pretrain_collator
+from tcl.data.builders import build_pretrain_loader, build_tokenizer, check_data_root
+from tcl.data.streaming import StreamLoader
 from tcl.engine import commands
-from tcl.engine.checkpoint import load_checkpoint
+from tcl.engine.checkpoint import load_checkpoint, load_data_state
+from tcl.engine.metrics import SAMPLE_KEYS
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
@@ -64,13 +66,12 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     resume_from = checkpoint_to_resume(config, args.resume, world_of(accelerator, config)) if args.resume else None
     check_data_root(config)
     tokenizer = build_tokenizer(config)
-    dataset = build_pretrain_dataset(config)
-    loader = build_loader(dataset, pretrain_collator(config, tokenizer), config.train.batch_size, shuffle=True,
-                          num_workers=config.data.num_workers, seed=config.train.seed, drop_last=True,
-                          rank=accelerator.process_index, world_size=accelerator.num_processes)
+    loader = build_pretrain_loader(config, tokenizer, accelerator.process_index, accelerator.num_processes)
+    dataset = loader.dataset
     steps_per_epoch = loader.sampler.batches_per_epoch() // config.train.grad_accum_steps
     if steps_per_epoch == 0:
-        raise TclError(f"{len(dataset)} samples are fewer than one optimizer step of train.batch_size "
+        samples = loader.epoch_samples if isinstance(loader, StreamLoader) else len(dataset)
+        raise TclError(f"{samples} samples per epoch are fewer than one optimizer step of train.batch_size "
                        f"{config.train.batch_size} x {accelerator.num_processes} processes x "
                        f"{config.train.grad_accum_steps} accumulation steps. Use a smaller batch or more data.")
     # Same seed on every rank for the initial weights and queues, then TCL's seed + rank for dropout and masking.
@@ -87,8 +88,11 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     state = {"epoch": 0, "batch": 0, "step": 0}
     if resume_from:
         state = load_checkpoint(accelerator, resume_from)
+        if isinstance(loader, StreamLoader):
+            loader.load_state_dict(load_data_state(resume_from, accelerator.process_index), str(resume_from))
         if accelerator.is_main_process:
             drop_metrics_after(output_dir / "metrics.jsonl", state["step"])
+        drop_metrics_after(output_dir / SAMPLE_KEYS.format(rank=accelerator.process_index), state["step"])
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state["step"], state["epoch"],
                     state["batch"])
     probe = shared_probe(config, tokenizer, accelerator)

@@ -19,7 +19,7 @@ from tcl.atomic import write_json_atomic
 from tcl.config import Config
 from tcl.data.bad_samples import SkipReport
 from tcl.engine.checkpoint import save_checkpoint
-from tcl.engine.metrics import MetricsLogger, chance_levels, headline, plot_losses
+from tcl.engine.metrics import MetricsLogger, SampleKeyLog, chance_levels, headline, plot_losses
 from tcl.engine.optim import alpha_at
 from tcl.engine.resume import world_of
 from tcl.engine.runtime import average_batchnorm_statistics, peak_memory_mb
@@ -49,6 +49,8 @@ class Trainer:
         self.max_steps = min(config.train.max_steps or self.total_steps, self.total_steps)
         self.samples_per_step = config.train.batch_size * config.train.grad_accum_steps * accelerator.num_processes
         self.metrics = MetricsLogger(accelerator, self.output_dir)
+        self.key_log = SampleKeyLog(self.output_dir, accelerator.process_index) if config.train.log_sample_keys \
+            else None
         self.stop = StopRequest()
         self.last_checkpoint: Path | None = None
         self.guard = build_step_guard(accelerator, config.train.grad_clip)
@@ -120,6 +122,8 @@ class Trainer:
             alpha = alpha_at(self.state["step"], self.steps_per_epoch, cfg.loss.alpha)
             output = self._micro_step(batch, alpha, boundary)
             self.skips.update(batch)
+            if self.key_log is not None:
+                self.key_log.write(self.state["step"] + 1, micro, batch["sample_keys"])
             self.state["batch"] = micro + 1
             if (micro + 1) % accumulation:
                 continue
@@ -207,11 +211,16 @@ class Trainer:
     def _checkpoint(self) -> None:
         text = yaml.safe_dump(self.config.to_dict(), sort_keys=False)
         state = {**self.state, "skipped": dict(self.skips.at_loading), "world": world_of(self.accelerator, self.config)}
+        if self.key_log is not None:
+            self.key_log.flush()
+        data_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None  # streamed data
         self.last_checkpoint = save_checkpoint(self.accelerator, self.output_dir, self.state["step"], state,
-                                               self.config.train.keep_last, text)
+                                               self.config.train.keep_last, text, data_state)
 
     def _finish(self, elapsed: float, steps: int) -> None:
         self.metrics.close()
+        if self.key_log is not None:
+            self.key_log.close()
         if not self.accelerator.is_main_process:
             return
         plot = plot_losses(self.output_dir / "metrics.jsonl", self.output_dir / "loss_curves.png",

@@ -20,14 +20,19 @@ BATCH, QUEUE, STEPS, PROCESSES = 4, 32, 3, 2
 pytestmark = pytest.mark.slow
 
 
+def launch_command(accelerate_config: str, root: Path, out: Path, *extra: str, launch_options: tuple = ()
+                   ) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_config),
+            *launch_options, str(REPO / "scripts/pretrain.py"), "--config", str(REPO / "configs/pretrain_tiny.yaml"),
+            "--dump-rank-states", f"data.root={root}", f"train.output_dir={out}", f"train.batch_size={BATCH}",
+            f"model.queue_size={QUEUE}", "data.num_workers=0", f"train.max_steps={STEPS}", *extra]
+
+
 def launch(accelerate_config: str, root: Path, out: Path, *extra: str, launch_options: tuple = ()
            ) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / accelerate_config),
-               *launch_options, str(REPO / "scripts/pretrain.py"), "--config", str(REPO / "configs/pretrain_tiny.yaml"),
-               "--dump-rank-states", f"data.root={root}", f"train.output_dir={out}", f"train.batch_size={BATCH}",
-               f"model.queue_size={QUEUE}", "data.num_workers=0", f"train.max_steps={STEPS}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(launch_command(accelerate_config, root, out, *extra, launch_options=launch_options),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 def assert_ranks_agree(out: Path) -> None:
@@ -150,3 +155,49 @@ def test_two_processes_read_tar_shards_and_stay_identical(shapes_copy, tmp_path)
                     'data.pretrain_files=["shards/{00000..00002}.tar"]', "loss.region_class_weight=0")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_ranks_agree(out)
+
+
+def test_two_processes_stream_shards_and_resume_after_sigkill(shapes_copy, tmp_path):
+    """Two processes of two loader workers stream 5 uneven shards (25, 25, 25, 25, 20 samples): both take every
+    step with identical weights; killed with SIGKILL after a checkpoint and resumed with --resume latest, every
+    step's samples on each process are those of an uninterrupted run."""
+    import signal
+    import time
+
+    import psutil
+
+    from tcl import cli
+
+    assert cli.main(["make-shards", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}", "--out",
+                     str(shapes_copy / "shards"), "--samples-per-shard", "25", "--quiet"]) == 0
+    stream = ["data.pretrain_source=webdataset", 'data.pretrain_files=["shards/{00000..00004}.tar"]',
+              "loss.region_class_weight=0", "data.num_workers=2", "data.shuffle_buffer=8", "train.log_sample_keys=true",
+              "train.save_every=2", "eval.retrieval_file=null"]
+    straight = launch("configs/accelerate/cpu_multiprocess.yaml", shapes_copy, tmp_path / "straight", *stream,
+                      "train.max_steps=8")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "8 steps on 2 process(es)" in straight.stdout
+    ranks = [load_file(str(tmp_path / "straight/rank_states" / f"rank{r}.safetensors")) for r in range(PROCESSES)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+
+    out = tmp_path / "resumed"
+    command = launch_command("configs/accelerate/cpu_multiprocess.yaml", shapes_copy, out, *stream,
+                             "train.max_steps=40")
+    killed = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-00000002").is_dir() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    everyone = [psutil.Process(killed.pid), *psutil.Process(killed.pid).children(recursive=True)]
+    for process in everyone:  # the node taken away: launcher, ranks and loader workers at once
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(everyone, timeout=30)
+    killed.wait()
+    assert int((out / "latest").read_text().split("-")[1]) < 8  # killed before the end
+    resumed = launch("configs/accelerate/cpu_multiprocess.yaml", shapes_copy, out, *stream, "train.max_steps=8",
+                     "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in range(PROCESSES):
+        lines = [(tmp_path / run / f"sample_keys/rank{rank}.jsonl").read_text().splitlines()
+                 for run in ("straight", "resumed")]
+        assert lines[0] == lines[1] and len(lines[0]) == 8

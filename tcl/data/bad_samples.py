@@ -70,7 +70,7 @@ def warn_skip(position: int | str, error: BadSampleError) -> None:
     if seen <= WARN_FIRST or seen % WARN_EVERY == 0:
         later = (f" ({seen} '{error.reason}' samples skipped by this process so far; from now on one line per "
                  f"{WARN_EVERY}, all counted in metrics.jsonl and the summary)" if seen >= WARN_FIRST else "")
-        logger.warning("skipping sample %d: %s%s", position, _with_hint(error), later)
+        logger.warning("skipping sample %s: %s%s", position, _with_hint(error), later)
 
 
 def merge_skipped(samples: list[dict[str, Any]]) -> dict[str, int]:

@@ -75,7 +75,8 @@ def build_stream_loader(config: Config, tokenizer: TclTokenizer, rank: int, worl
                             config.train.seed, data.max_caption_words, data.max_image_pixels)
     logger.info("streaming %d shards of %d source(s): %d samples per epoch", len(shards), len(sources),
                 epoch_samples)
-    return StreamLoader(dataset, usable_workers(data.num_workers), epoch_samples, config.train.seed)
+    return StreamLoader(dataset, usable_workers(data.num_workers), epoch_samples, config.train.seed,
+                        config.train.grad_accum_steps)
 
 
 def _shard_url(config: Config, name: str) -> str:

@@ -299,14 +299,18 @@ class StreamDataset(IterableDataset):
 
 class StreamLoader:
     """Batches of a ``StreamDataset`` through one DataLoader kept for the whole run (its workers stream on across
-    epochs), ``batches_per_epoch`` per epoch; remembers each worker's state for checkpoints.
+    epochs), ``batches_per_epoch`` per epoch (``epoch_samples`` cut to whole optimizer steps of all processes);
+    remembers each worker's state for checkpoints.
 
     It offers what the trainer asks of a loader's sampler (``set_epoch``, ``batches_per_epoch``) itself."""
 
-    def __init__(self, dataset: StreamDataset, num_workers: int, epoch_samples: int, seed: int):
+    def __init__(self, dataset: StreamDataset, num_workers: int, epoch_samples: int, seed: int,
+                 grad_accum_steps: int = 1):
         self.dataset, self.num_workers, self.seed = dataset, num_workers, seed
         self.epoch_samples = epoch_samples
-        self._batches_per_epoch = epoch_samples // (dataset.batch_size * dataset.world)
+        # Whole optimizer steps: the trainer would otherwise draw (and drop) a remainder of micro-batches.
+        steps = epoch_samples // (dataset.batch_size * dataset.world * grad_accum_steps)
+        self._batches_per_epoch = steps * grad_accum_steps
         self.workers = max(num_workers, 1)
         self.states = initial_states(self.workers)
         self.consumed = 0  # batches handed on since the run began (before a resume too)

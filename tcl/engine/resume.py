@@ -13,8 +13,8 @@ accumulation, so that ``train.batch_size`` is the one setting that changes. The 
 permutation into the same global batches, the epoch goes on at the same batch, every sample of it is seen once, and
 the schedule counts the same optimizer steps. Anything else is refused before anything is written, with the setting
 that would continue the run. (Changing the accumulation instead would change what enters the queues: only a step's
-first micro-batch is enqueued.) DeepSpeed partitions its optimizer state over the processes, so a DeepSpeed
-checkpoint resumes on as many processes as wrote it.
+first micro-batch is enqueued.) DeepSpeed partitions its optimizer state over the processes, and streamed shards
+keep a position per process (``tcl.data.streaming``), so such checkpoints resume on as many processes as wrote them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def world_of(accelerator, config: Config) -> dict[str, Any]:
     """How many processes run, with which per-process batch and accumulation, and whether under DeepSpeed."""
     return {"processes": accelerator.num_processes, "batch_size": config.train.batch_size,
             "grad_accum_steps": config.train.grad_accum_steps,
-            "deepspeed": accelerator.state.deepspeed_plugin is not None}
+            "deepspeed": accelerator.state.deepspeed_plugin is not None,
+            "streamed": config.data.pretrain_source == "webdataset"}
 
 
 def checkpoint_to_resume(config: Config, resume: str, world: dict[str, Any] | None = None) -> Path:
@@ -91,6 +92,10 @@ def _check_world(saved: dict[str, Any], now: dict[str, Any], path: Path, resume:
     if before != after and now["deepspeed"]:
         raise TclError(f"--resume {resume}: {path} was written by {before} DeepSpeed processes, whose ZeRO optimizer "
                        f"state is split {before} ways; this launch has {after}. Resume it with accelerate launch "
+                       f"--num_processes {before}.")
+    if before != after and now.get("streamed"):
+        raise TclError(f"--resume {resume}: {path} was written by {before} processes streaming shards, each with its "
+                       f"own position in the stream; this launch has {after}. Resume it with accelerate launch "
                        f"--num_processes {before}.")
     samples_per_step = _global_batch(saved) * saved["grad_accum_steps"]
     if now["grad_accum_steps"] == saved["grad_accum_steps"] and _global_batch(now) == _global_batch(saved):

@@ -58,9 +58,9 @@ def test_differences_list_only_what_may_not_change(tmp_path):
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
-def world(processes, batch_size, accumulation=1, deepspeed=False):
+def world(processes, batch_size, accumulation=1, deepspeed=False, streamed=False):
     return {"processes": processes, "batch_size": batch_size, "grad_accum_steps": accumulation,
-            "deepspeed": deepspeed}
+            "deepspeed": deepspeed, "streamed": streamed}
 
 
 def written_by(tmp_path, saved_world) -> Path:
@@ -86,6 +86,7 @@ def written_by(tmp_path, saved_world) -> Path:
     (world(2, 4, 2), world(1, 8, 1), "--resume latest train.batch_size=8 train.grad_accum_steps=2"),
     (world(2, 4, deepspeed=True), world(1, 8, deepspeed=True), "Resume it with accelerate launch --num_processes 2"),
     (world(2, 4), world(2, 4, deepspeed=True), "was written without DeepSpeed"),
+    (world(2, 4, streamed=True), world(1, 8, streamed=True), "Resume it with accelerate launch --num_processes 2"),
     (world(2, 4), world(2, 8), "train.batch_size: 4 in the run, 8 now"),
 ])
 def test_resume_on_other_processes_is_refused_unless_the_steps_stay_the_same(tmp_path, saved, now, fragment):

@@ -112,8 +112,9 @@ class DataConfig:
     image_root: str = "images"
     # Image-text pairs: COCO captions files, ALBEF/TCL JSON lists, a Hugging Face datasets table, local WebDataset
     # tar shards read at random (shards), or WebDataset shards streamed (webdataset: local paths, pipe: commands,
-    # URLs; each entry of pretrain_files is one source). Brace ranges such as shards/{00000..00099}.tar are
-    # expanded; tcl make-shards writes shards.
+    # URLs; each entry of pretrain_files is one source, and a .json entry, a COCO captions file or ALBEF list, joins
+    # as a source of its own). Brace ranges such as shards/{00000..00099}.tar are expanded; tcl make-shards writes
+    # shards.
     pretrain_source: Literal["coco", "albef_json", "hf", "shards", "webdataset"] = "coco"
     pretrain_files: list[str] = field(default_factory=lambda: ["annotations/captions_train2014.json"])
     # Streamed shards (webdataset): samples per epoch, all processes together (0 = the samples the shards' listings,

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from tcl import cli
 from tcl.config import load_config
@@ -203,3 +204,28 @@ def test_pretraining_resumes_on_the_stream(shards, shapes_root, tmp_path, worker
 def test_a_stream_state_fits_in_json():
     state = redeal(initial_states(2), 3, rank=1, world=2)[2]
     assert StreamState.from_json(state.to_json()) == state
+
+
+def test_an_indexed_file_joins_the_stream_as_a_source(shards, shapes_root, tokenizer):
+    """The world's COCO captions file beside the shards of the same pairs: one pass reads each of its rows and each
+    shard sample once; the rows come with their image file's bytes and captions."""
+    from tcl.data.builders import pretrain_pairs
+
+    coco = "annotations/captions_train2014.json"
+    config = stream_config(shapes_root, f'data.pretrain_files=["{shards}/{{00000..00004}}.tar", "{coco}"]')
+    loader = build_pretrain_loader(config, tokenizer, 0, 1)
+    assert loader.epoch_samples == 240
+    dataset = loader.dataset
+    assert dataset.sequence.source_sizes == (5, 1)  # five shards, one chunk of rows
+    stream = iter(WorkerStream(dataset.sequence, initial_states(1)[0], 0, 1, 10, "skip", 0, dataset.reader))
+    items = [next(stream) for _ in range(260)]
+    first_pass = Counter((position, ordinal) for position, ordinal, _, _ in items if position < 6)
+    assert len(first_pass) == 240 and max(first_pass.values()) == 1
+    table, root, _ = pretrain_pairs(load_config(TINY, [f"data.root={shapes_root}"]))
+    rows = {key: members for _, _, key, members in items if "#" in key}
+    key, members = next(iter(rows.items()))
+    row = table[int(key.rsplit("#", 1)[1])]
+    assert members["jpg"] == (root / row["image"]).read_bytes()
+    assert json.loads(members["json"])["captions"] == row["captions"]
+    batch = next(iter(loader))
+    assert batch["image"].shape == (8, 3, 64, 64) and batch["image"].dtype == torch.uint8

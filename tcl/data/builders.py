@@ -6,6 +6,7 @@ import os
 
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -17,7 +18,7 @@ from tcl.data.image_text import (BoxedObject, ImageTextDataset, PretrainCollator
                                  coco_caption_table, coco_objects, hf_table)
 from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.shards import expand_shards, listed_samples, shard_table
-from tcl.data.streaming import ShardSequence, StreamDataset, StreamLoader
+from tcl.data.streaming import ShardSequence, SourceReader, StreamDataset, StreamLoader, table_chunks
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
@@ -61,22 +62,42 @@ def build_pretrain_loader(config: Config, tokenizer: TclTokenizer, rank: int, wo
 
 
 def build_stream_loader(config: Config, tokenizer: TclTokenizer, rank: int, world_size: int) -> StreamLoader:
-    """Streamed shards (``tcl.data.streaming``): each entry of ``data.pretrain_files`` one source; an epoch of
-    ``data.epoch_samples`` samples (0: the shards' listed count)."""
+    """Streamed data (``tcl.data.streaming``): each entry of ``data.pretrain_files`` one source — tar shards (a brace
+    pattern), or a ``.json`` COCO captions file or ALBEF list, indexed and read in chunks; an epoch of
+    ``data.epoch_samples`` samples (0: the shards' listed count and the tables' rows)."""
     data = config.data
-    sources = [[_shard_url(config, name) for name in expand_shards(pattern)] for pattern in data.pretrain_files]
-    shards = [shard for source in sources for shard in source]
-    sequence = ShardSequence(tuple(shards), tuple(len(source) for source in sources),
+    sources, tables, shards = [], [], []
+    for pattern in data.pretrain_files:
+        if pattern.endswith(".json"):
+            table, root, _ = pretrain_pairs(_single_source(config, pattern))
+            tables.append((table, root, pattern))
+            sources.append(table_chunks(len(tables) - 1, len(table)))
+        else:
+            sources.append([_shard_url(config, name) for name in expand_shards(pattern)])
+            shards += sources[-1]
+    sequence = ShardSequence(tuple(entry for source in sources for entry in source),
+                             tuple(len(source) for source in sources),
                              tuple(data.source_weights) if data.source_weights else None, config.train.seed)
-    epoch_samples = data.epoch_samples or listed_samples(shards)
+    epoch_samples = data.epoch_samples or (listed_samples(shards) + sum(len(table) for table, _, _ in tables))
     transform, aug_transform = pretrain_transforms(config)
     dataset = StreamDataset(sequence, pretrain_collator(config, tokenizer), transform, aug_transform,
                             config.train.batch_size, rank, world_size, data.shuffle_buffer, data.on_bad_sample,
-                            config.train.seed, data.max_caption_words, data.max_image_pixels)
-    logger.info("streaming %d shards of %d source(s): %d samples per epoch", len(shards), len(sources),
-                epoch_samples)
+                            config.train.seed, data.max_caption_words, data.max_image_pixels, SourceReader(tables))
+    logger.info("streaming %d source(s) (%d shards, %d indexed files): %d samples per epoch", len(sources),
+                len(shards), len(tables), epoch_samples)
     return StreamLoader(dataset, usable_workers(data.num_workers), epoch_samples, config.train.seed,
                         config.train.grad_accum_steps)
+
+
+def _single_source(config: Config, file: str) -> Config:
+    """``config`` reading only ``file``: a COCO captions file (a JSON object) or an ALBEF list (a JSON array)."""
+    path = _resolve(config, file)
+    if not path.is_file():
+        raise DataError(f"{path}: annotation file not found; check data.root and data.pretrain_files.")
+    with open(path, "rb") as handle:
+        start = handle.read(4096).lstrip()[:1]
+    kind = "coco" if start == b"{" else "albef_json"
+    return replace(config, data=replace(config.data, pretrain_source=kind, pretrain_files=[file]))
 
 
 def _shard_url(config: Config, name: str) -> str:

@@ -2,7 +2,9 @@
 
 Shards in img2dataset's layout (``<key>.jpg|png|webp``, ``<key>.txt``, optional ``<key>.json``) are read as
 streams, whatever ``webdataset.gopen`` opens: local paths, ``pipe:`` commands (``pipe:aws s3 cp s3://b/x.tar -``),
-``http(s)://`` URLs. Nothing needs random access or an index.
+``http(s)://`` URLs. Nothing needs random access or an index. A COCO captions file or an ALBEF list may join a
+streamed run as a source of its own: indexed as usual, its rows are read in chunks of ``TABLE_CHUNK``, each an entry
+of the shard sequence like a shard (``SourceReader``).
 
 **The shard sequence.** Positions 0, 1, 2, ... of an endless sequence name shards: without weights, position ``g``
 is shard ``g mod N`` of pass ``g div N``'s seeded permutation of all N shards (every source's, concatenated: one pass
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 # After this many shards in a row without one usable sample the shard list is almost certainly wrong.
 MAX_EMPTY_SHARDS = 20
+# An indexed source (COCO captions, ALBEF list) joins a stream as chunks of this many rows, each read like a shard.
+TABLE_CHUNK = 1000
+TABLE_PREFIX = "table:"
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,42 @@ def redeal(states: list[StreamState], workers: int, rank: int, world: int) -> li
                         pieces=pieces[k::workers], buffer=buffer[k::workers]) for k in range(workers)]
 
 
+class SourceReader:
+    """Reads one entry of the shard sequence: a tar shard (``read_shard``), or a chunk of ``TABLE_CHUNK`` rows of an
+    indexed source (``table:<source>:<first row>``, ``table_chunks``) — a COCO captions file or an ALBEF list joining
+    a streamed run — whose rows become samples like a shard's (the image file's bytes, the captions).
+
+    Args:
+        tables: per table source, its rows (``{"image", "captions"}``), the folder its paths are relative to, and
+            the file it was read from (naming its samples).
+    """
+
+    def __init__(self, tables: list[tuple[Any, Path, str]] = ()):
+        self.tables = list(tables)
+
+    def __call__(self, name: str) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+        if not name.startswith(TABLE_PREFIX):
+            return read_shard(name)
+        _, source, first = name.split(":")
+        return self._chunk(*self.tables[int(source)], int(first))
+
+    @staticmethod
+    def _chunk(table, root: Path, file: str, first: int) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+        rows = table[first:first + TABLE_CHUNK]
+        for ordinal, (image, captions) in enumerate(zip(rows["image"], rows["captions"])):
+            members = {"json": json.dumps({"image": image, "captions": captions}).encode()}
+            try:
+                members["jpg"] = (root / image).read_bytes()
+            except OSError:  # a missing image: the sample has no image member, counted as such
+                pass
+            yield ordinal, f"{file}#{first + ordinal}", members
+
+
+def table_chunks(source: int, rows: int) -> list[str]:
+    """The sequence entries of table source ``source`` of ``rows`` rows: one per ``TABLE_CHUNK`` rows."""
+    return [f"{TABLE_PREFIX}{source}:{first}" for first in range(0, rows, TABLE_CHUNK)]
+
+
 def read_shard(url: str) -> Iterator[tuple[int, str, dict[str, bytes]]]:
     """(ordinal, key, {extension: bytes}) per sample of a shard, read as a stream (a sample's members are adjacent
     in the tar, as WebDataset writes them); ordinals count every sample, readable or not."""
@@ -152,9 +193,9 @@ class WorkerStream:
     (a ``StreamState``) kept current; unreadable shards are skipped and counted in ``skipped``."""
 
     def __init__(self, sequence: ShardSequence, state: StreamState, rank: int, world: int, buffer_size: int,
-                 on_bad_sample: str, seed: int):
+                 on_bad_sample: str, seed: int, read: Callable[[str], Iterator] = read_shard):
         self.sequence, self.state, self.rank, self.world = sequence, state, rank, world
-        self.buffer_size, self.on_bad_sample, self.seed = buffer_size, on_bad_sample, seed
+        self.buffer_size, self.on_bad_sample, self.seed, self.read = buffer_size, on_bad_sample, seed, read
         self.skipped: Counter = Counter()
         self._items: list[tuple] = []  # the buffer's samples, in the order of state.buffer
 
@@ -211,7 +252,7 @@ class WorkerStream:
         url = self.sequence.shard(position)
         remaining = set(only) if only is not None else None
         try:
-            for ordinal, key, members in read_shard(url):
+            for ordinal, key, members in self.read(url):
                 if ordinal < start or (remaining is not None and ordinal not in remaining):
                     continue
                 piece[1] = ordinal + 1
@@ -239,8 +280,9 @@ class StreamDataset(IterableDataset):
 
     def __init__(self, sequence: ShardSequence, collate: PretrainCollator, transform: Callable,
                  aug_transform: Callable, batch_size: int, rank: int, world: int, buffer_size: int,
-                 on_bad_sample: str, seed: int, max_words: int, max_image_pixels: int | None):
-        self.sequence, self.collate = sequence, collate
+                 on_bad_sample: str, seed: int, max_words: int, max_image_pixels: int | None,
+                 reader: SourceReader | None = None):
+        self.sequence, self.collate, self.reader = sequence, collate, reader or SourceReader()
         self.transform, self.aug_transform = transform, aug_transform
         self.batch_size, self.rank, self.world, self.buffer_size = batch_size, rank, world, buffer_size
         self.on_bad_sample, self.seed = on_bad_sample, seed
@@ -256,7 +298,7 @@ class StreamDataset(IterableDataset):
             raise TclError(f"the stream holds states of {len(self.states)} workers, the loader runs {workers}")
         worker = (self.first + physical) % workers
         stream = WorkerStream(self.sequence, self.states[worker], self.rank, self.world, self.buffer_size,
-                              self.on_bad_sample, self.seed)
+                              self.on_bad_sample, self.seed, self.reader)
         samples, keys = [], []
         for position, ordinal, key, members in stream:
             sample = self._sample(position, ordinal, key, members, stream.skipped)

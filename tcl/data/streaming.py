@@ -92,8 +92,8 @@ class ShardSequence:
 class StreamState:
     """Where one loader worker's stream stands: ``pieces`` to read first (``[position, next ordinal, ordinals or
     None]``: a shard read from that ordinal on, or only the listed ordinals), then dealt local indices ``next``,
-    ``next + stride``, ... (from ``origin + worker``); the shuffle ``buffer`` as ``[position, ordinal]`` references, in buffer order; ``draws``
-    made from the buffer, seeded with ``name``."""
+    ``next + stride``, ... (from ``origin + worker``); the shuffle ``buffer`` as ``[position, ordinal]``
+    references, in buffer order; ``draws`` made from the buffer, seeded with ``name``."""
 
     next: int
     stride: int

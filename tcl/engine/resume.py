@@ -33,8 +33,8 @@ from tcl.run_folder import TRAINER_STATE, find_checkpoint
 
 # Settings a resumed run may change: how long it runs, how often it saves, logs and evaluates, how long it waits
 # for the other processes, and how it loads batches; none of them changes what the steps compute.
-CHANGEABLE = ("train.max_steps", "train.epochs", "train.save_every", "train.keep_last", "train.log_every", "train.log_sample_keys",
-              "train.output_dir", "train.max_nonfinite_steps", "train.process_group_timeout_s", "data.num_workers",
+CHANGEABLE = ("train.max_steps", "train.epochs", "train.save_every", "train.keep_last", "train.log_every",
+              "train.log_sample_keys", "train.output_dir", "train.max_nonfinite_steps", "train.process_group_timeout_s", "data.num_workers",
               "eval.")
 RUN_CONFIG = "config.yaml"
 logger = logging.getLogger(__name__)

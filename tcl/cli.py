@@ -33,13 +33,18 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 def _make_shards(args: argparse.Namespace) -> int:
+    import random
+
     from tcl.config import load_config
     from tcl.data.builders import pretrain_pairs
     from tcl.data.shards import write_shards
 
     table, image_root, _ = pretrain_pairs(load_config(args.config, args.overrides))
-    report = write_shards(table, image_root, args.out, args.samples_per_shard, total=len(table),
-                          show_progress=not args.quiet)
+    order = list(range(len(table)))
+    if not args.keep_order:  # a seeded shuffle: an image's captions (adjacent rows) land in different shards
+        random.Random(args.seed).shuffle(order)
+    report = write_shards((table[row] for row in order), image_root, args.out, args.samples_per_shard,
+                          total=len(table), show_progress=not args.quiet, keys=order)
     left_out = ", ".join(f"{reason} {count}" for reason, count in report.skipped.most_common()) or "none"
     print(f"wrote {report.samples} samples in {len(report.shards)} shards to {args.out} (left out: {left_out}); "
           f"the list of shards is {args.out}/shards.json")
@@ -155,11 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "embedded world, COCO captions, ALBEF lists) as tar shards: <key>.jpg|png|webp (the file's own "
                     "bytes), <key>.txt (the first caption), <key>.json (source path and every caption), and "
                     "shards.json listing the shards and their sample counts. Missing or corrupt images are left out "
-                    "and counted.")
+                    "and counted. Rows are shuffled (seeded) unless --keep-order; each key is the row's index in the "
+                    "source.")
     shards.add_argument("config", help="YAML config or shipped name whose pretraining source to convert")
     shards.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. data.root=...)")
     shards.add_argument("--out", required=True, help="folder for the shards")
     shards.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar file (default 1000)")
+    shards.add_argument("--keep-order", action="store_true",
+                        help="write the rows in the source's order (default: a seeded shuffle, so that a stream's "
+                             "shuffle buffer does not hold an image's several captions together)")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     shards.add_argument("--quiet", action="store_true", help="no progress bar")
     shards.set_defaults(run=_make_shards)
 

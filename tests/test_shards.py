@@ -35,7 +35,7 @@ def test_the_embedded_world_as_shards(shapes_root, tmp_path, capsys):
     out = tmp_path / "shards"
     config = str(REPO / "configs/pretrain_tiny.yaml")
     assert cli.main(["make-shards", config, f"data.root={shapes_root}", "--out", str(out), "--samples-per-shard",
-                     "50", "--quiet"]) == 0
+                     "50", "--quiet", "--keep-order"]) == 0
     table, image_root, _ = pretrain_pairs(load_config(config, [f"data.root={shapes_root}"]))
     listing = json.loads((out / "shards.json").read_text())
     assert list(listing["shards"]) == ["00000.tar", "00001.tar", "00002.tar"] and listing["skipped"] == {}
@@ -51,8 +51,13 @@ def test_the_embedded_world_as_shards(shapes_root, tmp_path, capsys):
     assert f"wrote {len(table)} samples in 3 shards" in capsys.readouterr().out
     again = tmp_path / "again"
     cli.main(["make-shards", config, f"data.root={shapes_root}", "--out", str(again), "--samples-per-shard", "50",
-              "--quiet"])
+              "--quiet", "--keep-order"])
     assert all((out / name).read_bytes() == (again / name).read_bytes() for name in listing["shards"])
+    shuffled = tmp_path / "shuffled"  # the default: the same samples, each under its row's key, in a seeded order
+    cli.main(["make-shards", config, f"data.root={shapes_root}", "--out", str(shuffled), "--samples-per-shard", "50",
+              "--quiet"])
+    mixed = read_shards(shuffled)
+    assert list(mixed) != list(samples) and mixed == samples
 
 
 def test_bad_images_and_captions_are_left_out_and_counted(shapes_copy, tmp_path):
@@ -72,8 +77,7 @@ def test_bad_images_and_captions_are_left_out_and_counted(shapes_copy, tmp_path)
     out = tmp_path / "shards"
     assert cli.main(["make-shards", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}",
                      "data.pretrain_source=albef_json", "data.pretrain_files=[pairs.json]", "loss.region_class_weight=0",
-                     "--out", str(out),
-                     "--quiet"]) == 0
+                     "--out", str(out), "--quiet", "--keep-order"]) == 0
     listing = json.loads((out / "shards.json").read_text())
     assert listing["skipped"] == {"corrupt image": 1, "missing image": 1}  # the empty caption: left out at indexing
     samples = read_shards(out)
@@ -83,7 +87,7 @@ def test_bad_images_and_captions_are_left_out_and_counted(shapes_copy, tmp_path)
 
 def make_shards(root: Path, out: Path) -> list[str]:
     assert cli.main(["make-shards", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={root}", "--out", str(out),
-                     "--samples-per-shard", "50", "--quiet"]) == 0
+                     "--samples-per-shard", "50", "--quiet", "--keep-order"]) == 0
     return ["data.pretrain_source=shards", f'data.pretrain_files=["{out.name}/{{00000..00002}}.tar"]',
             "loss.region_class_weight=0"]
 

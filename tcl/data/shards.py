@@ -3,9 +3,12 @@
 A shard ``NNNNN.tar`` holds, per sample with key ``KKKKKKKKK`` (its row in the source, zero-padded):
 ``KKKKKKKKK.jpg`` (or ``.png`` / ``.webp``: the image file's own bytes, untouched; other formats are re-encoded as
 JPEG), ``KKKKKKKKK.txt`` (the first caption) and ``KKKKKKKKK.json`` (``{"key", "image", "captions"}``: the source
-path and every caption). Tar headers carry no time, owner or mode of this machine, so the same source gives the same
-bytes. Each shard is written under a temporary name and renamed when complete. ``shards.json`` beside them lists the
-shards with their sample counts (a reader knows an epoch's size without opening them) and the samples left out.
+path and every caption). ``tcl make-shards`` writes the rows in a seeded random order (``--keep-order``: the
+source's), so that the several captions of an image, adjacent in COCO's and Visual Genome's lists, do not sit
+together in a stream's shuffle buffer. Tar headers carry no time, owner or mode of this machine, so the same source
+gives the same bytes. Each shard is written under a temporary name and renamed when complete. ``shards.json``
+beside them lists the shards with their sample counts (a reader knows an epoch's size without opening them) and the
+samples left out.
 
 Reading (``data.pretrain_source: shards``): local shards are indexed once (``shard_table``: per sample, the shard,
 the byte offset and size of its image member, its captions; cached like every index) and then read at random
@@ -16,6 +19,7 @@ every process the same number of steps, and a resumed epoch continues with exact
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import tarfile
@@ -59,15 +63,18 @@ class ShardReport:
 
 
 def write_shards(rows: Iterable[dict], image_root: str | Path, out: str | Path, samples_per_shard: int = 1000,
-                 total: int | None = None, show_progress: bool = True) -> ShardReport:
+                 total: int | None = None, show_progress: bool = True, keys: Iterable[int] | None = None
+                 ) -> ShardReport:
     """Writes ``rows`` (``{"image": path relative to image_root or absolute, "captions": [str, ...]}``) as shards in
-    ``out``; an image that is missing or does not decode is left out and counted by reason."""
+    ``out``, each sample named by its entry of ``keys`` (default: its position); an image that is missing or does not
+    decode is left out and counted by reason."""
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
     out, image_root = Path(out), Path(image_root)
     out.mkdir(parents=True, exist_ok=True)
     report, batch = ShardReport(), []
-    for key, row in enumerate(tqdm(rows, total=total, desc="shards", unit="sample", disable=not show_progress)):
+    rows = tqdm(rows, total=total, desc="shards", unit="sample", disable=not show_progress)
+    for key, row in zip(keys if keys is not None else itertools.count(), rows):
         sample = _sample(key, row, image_root, report.skipped)
         if sample is not None:
             batch.append(sample)

@@ -12,8 +12,9 @@ training device); the official one is TCL's ``create_dataset('pretrain', ...)`` 
 opencv-python-headless``. One thread, rounds alternating ours / official over the same files; the median round.
 
 The photographs: scikit-image's sample photographs (astronaut, coffee, chelsea, ...) cut and resized to COCO's
-640 x 480 as JPEGs, 200 of them, made once in ``data/bench_photos`` (needs ``pip install scikit-image``), or any
-folder of JPEGs with ``--photos``.
+640 x 480 as JPEGs (``--photo-size`` for others: web images are often larger, and large JPEGs decode at the scale
+the random crops need), 200 of them, made once in ``data/bench_photos[_WxH]`` (needs ``pip install scikit-image``),
+or any folder of JPEGs with ``--photos``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
           "retina.jpg", "rocket.jpg", "color.png")
 
 
-def make_photos(folder: Path, count: int = 200, seed: int = 0) -> list[Path]:
-    """``count`` 640 x 480 JPEGs cut from scikit-image's photographs (made once)."""
+def make_photos(folder: Path, count: int = 200, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Path]:
+    """``count`` JPEGs of ``size`` (COCO's 640 x 480 by default) cut from scikit-image's photographs (made once)."""
     existing = sorted(folder.glob("*.jpg"))
     if len(existing) >= count:
         return existing[:count]
@@ -57,7 +58,7 @@ def make_photos(folder: Path, count: int = 200, seed: int = 0) -> list[Path]:
         scale = rng.uniform(0.6, 1.0)
         crop_w, crop_h = int(width * scale), int(min(height, width * scale * 0.75))
         left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
-        image = photo.crop((left, top, left + crop_w, top + crop_h)).resize((640, 480), Image.BICUBIC)
+        image = photo.crop((left, top, left + crop_w, top + crop_h)).resize(size, Image.BICUBIC)
         if rng.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         image.save(folder / f"{index:04d}.jpg", quality=90)
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384])
     parser.add_argument("--photos", default=None, help="a folder of JPEGs (default: data/bench_photos, generated)")
     parser.add_argument("--count", type=int, default=200, help="photographs per round")
+    parser.add_argument("--photo-size", default="640x480",
+                        help="generated photographs' WIDTHxHEIGHT (default COCO's 640x480; web images are often "
+                             "larger, e.g. 1600x1200)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tcl-checkout", default=None, help="a checkout of github.com/uta-smile/TCL")
     parser.add_argument("--deps", default=None, help="a folder with opencv-python-headless for the official side")
@@ -107,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.tcl_checkout) != bool(args.deps):
         parser.error("--tcl-checkout and --deps go together (see the docstring)")
     torch.set_num_threads(1)
+    width, height = (int(side) for side in args.photo_size.split("x"))
+    folder = REPO / ("data/bench_photos" if (width, height) == (640, 480) else f"data/bench_photos_{width}x{height}")
     photos = (sorted(Path(args.photos).glob("*.jpg"))[:args.count] if args.photos
-              else make_photos(REPO / "data/bench_photos", args.count))
+              else make_photos(folder, args.count, size=(width, height)))
     listing = write_list(photos, Path(tempfile.mkdtemp(prefix="bench_loader_")) / "pairs.json")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "photos": len(photos),
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "photos": len(photos), "photo_size": args.photo_size,
               "cpus_allowed": len(os.sched_getaffinity(0)),
               "command": " ".join(["python benchmarks/bench_loader.py", *(argv if argv is not None else sys.argv[1:])]),
               "sizes": {}}

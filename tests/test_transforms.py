@@ -304,3 +304,28 @@ def test_random_augment_zero_ops_is_identity():
 def test_random_augment_rejects_bad_arguments():
     with pytest.raises(ValueError):
         T.RandomAugment(2, 7, max_magnitude=0)
+
+
+def test_large_jpegs_decode_at_the_scale_the_crops_need(tmp_path):
+    """At 256 px the smallest crop of a 1600 x 1200 photograph (a fifth of its area, ratio 3:4) has 537 pixels a
+    side: half the resolution still gives it 268, so the JPEG decodes at 800 x 600; a 640 x 480 one decodes whole,
+    and so does any image at 384 px."""
+    from tcl.data.images import as_rgb_image, load_rgb_image
+
+    big = tmp_path / "big.jpg"
+    _scene(1600, 1200).save(big, quality=90)
+    chain = T.pretrain_transform(256)
+    decode_size = T.chains_decode_size(chain, T.pretrain_transform(256, grayscale=0.5))
+    assert decode_size(1600, 1200) == (764, 573) and decode_size(640, 480) is None
+    assert T.chains_decode_size(T.pretrain_transform(384))(1600, 1200) is None
+    assert T.chains_decode_size(chain, T.test_transform(256)) is None  # a chain without a random crop: whole
+    image = load_rgb_image(big, decode_size=decode_size)
+    assert image.size == (800, 600) and as_rgb_image(big.read_bytes(), decode_size=decode_size).size == (800, 600)
+    assert load_rgb_image(big).size == (1600, 1200)
+    crop = chain.transforms[0]
+    for seed in range(50):  # every crop drawn on the reduced image still has the output's resolution
+        torch.manual_seed(seed)
+        _, _, height, width = crop.draw(image)
+        assert min(height, width) >= 256
+    torch.manual_seed(0)
+    assert chain(image).shape == (3, 256, 256)

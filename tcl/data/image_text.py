@@ -29,7 +29,7 @@ from tcl.data.index import cached_index, source_key
 from tcl.data.json_io import load_json, stream_json_list
 from tcl.data.shards import read_member
 from tcl.data.text import pre_caption
-from tcl.data.transforms import ViewWithCrop, box_in_crop
+from tcl.data.transforms import ViewWithCrop, box_in_crop, chains_decode_size
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
 
@@ -278,6 +278,8 @@ class ImageTextDataset(TableDataset):
         self.grounding = grounding
         self.region_classes = region_classes
         self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
+        # Large JPEGs decode at the scale the random crops need; boxes (objects) need the stored pixels' coordinates.
+        self.decode_size = chains_decode_size(transform, self.aug_transform) if objects is None else None
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self.table[index]
@@ -312,14 +314,15 @@ class ImageTextDataset(TableDataset):
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):
             path = Path(value)
-            return load_rgb_image(path if path.is_absolute() else self.image_root / path, self.max_image_pixels)
+            return load_rgb_image(path if path.is_absolute() else self.image_root / path, self.max_image_pixels,
+                                  self.decode_size)
         from tcl.data.images import as_rgb_image
 
         if value is None:
             raise BadSampleError("image missing from the table row", "missing image")
         if isinstance(value, dict) and "shard" in value:  # a member of a tar shard (tcl.data.shards)
             try:
-                return as_rgb_image(read_member(value), self.max_image_pixels)
+                return as_rgb_image(read_member(value), self.max_image_pixels, decode_size=self.decode_size)
             except BadSampleError as error:
                 raise BadSampleError(f"{value['shard']}: {value['name']}: {error}", error.reason) from None
         return as_rgb_image(value)

@@ -14,7 +14,7 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -30,9 +30,12 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
 _WHITE = (255, 255, 255, 255)
 # Tolerance for float arrays that leave [0, 1] only by rounding error.
 _FLOAT_SLACK = 1e-3
+# (width, height) of a stored image → the smallest (width, height) its user needs, or None for the whole image.
+DecodeSize = Callable[[int, int], "tuple[int, int] | None"]
 
 
-def load_rgb_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_rgb_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                   decode_size: DecodeSize | None = None) -> Image.Image:
     """Reads an image file and returns it fully decoded as upright 8-bit RGB.
 
     Decoding happens here (``Image.load``), so a truncated file fails now rather than inside a transform.
@@ -42,6 +45,9 @@ def load_rgb_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
         max_pixels: largest width × height accepted, checked from the header before decoding; ``None`` turns our
             check off. PIL's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) still applies on top and is
             reported the same way.
+        decode_size: (width, height) of the stored image → the smallest size the caller needs, or None for all of
+            it: a JPEG is then decoded at the largest reduction (1/2, 1/4, 1/8) that still gives at least that
+            (``Image.draft``); other formats decode whole.
 
     Raises:
         BadSampleError: reason ``missing image``, ``unreadable image``, ``empty image file``, ``corrupt image`` or
@@ -49,11 +55,11 @@ def load_rgb_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX
     """
     path = Path(path)
     with _open_file(path) as stream:
-        return _decode(stream, str(path), max_pixels)
+        return _decode(stream, str(path), max_pixels, decode_size=decode_size)
 
 
-def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_side: int | None = None
-                 ) -> Image.Image:
+def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_side: int | None = None,
+                 decode_size: DecodeSize | None = None) -> Image.Image:
     """An upright 8-bit RGB image from a path, encoded bytes, a PIL image or a numpy array.
 
     Arrays may be H×W, H×W×1, H×W×3 or H×W×4 (alpha is composited over white) and hold uint8, uint16 (scaled by
@@ -64,6 +70,7 @@ def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, ma
         max_pixels: as in ``load_rgb_image``; not applied to arrays, which are decoded already.
         max_side: encoded bytes only: shrink to at most this many pixels a side, decoding JPEGs at a reduced scale
             already (``Image.draft``), so that a huge upload never holds its full-size pixels (a server's choice).
+        decode_size: encoded bytes only: as in ``load_rgb_image``.
 
     Raises:
         BadSampleError: as ``load_rgb_image``, or reason ``unsupported image`` for other types, shapes or ranges.
@@ -74,7 +81,7 @@ def as_rgb_image(obj: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, ma
     if isinstance(obj, (str, os.PathLike)):
         return load_rgb_image(obj, max_pixels)
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(obj), max_pixels, max_side)
+        return _from_bytes(bytes(obj), max_pixels, max_side, decode_size)
     if isinstance(obj, Image.Image):
         return _from_pil(obj, max_pixels)
     if isinstance(obj, np.ndarray):
@@ -138,19 +145,21 @@ def _open_file(path: Path) -> IO[bytes]:
                              "unreadable image") from error
 
 
-def _from_bytes(data: bytes, max_pixels: int | None, max_side: int | None = None) -> Image.Image:
+def _from_bytes(data: bytes, max_pixels: int | None, max_side: int | None = None,
+                decode_size: DecodeSize | None = None) -> Image.Image:
     name = "image bytes"
     if not data:
         raise BadSampleError(f"{name}: empty (0 bytes): there is no image in them", "empty image file")
-    image = _decode(io.BytesIO(data), name, max_pixels, max_side)
+    image = _decode(io.BytesIO(data), name, max_pixels, max_side, decode_size)
     if max_side is not None and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return image
 
 
-def _decode(stream: IO[bytes], name: str, max_pixels: int | None, max_side: int | None = None) -> Image.Image:
-    """Opens (header only), checks the size, then decodes all pixels (at a reduced scale where ``max_side`` allows
-    and the format can) and converts them."""
+def _decode(stream: IO[bytes], name: str, max_pixels: int | None, max_side: int | None = None,
+            decode_size: DecodeSize | None = None) -> Image.Image:
+    """Opens (header only), checks the size, then decodes all pixels (at a reduced scale where ``max_side`` or
+    ``decode_size`` allows and the format can) and converts them."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice that; we want every bomb it notices to fail the sample.
@@ -159,6 +168,9 @@ def _decode(stream: IO[bytes], name: str, max_pixels: int | None, max_side: int 
             _check_pixels(image, name, max_pixels)
             if max_side is not None and max(image.size) > max_side:
                 image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; others: no-op
+            needed = decode_size(*image.size) if decode_size is not None else None
+            if needed is not None:
+                image.draft("RGB", needed)  # at least ``needed``: PIL picks the largest reduction that gives it
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _too_large(name, f"PIL's decompression-bomb guard refused it ({error})") from error

@@ -49,6 +49,7 @@ from tcl.data.image_text import PretrainCollator, draw_caption, image_key
 from tcl.data.images import as_rgb_image
 from tcl.data.sampling import seeded_sample
 from tcl.data.shards import IMAGE_EXTENSIONS, sample_captions, sample_meta
+from tcl.data.transforms import chains_decode_size
 from tcl.errors import BadSampleError, DataError, TclError
 
 logger = logging.getLogger(__name__)
@@ -172,20 +173,48 @@ def read_shard(url: str) -> Iterator[tuple[int, str, dict[str, bytes]]]:
     in the tar, as WebDataset writes them); ordinals count every sample, readable or not."""
     import webdataset
 
-    with webdataset.gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        ordinal, current, members = 0, None, {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, extension = Path(member.name).name.partition(".")
-            key = str(Path(member.name).parent / key) if "/" in member.name else key
-            if key != current and members:
-                yield ordinal, current, members
-                ordinal, members = ordinal + 1, {}
-            current = key
-            members[extension.lower()] = tar.extractfile(member).read()
+    with webdataset.gopen(url, "rb") as opened:
+        stream = _TailKeeper(opened)
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            ordinal, current, members = 0, None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, extension = Path(member.name).name.partition(".")
+                key = str(Path(member.name).parent / key) if "/" in member.name else key
+                if key != current and members:
+                    yield ordinal, current, members
+                    ordinal, members = ordinal + 1, {}
+                current = key
+                members[extension.lower()] = tar.extractfile(member).read()
+        stream.drain()
+        if not stream.ended_properly():
+            # tarfile ends quietly at a header cut short: a download cut between members would lose its rest unseen.
+            raise tarfile.ReadError("the shard stops without tar's end-of-archive blocks (cut short?)")
         if members:
             yield ordinal, current, members
+
+
+class _TailKeeper:
+    """A read-only stream that remembers its last ``END_BYTES`` bytes: a complete tar ends in zero blocks (the
+    end-of-archive marker and padding), one cut short almost never does."""
+
+    END_BYTES = 1024
+
+    def __init__(self, stream):
+        self.stream, self.tail = stream, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.tail = (self.tail + data)[-self.END_BYTES:]
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+    def ended_properly(self) -> bool:
+        return len(self.tail) == self.END_BYTES and not self.tail.strip(b"\0")
 
 
 class WorkerStream:
@@ -284,6 +313,7 @@ class StreamDataset(IterableDataset):
                  reader: SourceReader | None = None):
         self.sequence, self.collate, self.reader = sequence, collate, reader or SourceReader()
         self.transform, self.aug_transform = transform, aug_transform
+        self.decode_size = chains_decode_size(transform, aug_transform)  # large JPEGs decoded at a reduced scale
         self.batch_size, self.rank, self.world, self.buffer_size = batch_size, rank, world, buffer_size
         self.on_bad_sample, self.seed = on_bad_sample, seed
         self.max_words, self.max_image_pixels = max_words, max_image_pixels
@@ -334,7 +364,7 @@ class StreamDataset(IterableDataset):
         meta = sample_meta(members.get("json"))
         name = str(meta.get("image") or key)
         caption = draw_caption(sample_captions(meta, members.get("txt")), self.max_words, name)
-        picture = as_rgb_image(image, self.max_image_pixels)
+        picture = as_rgb_image(image, self.max_image_pixels, decode_size=self.decode_size)
         return {"image": self.transform(picture), "image_aug": self.aug_transform(picture), "caption": caption,
                 "image_key": image_key(name, 0)}
 

@@ -29,6 +29,8 @@ from torchvision import transforms as v1
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from tcl.data.images import DecodeSize
+
 # TCL's RandomAugment constants (dataset/randaugment.py): grey fill, and the translation in pixels at full magnitude.
 FILL = [128.0, 128.0, 128.0]
 TRANSLATE_PIXELS_AT_MAX = 10.0
@@ -267,6 +269,18 @@ class RandomResizedCrop:
     def __call__(self, image: Image.Image) -> Image.Image:
         return self.apply(image, self.draw(image))
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The smallest (width, height) of a width × height image at which every crop this draws still holds at
+        least ``size`` pixels a side (the smallest crop: the least area at the most elongated ratio), or None when
+        that is more than half the image: what a JPEG may be decoded at (``load_rgb_image``'s ``decode_size``). The
+        crop is then drawn on the reduced image with the same random numbers, so only its resolution changes."""
+        elongation = min(self.ratio[0], 1 / self.ratio[1], 1.0)
+        smallest_side = math.sqrt(self.scale[0] * width * height * elongation)
+        factor = self.size / max(smallest_side, 1e-9)
+        if factor > 0.5:  # JPEG decodes at 1/2, 1/4 or 1/8 only
+            return None
+        return math.ceil(width * factor), math.ceil(height * factor)
+
     def draw(self, image: Image.Image) -> tuple[int, int, int, int]:
         """The crop (top, left, height, width) in the image's pixels."""
         return tuple(v1.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio)))
@@ -280,6 +294,22 @@ class RandomResizedCrop:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
+def chains_decode_size(*chains: Callable) -> DecodeSize | None:
+    """A ``decode_size`` for images that each of ``chains`` (augmentation chains) will view: the largest size any
+    of their first steps needs; None (decode whole) unless every chain starts with our ``RandomResizedCrop``."""
+    crops = [getattr(chain, "transforms", [None])[0] for chain in chains]
+    if not crops or not all(isinstance(crop, RandomResizedCrop) for crop in crops):
+        return None
+
+    def decode_size(width: int, height: int) -> tuple[int, int] | None:
+        sizes = [crop.decode_size(width, height) for crop in crops]
+        if any(size is None for size in sizes):
+            return None
+        return max(w for w, _ in sizes), max(h for _, h in sizes)
+
+    return decode_size
 
 
 def box_in_crop(box: list[float], crop: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:

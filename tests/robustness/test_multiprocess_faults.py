@@ -114,7 +114,8 @@ def test_sigterm_to_one_rank_stops_every_rank_then_resumes_on_one_and_on_two_pro
     name, state = latest(out)
     step = state["step"]
     assert 2 < step < 200 and checkpoint_problem(out / name) is None
-    assert state["world"] == {"processes": 2, "batch_size": BATCH, "grad_accum_steps": 1, "deepspeed": False}
+    assert state["world"] == {"processes": 2, "batch_size": BATCH, "grad_accum_steps": 1, "deepspeed": False,
+                              "streamed": False}
     assert "received SIGTERM: saving a checkpoint and stopping" in output
     assert output.count(f"stopping on request at step {step}") == 2  # both ranks, the same step
     assert f"pretraining done: {step} steps on 2 process(es)" in output

@@ -77,6 +77,8 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
         "per_answer_type": scores["vqa"]["per_answer_type"],
         "scratch_accuracy": scores["vqa_scratch"]["overall"],
         "scratch_per_answer_type": scores["vqa_scratch"]["per_answer_type"],
+        "per_family": scores["vqa"].get("per_family", {}),
+        "scratch_per_family": scores["vqa_scratch"].get("per_family", {}),
         "blind_accuracy": summary["blind_val_accuracy"], "model_blind_accuracy": blind_model["overall"],
         "blind_per_answer_type": summary["blind_val_per_answer_type"],
         "model_blind_per_answer_type": blind_model["per_answer_type"],
@@ -144,6 +146,7 @@ def format_results(results: dict[str, Any]) -> str:
              _row("TCL pretraining + fine-tuning", results["vqa_accuracy"], results["per_answer_type"]),
              _row("fine-tuning from scratch (same budget)", results["scratch_accuracy"],
                   results["scratch_per_answer_type"]),
+             *_family_rows(results),
              f"  {'blind: best question-only prior':<38} {results['blind_accuracy']:8.2f}",
              f"  {'blind: fine-tuned model, constant image':<38} {results['model_blind_accuracy']:8.2f}",
              f"  hit rate (prediction among the 10 answers): {results['hit_rate']:.2f} %",
@@ -166,6 +169,16 @@ def format_results(results: dict[str, Any]) -> str:
         lines += ["", f"the fine-tuned model is saved in {results['model_dir']}; ask it yourself:",
                   f"  tcl predict --model {results['model_dir']} --image IMAGE --question \"what color is the circle?\""]
     return "\n".join(lines)
+
+
+def _family_rows(results: dict[str, Any]) -> list[str]:
+    """Per question family, pretrained + fine-tuned against from scratch (when the annotations name families)."""
+    families = results.get("per_family") or {}
+    if not families:
+        return []
+    scratch = results.get("scratch_per_family", {})
+    return ["  per question family (pretrained / from scratch): " + ", ".join(
+        f"{family} {value:.1f} / {scratch.get(family, float('nan')):.1f}" for family, value in families.items())]
 
 
 def _row(name: str, overall: float, per_type: dict[str, float]) -> str:

@@ -11,7 +11,7 @@ from tcl.demo import format_results, run_demo
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
-def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path):
+def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path, capsys):
     out = tmp_path / "demo"
     results = run_demo(out, [f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
                              "data.num_workers=0", "train.max_steps=2", "train.warmup_steps=1", "eval.batch_size=16"])
@@ -23,6 +23,10 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path):
         assert key in saved, key
     assert all(0.0 <= saved[k] <= 100.0 for k in ("vqa_accuracy", "blind_accuracy", "scratch_accuracy", "hit_rate"))
     assert set(saved["per_answer_type"]) == {"yes/no", "number", "other"}
+    from tcl.data.shapes import FAMILIES  # the generated annotations name each question's family
+
+    assert set(saved["per_family"]) == set(saved["scratch_per_family"]) == set(FAMILIES)
+    assert "per question family (pretrained / from scratch): color" in capsys.readouterr().out
     # Both blind baselines per answer type too (the plot draws them for each group).
     assert set(saved["blind_per_answer_type"]) == set(saved["model_blind_per_answer_type"]) == {"yes/no", "number",
                                                                                                 "other"}

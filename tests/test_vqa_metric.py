@@ -209,3 +209,18 @@ def test_score_results_fast_path_equals_the_per_question_functions():
     scores = score_results(predictions, annotations, ndigits=None)
     assert scores.overall == 100.0 * sum(expected) / len(expected)
     assert scores.hit_rate == 100.0 * hits / len(expected)
+
+
+def test_accuracy_per_question_family_where_annotated():
+    """The generated world's annotations name a family; the official ones do not, and then there is none."""
+    from tcl.evaluation.vqa_metric import score_results
+
+    def record(qid, family, answer):
+        entry = {"question_id": qid, "question_type": "what color is the", "answer_type": "other",
+                 "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)]}
+        return entry if family is None else {**entry, "question_family": family}
+
+    annotations = [record(1, "color", "red"), record(2, "color", "blue"), record(3, "position", "left")]
+    scores = score_results({1: "red", 2: "green", 3: "left"}, annotations)
+    assert scores.per_family == {"color": 50.0, "position": 100.0}
+    assert score_results({1: "red"}, [record(1, None, "red")]).per_family == {}

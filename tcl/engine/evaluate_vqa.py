@@ -94,7 +94,8 @@ def evaluate_model(config: Config, model, tokenizer, vocabulary: AnswerVocabular
     scores = _score(results, annotations_path)
     write_json_atomic(dataclasses.asdict(scores), output_dir / f"vqa_scores_{tag}.json", indent=2)
     print(format_scores(scores, f"{split}{' (blind)' if blind else ''}"))
-    print(f"wrote {output_dir / f'vqa_scores_{tag}.json'} (overall, per answer type and per question type)")
+    print(f"wrote {output_dir / f'vqa_scores_{tag}.json'} (overall, per answer type, per question type"
+          f"{' and per question family' if scores.per_family else ''})")
     return scores
 
 
@@ -122,6 +123,9 @@ def format_scores(scores: VQAScores, title: str) -> str:
     lines = [f"VQA accuracy on {title} ({scores.num_questions} questions): {scores.overall:.2f} %  "
              f"(hit rate {scores.hit_rate:.2f} %)"]
     lines += [f"  {answer_type:<8} {value:6.2f} %" for answer_type, value in scores.per_answer_type.items()]
+    if scores.per_family:
+        lines.append("  per question family: " + ", ".join(f"{family} {value:.2f} %"
+                                                           for family, value in scores.per_family.items()))
     return "\n".join(lines)
 
 

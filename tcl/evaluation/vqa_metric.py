@@ -205,6 +205,9 @@ class VQAScores:
         hit_rate: Percent of questions whose normalised prediction equals a normalised human answer. Unlike the
             accuracy, both sides are always normalised here, so "Yes" against ten "yes" is a hit scoring 0 accuracy.
         num_questions: Number of questions scored.
+        per_family: Mean accuracy per ``question_family``, for annotations that carry one (the generated world's
+            six families: colour, shape, count, existence, position, relation); empty for real VQA v2, which has
+            none.
     """
 
     overall: float
@@ -212,6 +215,7 @@ class VQAScores:
     per_question_type: dict[str, float] = field(default_factory=dict)
     hit_rate: float = 0.0
     num_questions: int = 0
+    per_family: dict[str, float] = field(default_factory=dict)
 
 
 def _check_predictions_cover(predictions: Mapping[int, str], annotations: Sequence[Mapping[str, Any]]) -> None:
@@ -281,7 +285,8 @@ def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[
             Python 3 rounds exact ties to even where the official Python 2 code rounded them away from zero.
 
     Returns:
-        The overall, per-answer-type and per-question-type accuracies and the hit rate, in percent.
+        The overall, per-answer-type, per-question-type and (where annotated) per-family accuracies and the hit
+        rate, in percent.
 
     Raises:
         ValueError: No annotations, an annotated question without a prediction (the count and a few ids are given),
@@ -293,17 +298,22 @@ def score_results(predictions: Mapping[int, str], annotations: Sequence[Mapping[
     total, hits = 0.0, 0
     by_answer_type: dict[str, list] = defaultdict(lambda: [0.0, 0])
     by_question_type: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    by_family: dict[str, list] = defaultdict(lambda: [0.0, 0])
     for annotation in annotations:
         accuracy, hit = _accuracy_and_hit(predictions[annotation["question_id"]], _human_answers(annotation))
         total += accuracy
         hits += hit
-        for group in (by_answer_type[annotation["answer_type"]], by_question_type[annotation["question_type"]]):
+        groups = [by_answer_type[annotation["answer_type"]], by_question_type[annotation["question_type"]]]
+        if annotation.get("question_family") is not None:
+            groups.append(by_family[annotation["question_family"]])
+        for group in groups:
             group[0] += accuracy
             group[1] += 1
     count = len(annotations)
     scores = VQAScores(overall=_percent(total, count, ndigits),
                        per_answer_type=_group_percents(by_answer_type, ndigits),
                        per_question_type=_group_percents(by_question_type, ndigits),
-                       hit_rate=_percent(hits, count, ndigits), num_questions=count)
+                       hit_rate=_percent(hits, count, ndigits), num_questions=count,
+                       per_family=_group_percents(by_family, ndigits))
     logger.debug("VQA accuracy %.2f%% over %d questions", scores.overall, scores.num_questions)
     return scores

@@ -1,10 +1,14 @@
 """Tokeniser convention (TCL.md Part B §1.3) and text normalisation (§5.4)."""
 
+from pathlib import Path
+
 import pytest
 
 from tcl.data.text import pre_caption, pre_question
 from tcl.data.tokenizer import TclTokenizer, build_wordpiece_tokenizer, load_tokenizer
 from tcl.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +64,20 @@ def test_pre_caption_as_tcl():
 def test_pre_question_keeps_double_spaces_like_tcl():
     assert pre_question("What's  the color?  ") == "whats  the color"
     assert pre_question("Is it left-most?") == "is it left most"
+
+
+def test_a_missing_local_tokenizer_is_named_as_a_folder_not_a_hub_id(tmp_path):
+    """A dataset folder without tokenizer/ and a path that does not exist say which folder and which setting,
+    instead of the hub's "Repo id must be in the form ..." error."""
+    from tcl.config import load_config
+    from tcl.data.builders import build_tokenizer
+    from tcl.data.tokenizer import load_tokenizer
+    from tcl.errors import DataError
+
+    for name in (str(tmp_path / "nowhere"), "data/elsewhere/tokenizer"):
+        with pytest.raises(DataError, match="no tokenizer here") as missing:
+            load_tokenizer(name)
+        assert "Repo id" not in str(missing.value)
+    config = load_config(REPO / "configs/pretrain_tiny.yaml", [f"data.root={tmp_path}"])
+    with pytest.raises(DataError, match="no tokenizer beside the data.*data.tokenizer"):
+        build_tokenizer(config)

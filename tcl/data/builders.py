@@ -32,8 +32,14 @@ logger = logging.getLogger(__name__)
 
 def build_tokenizer(config: Config) -> TclTokenizer:
     """The tokenizer named by ``data.tokenizer``, or the one built beside the generated data."""
-    name = config.data.tokenizer or str(Path(config.data.root) / "tokenizer")
-    return TclTokenizer(load_tokenizer(name))
+    if config.data.tokenizer:
+        return TclTokenizer(load_tokenizer(config.data.tokenizer))
+    beside = Path(config.data.root) / "tokenizer"
+    if not beside.is_dir():  # a local folder by construction: never a hub name
+        raise DataError(f"{beside}: no tokenizer beside the data (data.tokenizer is null, so it is looked for in "
+                        f"<data.root>/tokenizer). Set data.tokenizer to a BERT tokenizer directory (vocab.txt), or "
+                        f"run `tcl make-data` to build the embedded vocabulary.")
+    return TclTokenizer(load_tokenizer(beside))
 
 
 def _resolve(config: Config, path: str) -> Path:

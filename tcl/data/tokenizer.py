@@ -53,6 +53,9 @@ def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, min_cou
 def load_tokenizer(name_or_path: str | Path) -> BertTokenizer:
     """Loads a BERT tokenizer from a local directory, or by hub name (e.g. ``bert-base-uncased``) when reachable."""
     path = Path(name_or_path)
+    if not path.exists() and _names_a_folder(str(name_or_path)):
+        raise DataError(f"{path}: no tokenizer here (the folder does not exist). Set data.tokenizer to a BERT "
+                        f"tokenizer directory (vocab.txt), or run `tcl make-data` to build the embedded vocabulary.")
     if path.exists() and not (path / "vocab.txt").exists() and not (path / "tokenizer.json").exists():
         raise DataError(f"{path}: no tokenizer here (expected vocab.txt or tokenizer.json). Run `tcl make-data` to "
                         f"build the embedded vocabulary, or set data.tokenizer to a BERT tokenizer directory.")
@@ -61,6 +64,12 @@ def load_tokenizer(name_or_path: str | Path) -> BertTokenizer:
     except OSError as error:
         raise DataError(f"cannot load tokenizer '{name_or_path}': {error}. Give a local directory with vocab.txt "
                         f"(set data.tokenizer), or make the Hugging Face hub reachable.") from None
+
+
+def _names_a_folder(name: str) -> bool:
+    """Whether ``name`` can only be a local path: absolute, relative to . / .. / ~, or with more folders than a hub
+    id's ``namespace/name`` (such a path must not reach the hub, whose error would speak of repo ids)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 @dataclass

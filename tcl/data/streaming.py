@@ -48,7 +48,7 @@ from tcl.data.bad_samples import warn_skip
 from tcl.data.image_text import PretrainCollator, draw_caption, image_key
 from tcl.data.images import as_rgb_image
 from tcl.data.sampling import seeded_sample
-from tcl.data.shards import IMAGE_EXTENSIONS, sample_captions, sample_meta
+from tcl.data.shards import image_member, sample_captions, sample_meta
 from tcl.data.transforms import chains_decode_size
 from tcl.errors import BadSampleError, DataError, TclError
 
@@ -358,7 +358,7 @@ class StreamDataset(IterableDataset):
             return None
 
     def _views(self, key: str, members: dict[str, bytes]) -> dict[str, Any]:
-        image = next((members[ext] for ext in IMAGE_EXTENSIONS if ext in members), None)
+        image = image_member(members)
         if image is None:
             raise BadSampleError(f"no image member ({', '.join(sorted(members))})", "missing image")
         meta = sample_meta(members.get("json"))

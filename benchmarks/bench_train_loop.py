@@ -40,8 +40,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {
     "tiny": {"config": "configs/pretrain_tiny.yaml", "model": "tiny", "batch": 8, "images": 64,
-             "overrides": ["model.queue_size=64", "loss.region_class_weight=0", "loss.swap_word_classes=[]",
-                           "loss.mlm_content_probability=0"]},
+             "overrides": ["model.queue_size=64", "loss.region_class_weight=0", "loss.grounding_weight=0",
+                           "loss.swap_word_classes=[]", "loss.mlm_content_probability=0"]},
     "paper": {"config": "configs/pretrain_4m.yaml", "model": "paper", "batch": 64, "images": 1024,
               "overrides": ["model.vision_pretrained=null", "model.text_pretrained=null"]},
 }

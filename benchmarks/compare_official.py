@@ -146,7 +146,8 @@ def ours_step_fn(cfg: dict, settings: str, device, precision: str = "fp32"):
                  f"model.embed_dim={cfg['embed']}", f"model.queue_size={cfg['queue']}",
                  f"model.max_text_len={cfg['tokens']}", f"model.vocab_size={cfg['vocab']}",
                  f"train.batch_size={cfg['batch']}", "train.lr=1e-4", "train.weight_decay=0.02", "loss.alpha=0.4",
-                 "loss.objective=infonce", "loss.region_class_weight=0", *OURS_SETTINGS[settings]]
+                 "loss.objective=infonce", "loss.region_class_weight=0", "loss.grounding_weight=0",
+                 *OURS_SETTINGS[settings]]
     config = load_config("pretrain_tiny", overrides, world_size=1)
     torch.manual_seed(0)
     model = TCLPretrainModel(config.model, config.loss, cfg["vocab"], SpecialTokens(pad=PAD, cls=CLS, mask=MASK))

@@ -7,9 +7,9 @@ an image's five captions adjacent, so a stream's shuffle buffer holds them toget
     taskset -c 0,1 python benchmarks/compare_stream_retrieval.py --seeds 0 1 2 \\
         --json benchmarks/results/stream_retrieval.json
 
-The region classification term reads COCO boxes, which shards do not carry, so both arms run without it
-(``loss.region_class_weight=0``); everything else is ``configs/pretrain_tiny.yaml``. Runs already in the JSON are kept
-(the script resumes); data: ``data/shapes`` (``tcl make-data``), shards written beside it.
+The region classification and grounding terms read COCO boxes, which shards do not carry, so both arms run without
+them (``loss.region_class_weight=0 loss.grounding_weight=0``); everything else is ``configs/pretrain_tiny.yaml``.
+Runs already in the JSON are kept (the script resumes); data: ``data/shapes`` (``tcl make-data``), shards written beside it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def run(arm: str, seed: int, root: Path, runs: Path) -> dict[str, float]:
     out = runs / f"{arm}_seed{seed}"
     extra = shards(root, *ARMS[arm]) if ARMS[arm] else []
     command = [sys.executable, "scripts/pretrain.py", "--config", "configs/pretrain_tiny.yaml", f"data.root={root}",
-               "loss.region_class_weight=0", f"train.seed={seed}", f"train.output_dir={out}", "--overwrite", *extra]
+               "loss.region_class_weight=0", "loss.grounding_weight=0", f"train.seed={seed}",
+               f"train.output_dir={out}", "--overwrite", *extra]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = next(out.glob("retrieval_*.json"))
     numbers = json.loads(result.read_text())

@@ -221,6 +221,10 @@ class LossConfig:
     # circle", from data.pretrain_instances) against the image and a head predicts the object's box (L1 + GIoU), so
     # that the fusion encoder learns to find the object a phrase names and where it is. 0 = TCL.
     grounding_weight: float = 0.0
+    # How many objects one grounding phrase names ("small red circle and large blue square"): the head predicts the
+    # box of each, in the phrase's order, so that the fused state must say which object is where (what relation
+    # questions compare). 1 = X-VLM's single object.
+    grounding_objects: int = 1
     # Region classification (object labels, as detector-pretrained or ImageNet-supervised image towers have them;
     # not a TCL term): the online image tower's patch tokens inside each object's box (data.pretrain_instances) are
     # averaged and a linear head names the object's category, so that the tower itself has to tell the categories
@@ -232,6 +236,10 @@ class LossConfig:
     # "attributes", our addition to COCO's layout, as Visual Genome has them), e.g. [[red, green], [small, large]]:
     # a tower taught categories alone forgets what it is not asked (colours, here).
     region_attributes: list[list[str]] = field(default_factory=list)
+    # The region head also names where each box's centre lies in the view: its column and its row among this many
+    # equal bands (two more softmaxes), so that the tower's tokens have to say where they are, not only what they
+    # show. 0 = off.
+    region_position_bins: int = 0
 
 
 @dataclass
@@ -686,20 +694,27 @@ def _check_data(config: Config, world_size: int) -> str | None:
     if config.train.log_sample_keys and data.pretrain_source != "webdataset":
         return ("train.log_sample_keys records the keys of streamed samples: it needs data.pretrain_source = "
                 "webdataset.")
+    box_terms = [name for name in ("region_class_weight", "grounding_weight") if getattr(config.loss, name) > 0]
+    if box_terms and (data.pretrain_source != "coco" or not data.pretrain_instances):
+        return (f"{' and '.join(f'loss.{name}' for name in box_terms)} > 0 need{'s' * (len(box_terms) == 1)} boxes: "
+                f"data.pretrain_source = coco and data.pretrain_instances listing COCO instances files (e.g. "
+                f"[annotations/instances_train2014.json]); or turn {'them' if len(box_terms) > 1 else 'the term'} "
+                f"off with {' '.join(f'loss.{name}=0' for name in box_terms)}.")
     for name in ("grounding_weight", "region_class_weight"):
         weight = getattr(config.loss, name)
         if weight < 0:
             return f"loss.{name} = {weight} must not be negative."
-        if weight > 0 and (data.pretrain_source != "coco" or not data.pretrain_instances):
-            return (f"loss.{name} > 0 needs boxes: data.pretrain_source = coco and data.pretrain_instances "
-                    f"listing COCO instances files (e.g. [annotations/instances_train2014.json]); or turn the term "
-                    f"off with loss.{name}=0.")
         if weight > 0 and (data.hflip or data.randaugment):
             return (f"loss.{name} > 0 needs data.hflip = false and data.randaugment = false: boxes follow "
                     "the crop only.")
     if config.loss.region_class_weight > 0 and not config.loss.region_categories:
         return ("loss.region_class_weight > 0 needs loss.region_categories: the instances files' category names, in "
                 "the head's order (e.g. [circle, square, triangle, cross] for the generated world).")
+    if config.loss.grounding_objects < 1:
+        return f"loss.grounding_objects = {config.loss.grounding_objects} must be at least 1."
+    if config.loss.region_position_bins < 0 or (config.loss.region_position_bins == 1):
+        return (f"loss.region_position_bins = {config.loss.region_position_bins}: give 0 (off) or at least 2 bands "
+                "per axis (e.g. 4).")
     if config.eval.k_test <= 0:
         return f"eval.k_test = {config.eval.k_test} must be positive."
     for name in ("retrieval_images", "retrieval_captions_per_image", "every"):

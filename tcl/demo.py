@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tcl.config import load_config, resolve_config
 logger = logging.getLogger("tcl.demo")
 PRETRAIN_CONFIG = resolve_config("pretrain_tiny")
 # The region head's held-out accuracy (the pretraining evaluation writes it when loss.region_class_weight > 0).
-REGION_KEYS = ("region_category_accuracy", "region_attribute_accuracy")
+REGION_KEYS = ("region_category_accuracy", "region_attribute_accuracy", "region_position_accuracy")
 VQA_CONFIG = resolve_config("vqa_tiny")
 
 
@@ -83,7 +84,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
         "blind_per_answer_type": summary["blind_val_per_answer_type"],
         "model_blind_per_answer_type": blind_model["per_answer_type"],
         **retrieval,
-        "examples": _examples(out / "vqa", config),
+        "examples": _examples(out / "vqa"),
         "minutes": (time.perf_counter() - start) / 60.0,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -121,23 +122,69 @@ def read_scores(run_dir: Path, blind: bool = False) -> dict[str, Any]:
     return json.loads((Path(run_dir) / f"vqa_scores_{tag}.json").read_text())
 
 
-def _examples(run_dir: Path, config, count: int = 3) -> list[dict[str, Any]]:
-    """The first ``count`` val questions with the model's top-3 answers and the human majority answer."""
+def _examples(run_dir: Path) -> list[dict[str, Any]]:
+    """One val question per question family (``example_questions``: chosen from the annotations alone, never from
+    the model's answers), each with the model's top-3 answers, the human answers and the image's objects."""
     from tcl.data.builders import build_vqa_dataset, vqa_collator
-    from tcl.inference.runs import load_vqa_run
     from tcl.inference.answering import AnswerPredictor
+    from tcl.inference.runs import load_vqa_run
 
     run_config, model, tokenizer, vocabulary = load_vqa_run(run_dir)
     model.eval()
     dataset = build_vqa_dataset(run_config, train=False)
-    step = 97 if len(dataset) >= count * 97 else max(len(dataset) // count, 1)  # spread over different images
-    picks = [dataset[i] for i in range(0, min(count * step, len(dataset)), step)][:count]
+    row_of = {qid: row for row, qid in enumerate(dataset.table["question_id"])}
+    annotations = Path(run_config.data.root) / "annotations"
+    chosen = [(family, qid) for family, qid in example_questions(annotations, run_config.data.vqa_eval)
+              if qid in row_of]
+    picks = [dataset[row_of[qid]] for _, qid in chosen]
     batch = vqa_collator(run_config, tokenizer, train=False)(picks)
     predictor = AnswerPredictor.from_config(run_config, model, tokenizer, vocabulary)
     tops = predictor.top_answers(batch["image"], batch["input_ids"], batch["attention_mask"], top_k=3,
                                  image_index=batch["image_index"])
-    return [{"question_id": sample["question_id"], "question": sample["question"],
-             "human_answers": sample["human_answers"], "top3": top} for sample, top in zip(picks, tops)]
+    objects = image_objects(annotations / f"instances_{run_config.data.vqa_eval}.json")
+    image_of = {qid: image for qid, image in zip(dataset.table["question_id"], dataset.table["image_id"])}
+    return [{"family": family, "question_id": sample["question_id"], "image_id": image_of[qid],
+             "question": sample["question"], "objects": objects.get(image_of[qid], []),
+             "human_answers": sample["human_answers"], "top3": top}
+            for (family, qid), sample, top in zip(chosen, picks, tops)]
+
+
+def example_questions(annotations: Path, split: str, spacing: int = 97) -> list[tuple[str, int]]:
+    """(family, question id) of one fixed question per family: the k-th family's first question on or after the
+    (k x ``spacing``)-th image (wrapping around), so that the examples show different images. Empty when the
+    annotations name no families (real VQA v2)."""
+    from tcl.data.shapes import FAMILIES
+
+    records = json.loads((annotations / f"v2_mscoco_{split}_annotations.json").read_text())["annotations"]
+    image_order = {image: k for k, image in enumerate(dict.fromkeys(r["image_id"] for r in records))}
+    picks = []
+    for k, family in enumerate(FAMILIES):
+        start = k * spacing
+        candidates = [r for r in records if r.get("question_family") == family]
+        if candidates:
+            first = min(candidates, key=lambda r: ((image_order[r["image_id"]] - start) % len(image_order),
+                                                   r["question_id"]))
+            picks.append((family, int(first["question_id"])))
+    return picks
+
+
+def image_objects(instances: Path) -> dict[int, list[str]]:
+    """Each image's objects in words ("large green square, top left"), from its COCO instances file (empty when
+    there is none)."""
+    from tcl.data.shapes import location_words
+
+    if not instances.is_file():
+        return {}
+    data = json.loads(instances.read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    sizes = {image["id"]: (image["width"], image["height"]) for image in data["images"]}
+    objects: dict[int, list[str]] = {}
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        where = location_words(x + w / 2, y + h / 2, *sizes[a["image_id"]])[len("the "):]
+        words = " ".join([*a.get("attributes", []), names[a["category_id"]]])
+        objects.setdefault(a["image_id"], []).append(f"{words}, {where}")
+    return objects
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -158,13 +205,16 @@ def format_results(results: dict[str, Any]) -> str:
                   f"{results['retrieval_t2i_r5']:.1f}; chance R@1 {100 / results['retrieval_images']:.1f})",
                   f"  ITM accuracy on true vs random captions {results['itm_accuracy']:.1f} (chance 50)"]
         if "region_category_accuracy" in results:
-            attributes = results.get("region_attribute_accuracy")
+            parts = "".join(f", {name} {results[f'region_{name}_accuracy']:.1f}" for name in ("attribute", "position")
+                            if results.get(f"region_{name}_accuracy") is not None)
             lines.append(f"  region head on held-out objects: category {results['region_category_accuracy']:.1f}"
-                         + ("" if attributes is None else f", attributes {attributes:.1f}"))
-    lines += ["", "examples:"]
+                         + parts)
+    lines += ["", "examples (one per question family, chosen before the model answered):"]
     for example in results["examples"]:
         answers = ", ".join(f"{a['answer']} ({a['score']:.2f})" for a in example["top3"])
-        lines.append(f"  Q{example['question_id']}: {example['question']}? -> {answers}")
+        humans = Counter(example["human_answers"]).most_common(1)[0][0] if example["human_answers"] else "?"
+        lines += [f"  [{example['family']}] image: {'; '.join(example['objects'])}",
+                  f"    {example['question']}? -> {answers}; humans: {humans}"]
     if "model_dir" in results:
         lines += ["", f"the fine-tuned model is saved in {results['model_dir']}; ask it yourself:",
                   f"  tcl predict --model {results['model_dir']} --image IMAGE --question \"what color is the circle?\""]

@@ -30,11 +30,19 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path, c
     # Both blind baselines per answer type too (the plot draws them for each group).
     assert set(saved["blind_per_answer_type"]) == set(saved["model_blind_per_answer_type"]) == {"yes/no", "number",
                                                                                                 "other"}
-    assert len(saved["examples"]) == 3 and all(len(e["top3"]) == 3 for e in saved["examples"])
+    # One example per family, fixed by the annotations alone, each shown with its image's objects.
+    assert [e["family"] for e in saved["examples"]] == list(FAMILIES)
+    assert all(len(e["top3"]) == 3 and e["objects"] for e in saved["examples"])
+    printed = format_results(saved)
+    for example in saved["examples"]:
+        assert f"[{example['family']}] image: {'; '.join(example['objects'])}" in printed
+    annotations = json.loads((shapes_root / "annotations/v2_mscoco_val2014_annotations.json").read_text())
+    family_of = {a["question_id"]: a["question_family"] for a in annotations["annotations"]}
+    assert all(family_of[e["question_id"]] == e["family"] for e in saved["examples"])
     assert (out / "demo_accuracy.png").stat().st_size > 0
     assert all(0.0 <= saved[k] <= 100.0 for k in ("retrieval_i2t_r1", "retrieval_t2i_r1", "itm_accuracy"))
     assert saved["retrieval_images"] == len(list((shapes_root / "images" / "val2014").iterdir()))  # all, below 100
     assert "fine-tuning from scratch" in format_results(saved) and "retrieval R@1" in format_results(saved)
     vqa = tcl.load_vqa(saved["model_dir"])
-    image = shapes_root / "images/val2014/COCO_val2014_000000500001.jpg"
+    image = shapes_root / f"images/val2014/COCO_val2014_{saved['examples'][0]['image_id']:012d}.jpg"
     assert vqa(image, saved["examples"][0]["question"], top_k=3) == saved["examples"][0]["top3"]

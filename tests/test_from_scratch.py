@@ -12,9 +12,9 @@ from tcl.models.bert import init_bert_weights
 from tcl.models.pooling import pool_image, pool_text
 from tcl.models.vision import build_vision_encoder
 
-# The tiny configs add the region classification term, which needs boxes in every batch; these tests exercise
-# the TCL terms (or sources without instances files) on their own.
-NO_REGIONS = "loss.region_class_weight=0"
+# The tiny configs add the region classification and grounding terms, which need boxes in every batch; these tests
+# exercise the TCL terms (or sources without instances files) on their own.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 60
@@ -22,7 +22,7 @@ VOCAB = 60
 
 def config(*overrides: str):
     return load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "train.batch_size=8",
-                                                             NO_REGIONS, *overrides])
+                                                             *NO_REGIONS, *overrides])
 
 
 def model(*overrides: str) -> TCLPretrainModel:

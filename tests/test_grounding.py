@@ -18,7 +18,8 @@ from tcl.losses.grounding import box_loss
 from tcl.models import TCLPretrainModel
 
 REPO = Path(__file__).resolve().parents[1]
-GROUNDING = ["loss.grounding_weight=1.0", "data.pretrain_instances=[annotations/instances_train2014.json]"]
+GROUNDING = ["loss.grounding_weight=1.0", "data.pretrain_instances=[annotations/instances_train2014.json]",
+             "loss.grounding_objects=1"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -130,7 +131,8 @@ def test_object_phrases_need_an_instances_file(tmp_path):
 
 def test_grounding_needs_boxes_and_a_geometry_the_boxes_follow():
     with pytest.raises(ConfigError, match="loss.grounding_weight > 0 needs boxes"):
-        load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.grounding_weight=1", "data.pretrain_instances=[]"])
+        load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.grounding_weight=1", "data.pretrain_instances=[]",
+                                                          "loss.region_class_weight=0"])
     with pytest.raises(ConfigError, match="data.hflip = false"):
         load_config(REPO / "configs/pretrain_tiny.yaml", [*GROUNDING, "data.hflip=true"])
     with pytest.raises(ConfigError, match="must not be negative"):
@@ -140,15 +142,16 @@ def test_grounding_needs_boxes_and_a_geometry_the_boxes_follow():
 def test_the_generated_worlds_phrases_and_boxes_reach_the_batch(shapes_root, tiny_config):
     config = tiny_config(shapes_root, *GROUNDING)
     dataset = build_pretrain_dataset(config)
-    plain = build_pretrain_dataset(tiny_config(shapes_root))
+    plain = build_pretrain_dataset(tiny_config(shapes_root, "loss.grounding_weight=0"))
     sample = dataset[5]
     assert torch.equal(sample["image"], plain[5]["image"])  # the object's draw comes after the views'
     words = sample["ground_phrase"].split()
     assert words[-1] in SHAPES and len(words) == 3
-    assert sample["ground_box"] is not None and all(0.0 <= v <= 1.0 for v in sample["ground_box"])
+    (box,) = sample["ground_boxes"]
+    assert box is not None and all(0.0 <= v <= 1.0 for v in box)
     batch = pretrain_collator(config, build_tokenizer(config))([dataset[k] for k in range(4)])
     grounding = batch["grounding"]
-    assert grounding["input_ids"].shape[0] == 4 and grounding["boxes"].shape == (4, 4)
+    assert grounding["input_ids"].shape[0] == 4 and grounding["boxes"].shape == (4, 1, 4)
     assert grounding["valid"].dtype == torch.bool
     assert "grounding" not in pretrain_collator(config, build_tokenizer(config))([plain[k] for k in range(4)])
 
@@ -169,7 +172,7 @@ def _inputs(size: int = 8):
     phrases = torch.randint(5, 60, (size, 4), generator=g)
     phrases[:, 0] = 2
     grounding = {"input_ids": phrases, "attention_mask": torch.ones_like(phrases),
-                 "boxes": torch.rand(size, 4, generator=g) * 0.5 + 0.1, "valid": torch.arange(size) != 2}
+                 "boxes": torch.rand(size, 1, 4, generator=g) * 0.5 + 0.1, "valid": (torch.arange(size) != 2)[:, None]}
     return (image, image.clone(), ids, torch.ones_like(ids)), grounding
 
 
@@ -240,3 +243,30 @@ def test_a_folder_generated_before_the_instances_files_counts_as_incomplete(shap
     assert dataset_exists(shapes_copy)
     (shapes_copy / "annotations/instances_val2014.json").unlink()
     assert not dataset_exists(shapes_copy)  # so tcl make-data and tcl demo write it again
+
+
+def test_a_phrase_of_two_objects_names_both_and_the_head_places_each_in_order(shapes_root, tiny_config):
+    config = tiny_config(shapes_root, *GROUNDING, "loss.grounding_objects=2")
+    dataset = build_pretrain_dataset(config)
+    single = build_pretrain_dataset(tiny_config(shapes_root, *GROUNDING))
+    seen_pairs = 0
+    for k in range(12):
+        sample = dataset[k]
+        assert torch.equal(sample["image"], single[k]["image"])  # the views do not change
+        first, second = sample["ground_boxes"]
+        parts = sample["ground_phrase"].split(" and ")
+        assert first is not None and len(parts) == 1 + (second is not None)
+        assert all(part.split()[-1] in SHAPES for part in parts)
+        seen_pairs += second is not None
+    assert seen_pairs > 0  # images of one object give one box
+    batch = pretrain_collator(config, build_tokenizer(config))([dataset[k] for k in range(4)])
+    assert batch["grounding"]["boxes"].shape == (4, 2, 4) and batch["grounding"]["valid"].shape == (4, 2)
+    # The head gives one box per named object; the loss counts the boxes that exist.
+    model = TCLPretrainModel(config.model, config.loss, len(build_tokenizer(config))).eval()  # no dropout
+    embeds = model.encode_image(batch["image"])[0]
+    grounding = batch["grounding"]
+    predicted = model.predict_boxes(embeds, grounding["input_ids"], grounding["attention_mask"])
+    assert predicted.shape == (4, 2, 4)
+    valid = grounding["valid"]
+    expected = box_loss(predicted[valid], grounding["boxes"][valid], torch.ones(int(valid.sum()), dtype=torch.bool))
+    assert model._grounding(embeds, grounding).item() == pytest.approx(expected.item(), rel=1e-5)

@@ -12,9 +12,9 @@ from tcl.data.vqa import answer_weights
 
 from conftest import TINY_GENERATOR
 
-# The tiny configs add the region classification term, which needs boxes in every batch; these tests exercise
-# the TCL terms (or sources without instances files) on their own.
-NO_REGIONS = "loss.region_class_weight=0"
+# The tiny configs add the region classification and grounding terms, which need boxes in every batch; these tests
+# exercise the TCL terms (or sources without instances files) on their own.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 
 
 def _question_count(root, split):
@@ -122,7 +122,7 @@ def test_albef_json_pretrain_source(shapes_root, tiny_config, tmp_path):
     entries[0]["caption"] = entries[0]["caption"][0]  # a single string is allowed too
     (tmp_path / "coco.json").write_text(json.dumps(entries))
     config = tiny_config(tmp_path, "data.pretrain_source=albef_json", "data.pretrain_files=[coco.json]",
-                         NO_REGIONS)
+                         *NO_REGIONS)
     dataset = build_pretrain_dataset(config)
     assert len(dataset) == len(by_image)
     assert dataset[1]["image"].shape == (3, 64, 64)
@@ -133,7 +133,7 @@ def test_hf_datasets_pretrain_source(shapes_root, tiny_config, tmp_path):
     table = datasets.Dataset.from_dict({"img": [str(f) for f in files], "text": ["a shape"] * 4})
     table = table.cast_column("img", datasets.Image())
     table.save_to_disk(str(tmp_path / "pairs"))
-    config = tiny_config(tmp_path, "data.pretrain_source=hf", "data.pretrain_files=[pairs]", NO_REGIONS,
+    config = tiny_config(tmp_path, "data.pretrain_source=hf", "data.pretrain_files=[pairs]", *NO_REGIONS,
                          "data.hf_image_column=img", "data.hf_caption_column=text")
     dataset = build_pretrain_dataset(config)
     assert len(dataset) == 4

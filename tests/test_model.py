@@ -10,9 +10,9 @@ from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negative
 from tcl.models import TCLPretrainModel
 from tcl.models.momentum import FeatureQueue, MomentumEncoders
 
-# The tiny configs add the region classification term, which needs boxes in every batch; these tests exercise
-# the TCL terms (or sources without instances files) on their own.
-NO_REGIONS = "loss.region_class_weight=0"
+# The tiny configs add the region classification and grounding terms, which need boxes in every batch; these tests
+# exercise the TCL terms (or sources without instances files) on their own.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 60
@@ -21,7 +21,7 @@ BATCH = 8
 
 def tiny(*overrides: str) -> TCLPretrainModel:
     config = load_config(REPO / "configs/pretrain_tiny.yaml",
-                         ["model.queue_size=32", f"train.batch_size={BATCH}", NO_REGIONS, *overrides])
+                         ["model.queue_size=32", f"train.batch_size={BATCH}", *NO_REGIONS, *overrides])
     torch.manual_seed(0)
     return TCLPretrainModel(config.model, config.loss, VOCAB)
 

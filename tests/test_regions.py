@@ -18,6 +18,8 @@ from tcl.models import TCLPretrainModel
 from tcl.models.pooling import pool_boxes
 
 REPO = Path(__file__).resolve().parents[1]
+# The terms that read boxes, off.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 CATEGORIES = f"loss.region_categories=[{', '.join(SHAPES)}]"
 REGIONS = ["loss.region_class_weight=1.0", CATEGORIES, "data.pretrain_instances=[annotations/instances_train2014.json]"]
 
@@ -63,6 +65,9 @@ def test_region_labels_name_the_category_and_each_attribute_class():
 def test_region_classification_needs_boxes_categories_and_a_geometry_the_boxes_follow():
     config = REPO / "configs/pretrain_tiny.yaml"
     with pytest.raises(ConfigError, match="loss.region_class_weight > 0 needs boxes.*loss.region_class_weight=0"):
+        load_config(config, [*REGIONS, "data.pretrain_instances=[]", "loss.grounding_weight=0"])
+    with pytest.raises(ConfigError, match="loss.region_class_weight and loss.grounding_weight > 0 need boxes.*turn "
+                                          "them off with loss.region_class_weight=0 loss.grounding_weight=0"):
         load_config(config, [*REGIONS, "data.pretrain_instances=[]"])
     with pytest.raises(ConfigError, match="needs loss.region_categories"):
         load_config(config, [*REGIONS, "loss.region_categories=[]"])
@@ -70,15 +75,17 @@ def test_region_classification_needs_boxes_categories_and_a_geometry_the_boxes_f
         load_config(config, [*REGIONS, "data.hflip=true"])
     with pytest.raises(ConfigError, match="must not be negative"):
         load_config(config, ["loss.region_class_weight=-1"])
+    with pytest.raises(ConfigError, match="at least 2 bands"):
+        load_config(config, [*REGIONS, "loss.region_position_bins=1"])
 
 
 def test_the_generated_worlds_regions_reach_the_batch(shapes_root, tiny_config):
-    config = tiny_config(shapes_root, *REGIONS)
+    config = tiny_config(shapes_root, *REGIONS, "loss.grounding_weight=0")
     dataset = build_pretrain_dataset(config)
-    plain = build_pretrain_dataset(tiny_config(shapes_root, "loss.region_class_weight=0"))
+    plain = build_pretrain_dataset(tiny_config(shapes_root, *NO_REGIONS))
     sample = dataset[5]
     assert torch.equal(sample["image"], plain[5]["image"])  # the regions draw no random numbers
-    assert "ground_box" not in sample  # the grounding term is off
+    assert "ground_boxes" not in sample  # the grounding term is off
     assert 1 <= len(sample["regions"]) <= 4
     for box, (shape, colour, size) in sample["regions"]:  # the tiny config's classes: shapes, colours, sizes
         assert 0 <= shape < len(SHAPES) and 0 <= colour < 7 and 0 <= size < 2
@@ -112,7 +119,8 @@ def test_every_category_of_the_instances_files_must_be_listed(shapes_root, tiny_
 def _model(weight: float) -> TCLPretrainModel:
     config = load_config(REPO / "configs/pretrain_tiny.yaml",
                          ["model.queue_size=32", *REGIONS, f"loss.region_class_weight={weight}",
-                          "loss.region_attributes=[[red, green, blue], [small, large]]"])
+                          "loss.region_attributes=[[red, green, blue], [small, large]]", "loss.grounding_weight=0",
+                          "loss.region_position_bins=0"])  # the region term alone, words only
     torch.manual_seed(0)
     return TCLPretrainModel(config.model, config.loss, 60)
 
@@ -201,5 +209,31 @@ def test_region_set_of_the_generated_world_and_the_heads_accuracy(shapes_root):
 def test_a_missing_instances_file_says_what_to_do(shapes_copy, tiny_config):
     (shapes_copy / "annotations/instances_train2014.json").unlink()
     with pytest.raises(DataError, match=r"instances_train2014.json: instances file not found.*"
-                                        r"loss.region_class_weight=0"):
+                                        r"loss.region_class_weight=0 loss.grounding_weight=0"):
         build_pretrain_dataset(tiny_config(shapes_copy))
+
+
+def test_position_bands_are_named_from_the_boxes_in_the_view():
+    config = load_config(REPO / "configs/pretrain_tiny.yaml",
+                         ["model.queue_size=32", *REGIONS, "loss.grounding_weight=0", "loss.region_position_bins=4",
+                          "loss.region_attributes=[[red, green, blue], [small, large]]"])
+    torch.manual_seed(0)
+    model = TCLPretrainModel(config.model, config.loss, 60)
+    inputs, regions = _inputs()
+    # Column and row bands of each box centre (x, y in fractions of the view); padded objects stay ignored.
+    targets = model.region_targets(regions["boxes"], regions["labels"])
+    real = regions["labels"][..., 0] >= 0
+    assert torch.equal(targets[..., :3], regions["labels"])
+    assert torch.equal(targets[..., 3][real], (regions["boxes"][..., 0][real] * 4).long())
+    assert torch.equal(targets[..., 4][real], (regions["boxes"][..., 1][real] * 4).long())
+    assert (targets[..., 3:][~real] == -100).all()
+    assert model.region_targets(torch.tensor([[[1.0, 0.0, 0.1, 0.1]]]), torch.zeros(1, 1, 3, dtype=torch.long)
+                                )[0, 0, 3:].tolist() == [3, 0]  # the right edge is the last band
+    logits = model.classify_regions(model.encode_image(inputs[0])[0], regions["boxes"])
+    assert [part.shape[-1] for part in logits] == [len(SHAPES), 3, 2, 4, 4]
+    out = model(*inputs, regions=regions)
+    assert 0.0 <= out.diagnostics["region_position_accuracy"] <= 1.0
+    loss, _ = model._regions(model.encode_image(inputs[0])[0], regions)
+    expected = sum(torch.nn.functional.cross_entropy(part[targets[..., k] >= 0], targets[..., k][targets[..., k] >= 0])
+                   for k, part in enumerate(logits))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -11,9 +11,9 @@ from tcl.config import ConfigError, load_config
 from tcl.losses.objectives import contrastive_loss
 from tcl.losses.uota import pair_weights, uota_weights
 
-# The tiny configs add the region classification term, which needs boxes in every batch; these tests exercise
-# the TCL terms (or sources without instances files) on their own.
-NO_REGIONS = "loss.region_class_weight=0"
+# The tiny configs add the region classification and grounding terms, which need boxes in every batch; these tests
+# exercise the TCL terms (or sources without instances files) on their own.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_pretraining_with_uota_changes_only_the_image_imc_term(shapes_root):
     losses = {}
     for uota in (False, True):
         config = load_config(REPO / "configs/pretrain_tiny.yaml", [f"data.root={shapes_root}", f"loss.uota={uota}",
-                                                           "model.queue_size=32", "loss.alpha=0", NO_REGIONS])
+                                                           "model.queue_size=32", "loss.alpha=0", *NO_REGIONS])
         torch.manual_seed(0)
         model = TCLPretrainModel(config.model, config.loss, len(build_tokenizer(config))).eval()
         torch.manual_seed(1)

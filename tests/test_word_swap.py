@@ -9,9 +9,9 @@ from tcl.config import load_config
 from tcl.errors import ConfigError
 from tcl.models.word_swap import WordSwapper
 
-# The tiny configs add the region classification term, which needs boxes in every batch; these tests exercise
-# the TCL terms (or sources without instances files) on their own.
-NO_REGIONS = "loss.region_class_weight=0"
+# The tiny configs add the region classification and grounding terms, which need boxes in every batch; these tests
+# exercise the TCL terms (or sources without instances files) on their own.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def small_model(override: str):
     from tcl.models import TCLPretrainModel
 
     cfg = load_config(REPO / "configs/pretrain_tiny.yaml", ["model.queue_size=32", "model.image_size=32",
-                                                            "model.patch_size=16", NO_REGIONS, override])
+                                                            "model.patch_size=16", *NO_REGIONS, override])
     torch.manual_seed(0)
     return cfg, TCLPretrainModel(cfg.model, cfg.loss, 40, swap_word_ids=[COLOURS, SHAPES])
 

@@ -51,7 +51,7 @@ def measure(model, config, max_images: int, category_only: bool) -> dict:
                               category_only=category_only)
     with torch.no_grad():
         predicted = model.predict_boxes(model.encode_image(data.images)[0], data.input_ids, data.attention_mask,
-                                        data.image_index)
+                                        data.image_index)[:, 0]
     images = json.loads((root / "annotations/captions_val2014.json").read_text())["images"]
     objects = {image["id"]: image["num_objects"] for image in images}
     counts = torch.tensor([objects[data.image_ids[i]] for i in data.image_index.tolist()])

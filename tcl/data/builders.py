@@ -19,7 +19,7 @@ from tcl.data.image_text import (BoxedObject, ImageTextDataset, PretrainCollator
 from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.shards import expand_shards, listed_samples, shard_table
 from tcl.data.streaming import ShardSequence, SourceReader, StreamDataset, StreamLoader, table_chunks
-from tcl.data.tokenizer import TclTokenizer, load_tokenizer
+from tcl.data.tokenizer import TclTokenizer, load_tokenizer, run_tokenizer_dir
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
 from tcl.errors import DataError
@@ -31,15 +31,28 @@ logger = logging.getLogger(__name__)
 
 
 def build_tokenizer(config: Config) -> TclTokenizer:
-    """The tokenizer named by ``data.tokenizer``, or the one built beside the generated data."""
-    if config.data.tokenizer:
-        return TclTokenizer(load_tokenizer(config.data.tokenizer))
-    beside = Path(config.data.root) / "tokenizer"
-    if not beside.is_dir():  # a local folder by construction: never a hub name
-        raise DataError(f"{beside}: no tokenizer beside the data (data.tokenizer is null, so it is looked for in "
+    """The tokenizer ``tokenizer_source`` names."""
+    source = tokenizer_source(config)
+    if not config.data.tokenizer and not Path(source).is_dir():  # a local folder by construction: never a hub name
+        raise DataError(f"{source}: no tokenizer beside the data (data.tokenizer is null, so it is looked for in "
                         f"<data.root>/tokenizer). Set data.tokenizer to a BERT tokenizer directory (vocab.txt), or "
                         f"run `tcl make-data` to build the embedded vocabulary.")
-    return TclTokenizer(load_tokenizer(beside))
+    return TclTokenizer(load_tokenizer(source))
+
+
+def tokenizer_source(config: Config) -> str:
+    """The tokenizer named by ``data.tokenizer``; else, when fine-tuning starts from a run that saved its tokenizer
+    (``vqa.init``), that one; else the one built beside the data (``<data.root>/tokenizer``)."""
+    if config.data.tokenizer:
+        return str(config.data.tokenizer)
+    inherited = run_tokenizer_dir(config.vqa.init) if config.vqa.init else None
+    return str(inherited or Path(config.data.root) / "tokenizer")
+
+
+def run_tokenizer(run_dir: str | Path, config: Config) -> TclTokenizer:
+    """The tokenizer a run trained with: the one it saved, or (runs older than that) ``build_tokenizer``'s."""
+    saved = run_tokenizer_dir(run_dir)
+    return TclTokenizer(load_tokenizer(saved)) if saved is not None else build_tokenizer(config)
 
 
 def _resolve(config: Config, path: str) -> Path:
@@ -137,6 +150,7 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
             kwargs["objects"] = coco_objects(_instances_files(config))
             kwargs["varied_phrases"] = data.grounding_phrases == "varied"
             kwargs["grounding"] = config.loss.grounding_weight > 0
+            kwargs["grounding_objects"] = config.loss.grounding_objects
         if config.loss.region_class_weight > 0:
             kwargs["region_classes"] = [_listed_categories(config, kwargs["objects"]),
                                         *config.loss.region_attributes]

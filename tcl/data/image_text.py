@@ -237,7 +237,7 @@ def image_key(value: Any, index: int) -> int:
 
 class ImageTextDataset(TableDataset):
     """Yields ``{"image", "image_aug", "caption", "image_key"}``: two augmented views, one normalised caption and the
-    image's key (``image_key``); with ``objects`` and ``grounding``, also ``"ground_phrase"`` and ``"ground_box"``:
+    image's key (``image_key``); with ``objects`` and ``grounding``, also ``"ground_phrase"`` and ``"ground_boxes"``:
     one of the image's objects drawn at random, a phrase that names it alone (``referring_phrases``, drawn at random
     among them with ``varied_phrases``) and its box in the first view (``box_in_crop``; phrase "" and box None when
     no object can be named alone or the crop cut it off); with ``objects`` and ``region_classes``, ``"regions"``:
@@ -265,7 +265,8 @@ class ImageTextDataset(TableDataset):
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
                  aug_transform: Callable | None = None,
                  objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False,
-                 grounding: bool = True, region_classes: Sequence[Sequence[str]] | None = None):
+                 grounding: bool = True, region_classes: Sequence[Sequence[str]] | None = None,
+                 grounding_objects: int = 1):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
@@ -276,6 +277,7 @@ class ImageTextDataset(TableDataset):
         self.objects = objects
         self.varied_phrases = varied_phrases
         self.grounding = grounding
+        self.grounding_objects = grounding_objects
         self.region_classes = region_classes
         self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
         # Large JPEGs decode at the scale the random crops need; boxes (objects) need the stored pixels' coordinates.
@@ -302,14 +304,23 @@ class ImageTextDataset(TableDataset):
         return sample
 
     def _grounding_fields(self, objects: list[BoxedObject], crop: tuple[int, int, int, int]) -> dict[str, Any]:
-        """One object drawn at random among those a phrase names alone, that phrase, and its box in the view."""
-        phrase, box = "", None
+        """Up to ``grounding_objects`` different objects drawn at random among those a phrase names alone, their
+        phrases joined by "and" and their boxes in the view, in that order (``ground_boxes``: None for a place no
+        object fills; phrase "" and no box when no object can be named alone or the crop cut the first one off)."""
         named = [(k, found) for k in range(len(objects))
                  if (found := referring_phrases(objects, k, self.varied_phrases))]
-        if named:
-            k, phrases = named[int(torch.randint(len(named), ()))]
-            phrase, box = phrases[int(torch.randint(len(phrases), ()))], box_in_crop(list(objects[k].box), crop)
-        return {"ground_phrase": pre_caption(phrase, self.max_words) if box is not None else "", "ground_box": box}
+        phrases, boxes = [], []
+        while named and len(boxes) < self.grounding_objects:
+            k, found = named.pop(int(torch.randint(len(named), ())))
+            phrase, box = found[int(torch.randint(len(found), ()))], box_in_crop(list(objects[k].box), crop)
+            if box is None and not boxes:
+                break
+            if box is not None:
+                phrases.append(phrase)
+                boxes.append(box)
+        boxes += [None] * (self.grounding_objects - len(boxes))
+        phrase = pre_caption(" and ".join(phrases), self.max_words) if phrases else ""
+        return {"ground_phrase": phrase, "ground_boxes": boxes}
 
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):
@@ -352,19 +363,21 @@ class PretrainCollator:
                  "input_ids": text.input_ids, "attention_mask": text.attention_mask,
                  "image_keys": torch.tensor([s["image_key"] for s in samples], dtype=torch.long),
                  "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
-        if samples and "ground_box" in samples[0]:
+        if samples and "ground_boxes" in samples[0]:
             batch["grounding"] = self._grounding(samples)
         if samples and "regions" in samples[0]:
             batch["regions"] = collate_regions([s["regions"] for s in samples])
         return batch
 
     def _grounding(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """The grounding term's phrases ``[B, L]`` and target boxes ``[B, 4]`` (centre x, centre y, width, height
-        in fractions of the view), with ``valid`` [B]: the rows that have an object (the others are ignored)."""
+        """The grounding term's phrases ``[B, L]`` and target boxes ``[B, N, 4]`` (centre x, centre y, width, height
+        in fractions of the view; N objects per phrase), with ``valid`` [B, N]: the boxes that exist (the others are
+        ignored)."""
         phrases = self.tokenizer.encode_texts([s["ground_phrase"] for s in samples], self.max_length)
-        boxes = torch.tensor([s["ground_box"] or (0.0, 0.0, 0.0, 0.0) for s in samples], dtype=torch.float32)
+        boxes = torch.tensor([[box or (0.0, 0.0, 0.0, 0.0) for box in s["ground_boxes"]] for s in samples],
+                             dtype=torch.float32)
         return {"input_ids": phrases.input_ids, "attention_mask": phrases.attention_mask, "boxes": boxes,
-                "valid": torch.tensor([s["ground_box"] is not None for s in samples])}
+                "valid": torch.tensor([[box is not None for box in s["ground_boxes"]] for s in samples])}
 
 
 

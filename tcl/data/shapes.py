@@ -199,8 +199,13 @@ def _article(phrase: str) -> str:
 
 
 def _location(obj: SceneObject, image_size: int) -> str:
-    vertical = "top" if obj.y < image_size / 3 else "bottom" if obj.y > 2 * image_size / 3 else "middle"
-    horizontal = "left" if obj.x < image_size / 3 else "right" if obj.x > 2 * image_size / 3 else "center"
+    return location_words(obj.x, obj.y, image_size, image_size)
+
+
+def location_words(x: float, y: float, width: float, height: float) -> str:
+    """Where a point lies in an image, in the captions' words: "the top left", "the bottom", "the center"."""
+    vertical = "top" if y < height / 3 else "bottom" if y > 2 * height / 3 else "middle"
+    horizontal = "left" if x < width / 3 else "right" if x > 2 * width / 3 else "center"
     if vertical == "middle" and horizontal == "center":
         return "the center"
     if vertical == "middle":

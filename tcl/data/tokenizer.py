@@ -21,6 +21,9 @@ from tcl.errors import DataError
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# A training run keeps the tokenizer it was trained with in this folder of its own, as a saved model keeps its
+# processor: its word embeddings have one row per word of that tokenizer and of no other.
+RUN_TOKENIZER = "tokenizer"
 
 
 def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, min_count: int = 1) -> BertTokenizer:
@@ -64,6 +67,31 @@ def load_tokenizer(name_or_path: str | Path) -> BertTokenizer:
     except OSError as error:
         raise DataError(f"cannot load tokenizer '{name_or_path}': {error}. Give a local directory with vocab.txt "
                         f"(set data.tokenizer), or make the Hugging Face hub reachable.") from None
+
+
+def run_tokenizer_dir(run_or_checkpoint: str | Path) -> Path | None:
+    """The tokenizer a training run saved (``<run>/tokenizer``; a checkpoint folder means its run's), or None."""
+    path = Path(run_or_checkpoint)
+    for folder in (path, path.parent):
+        if (folder / RUN_TOKENIZER).is_dir():
+            return folder / RUN_TOKENIZER
+    return None
+
+
+def save_run_tokenizer(tokenizer: "TclTokenizer", run_dir: str | Path) -> None:
+    """Saves the tokenizer a run trains with into the run folder (``run_tokenizer_dir`` finds it)."""
+    tokenizer.tokenizer.save_pretrained(str(Path(run_dir) / RUN_TOKENIZER))
+
+
+def tokenizer_mismatch(source: str, weight_rows: int, tokenizer_words: int, tokenizer_name: str,
+                       suggestion: str | Path | None) -> DataError:
+    """The one error for weights and a tokenizer that do not belong together: which setting to change, to what."""
+    fix = (f"set data.tokenizer={suggestion} (the tokenizer they were trained with)" if suggestion else
+           "set data.tokenizer to the tokenizer they were trained with (a run folder keeps it in "
+           f"{RUN_TOKENIZER}/)")
+    return DataError(f"{source}: its word embeddings have {weight_rows} rows but the tokenizer {tokenizer_name} has "
+                     f"{tokenizer_words} words: the weights were trained with another tokenizer. To fine-tune them, "
+                     f"{fix}; new words of your data are then split into the pieces that tokenizer knows.")
 
 
 def _names_a_folder(name: str) -> bool:

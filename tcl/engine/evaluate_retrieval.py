@@ -163,10 +163,10 @@ def format_results(results: dict[str, float]) -> str:
         line.append(f"  grounding: {results['grounding_iou50']:.1f} % of {results['grounding_phrases']} phrases "
                     f"found with IoU >= 0.5 (mean IoU {results['grounding_mean_iou']:.1f} %)")
     if "region_category_accuracy" in results:
-        attributes = (f", attributes {results['region_attribute_accuracy']:.1f} %"
-                      if "region_attribute_accuracy" in results else "")
+        parts = "".join(f", {name} {results[f'region_{name}_accuracy']:.1f} %" for name in ("attribute", "position")
+                        if f"region_{name}_accuracy" in results)
         line.append(f"  region head on {results['region_objects']} held-out objects: categories "
-                    f"{results['region_category_accuracy']:.1f} %{attributes}")
+                    f"{results['region_category_accuracy']:.1f} %{parts}")
     if swaps:
         line.append(f"  the true caption over one with a swapped word (ITM / ITC, %, chance 50): {swaps}")
     return "\n".join(line)

@@ -18,7 +18,9 @@ import torch
 
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
-from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, check_data_root, vqa_collator
+from tcl.data.builders import (build_loader, build_tokenizer, build_vqa_dataset, check_data_root, tokenizer_source,
+                               vqa_collator)
+from tcl.data.tokenizer import run_tokenizer_dir, save_run_tokenizer, tokenizer_mismatch
 from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
@@ -30,7 +32,7 @@ from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
 from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
-from tcl.models.saving import read_model_state
+from tcl.models.saving import RUN_CONFIG, WORD_EMBEDDINGS, read_model_state
 from tcl.models.vqa import TCLVQAModel, vqa_model_from_config
 
 logger = logging.getLogger("tcl.finetune_vqa")
@@ -75,6 +77,7 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if accelerator.is_main_process:  # written only once everything is known to fit
         save_config(config, output_dir / "config.yaml")
+        save_run_tokenizer(tokenizer, output_dir)
         vocabulary.to_json(output_dir / ANSWER_LIST)
     state = {"epoch": 0, "batch": 0, "step": 0}
     if resume_from:
@@ -114,7 +117,9 @@ def build_vqa_model(config: Config, vocab_size: int, num_answers: int, training:
         initialise_from_pretrained(model, config.model)
         model.sync_momentum()
     if config.vqa.init:
-        model.load_pretrained_encoders(read_model_state(config.vqa.init), f"vqa.init {config.vqa.init}")
+        state = read_model_state(config.vqa.init)
+        check_tokenizer_fits(state, config, config.model.vocab_size or vocab_size)
+        model.load_pretrained_encoders(state, f"vqa.init {config.vqa.init}")
         logger.info("encoders%s initialised from %s", " and answer decoder" if config.vqa.head == "decoder" else "",
                     config.vqa.init)
     if config.vqa.freeze_vision or (config.vqa.freeze_pretrained_vision and config.vqa.init):
@@ -122,6 +127,28 @@ def build_vqa_model(config: Config, vocab_size: int, num_answers: int, training:
         logger.info("image encoder kept fixed (vqa.freeze_vision%s)",
                     "" if config.vqa.freeze_vision else ": it comes from a pretraining, vqa.freeze_pretrained_vision")
     return model
+
+
+def check_tokenizer_fits(state: dict[str, torch.Tensor], config: Config, vocab_size: int) -> None:
+    """Stops with ``tokenizer_mismatch`` when the pretraining's word embeddings have another number of rows than
+    the tokenizer has words: the weights were trained with another tokenizer (the setting to change, not the shapes)."""
+    rows = state.get(WORD_EMBEDDINGS)
+    if rows is None or rows.shape[0] == vocab_size:
+        return
+    raise tokenizer_mismatch(f"vqa.init {config.vqa.init}", rows.shape[0], vocab_size, tokenizer_source(config),
+                             init_tokenizer(config.vqa.init))
+
+
+def init_tokenizer(init: str | Path) -> str | None:
+    """The tokenizer a pretraining run trained with: the one it saved, or (runs older than that) the one its
+    config.yaml names; None when neither is known."""
+    saved = run_tokenizer_dir(init)
+    if saved is not None:
+        return str(saved)
+    for folder in (Path(init), Path(init).parent):
+        if (folder / RUN_CONFIG).is_file():
+            return tokenizer_source(load_config(folder / RUN_CONFIG))
+    return None
 
 
 def target_collator(config: Config, tokenizer, vocabulary: AnswerVocabulary):

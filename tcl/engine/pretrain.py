@@ -21,6 +21,7 @@ import torch
 from tcl.config import Config, load_config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_pretrain_loader, build_tokenizer, check_data_root
+from tcl.data.tokenizer import save_run_tokenizer
 from tcl.data.streaming import StreamLoader
 from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint, load_data_state
@@ -85,6 +86,7 @@ def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
     output_dir = Path(config.train.output_dir)
     if accelerator.is_main_process:
         save_config(config, output_dir / "config.yaml")
+        save_run_tokenizer(tokenizer, output_dir)
     state = {"epoch": 0, "batch": 0, "step": 0}
     if resume_from:
         state = load_checkpoint(accelerator, resume_from)

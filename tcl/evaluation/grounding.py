@@ -43,8 +43,8 @@ def evaluate_grounding(model, data: GroundingSet, batch_size: int = 128, shard: 
         image_embeds = torch.cat(image_embeds)
         predicted = torch.cat([model.predict_boxes(image_embeds, data.input_ids[i:i + batch_size].to(device),
                                                    data.attention_mask[i:i + batch_size].to(device),
-                                                   data.image_index[i:i + batch_size].to(device))
-                               for i in range(0, len(data.input_ids), batch_size)])
+                                                   data.image_index[i:i + batch_size].to(device))[:, 0]
+                               for i in range(0, len(data.input_ids), batch_size)])  # a phrase names one object
         iou = paired_iou(predicted, data.boxes.to(device))
     sums = torch.stack([(iou >= 0.5).sum().double(), iou.sum().double(), iou.new_tensor(len(iou)).double()])
     found, total_iou, phrases = shard.total(sums).tolist()

@@ -28,19 +28,25 @@ def evaluate_regions(model, data: RegionSet, batch_size: int = 128, shard: Shard
     ``shard``, over every process's images."""
     model.eval()
     device = next(model.parameters()).device
-    right = torch.zeros(data.labels.shape[-1], device=device)
-    counted = torch.zeros(data.labels.shape[-1], device=device)
+    classes = len(model.region_class_sizes)
+    right = torch.zeros(classes, device=device)
+    counted = torch.zeros(classes, device=device)
     for i in range(0, len(data.images), batch_size):
         embeds = model.encode_image(data.images[i:i + batch_size].to(device))[0]
-        logits = model.classify_regions(embeds, data.boxes[i:i + batch_size].to(device))
+        boxes, labels = data.boxes[i:i + batch_size].to(device), data.labels[i:i + batch_size].to(device)
+        targets = model.region_targets(boxes, labels)  # the word labels, then the position bands
+        logits = model.classify_regions(embeds, boxes)
         for k, part in enumerate(logits):
-            labels = data.labels[i:i + batch_size, :, k].to(device)
-            real = labels >= 0
-            right[k] += (part.argmax(dim=-1) == labels)[real].sum()
+            truth = targets[..., k]
+            real = truth >= 0
+            right[k] += (part.argmax(dim=-1) == truth)[real].sum()
             counted[k] += real.sum()
     right, counted = shard.total(right), shard.total(counted)
     results = {"region_category_accuracy": 100.0 * (right[0] / counted[0].clamp_min(1)).item(),
                "region_objects": int(counted[0])}
-    if len(right) > 1:
-        results["region_attribute_accuracy"] = 100.0 * (right[1:].sum() / counted[1:].sum().clamp_min(1)).item()
+    attributes = slice(1, data.labels.shape[-1])  # the word classes after the categories; then the position bands
+    for name, part in (("region_attribute_accuracy", attributes), ("region_position_accuracy",
+                                                                    slice(attributes.stop, classes))):
+        if counted[part].numel():
+            results[name] = 100.0 * (right[part].sum() / counted[part].sum().clamp_min(1)).item()
     return results

@@ -118,9 +118,10 @@ class TCLPretrainModel(nn.Module):
         if loss.grounding_weight > 0:  # only then, so the paper models keep TCL's state keys
             hidden = model.hidden_size
             self.grounding_head = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
-                                                nn.Linear(2 * hidden, 4))
+                                                nn.Linear(2 * hidden, 4 * loss.grounding_objects))
         if loss.region_class_weight > 0:  # only then, as the grounding head
-            self.region_class_sizes = [len(loss.region_categories), *(len(w) for w in loss.region_attributes)]
+            self.region_class_sizes = [len(loss.region_categories), *(len(w) for w in loss.region_attributes),
+                                       *[loss.region_position_bins] * (2 if loss.region_position_bins else 0)]
             self.region_head = nn.Linear(model.vision_width, sum(self.region_class_sizes))
         self.gather: GatherFn = identity_gather
 
@@ -262,8 +263,11 @@ class TCLPretrainModel(nn.Module):
         if cfg.region_class_weight > 0:
             terms["regions"], accuracies = self._regions(image_embeds, regions)
             diagnostics["region_accuracy"] = accuracies[0]
-            if len(accuracies) > 1:
-                diagnostics["region_attribute_accuracy"] = torch.stack(accuracies[1:]).mean()
+            attributes = len(cfg.region_attributes)
+            if attributes:
+                diagnostics["region_attribute_accuracy"] = torch.stack(accuracies[1:1 + attributes]).mean()
+            if cfg.region_position_bins:
+                diagnostics["region_position_accuracy"] = torch.stack(accuracies[1 + attributes:]).mean()
         if cfg.align_uniform_weight > 0:
             terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
         total = self._total(terms, intra_modal_scale)
@@ -301,22 +305,33 @@ class TCLPretrainModel(nn.Module):
 
     def predict_boxes(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       image_index: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, 4] box (centre x, centre y, width, height, fractions of the image) of the object each phrase names in
-        its image (``image_index`` as in ``fuse``), from the fused state pooled as ``model.feature_pool`` says."""
+        """[B, N, 4] boxes (centre x, centre y, width, height, fractions of the image) of the N objects
+        (``loss.grounding_objects``) each phrase names in its image, in the phrase's order (``image_index`` as in
+        ``fuse``), from the fused state pooled as ``model.feature_pool`` says."""
         fused = self.fuse(self.text_encoder(input_ids, attention_mask), attention_mask, image_embeds, image_index)
-        return self.grounding_head(pool_text(fused, attention_mask, self.model_config.feature_pool)).float().sigmoid()
+        pooled = pool_text(fused, attention_mask, self.model_config.feature_pool)
+        return self.grounding_head(pooled).float().sigmoid().unflatten(-1, (-1, 4))
 
     def _grounding(self, image_embeds: torch.Tensor, grounding: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if grounding is None:
             raise ValueError("loss.grounding_weight > 0 needs the batch's 'grounding' (phrases and boxes: "
                              "data.pretrain_instances)")
         boxes = self.predict_boxes(image_embeds, grounding["input_ids"], grounding["attention_mask"])
-        return box_loss(boxes, grounding["boxes"], grounding["valid"])
+        return box_loss(boxes.flatten(0, 1), grounding["boxes"].flatten(0, 1), grounding["valid"].flatten())
 
     def classify_regions(self, image_embeds: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
         """Logits [B, R, n] of the boxes [B, R, 4] (``pool_boxes``) from the image tokens alone, one tensor per
         class of words: the categories (``loss.region_categories``), then each of ``loss.region_attributes``."""
         return list(self.region_head(pool_boxes(image_embeds, boxes)).float().split(self.region_class_sizes, dim=-1))
+
+    def region_targets(self, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The labels [B, R, C] the region head is scored against: the objects' word labels, then (with
+        ``loss.region_position_bins``) the column and row band of each box's centre in the view."""
+        bins = self.loss_config.region_position_bins
+        if not bins:
+            return labels
+        bands = (boxes[..., :2] * bins).long().clamp(0, bins - 1)  # [B, R, 2]: column, row
+        return torch.cat([labels, bands.masked_fill(labels[..., :1] < 0, -100)], dim=-1)
 
     def _regions(self, image_embeds: torch.Tensor,
                  regions: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -326,8 +341,9 @@ class TCLPretrainModel(nn.Module):
             raise ValueError("loss.region_class_weight > 0 needs the batch's 'regions' (boxes and categories: "
                              "data.pretrain_instances)")
         loss, accuracies = image_embeds.sum() * 0.0, []
+        targets = self.region_targets(regions["boxes"], regions["labels"])
         for k, logits in enumerate(self.classify_regions(image_embeds, regions["boxes"])):
-            labels = regions["labels"][..., k]
+            labels = targets[..., k]
             real = (labels >= 0).float()  # masks, not boolean indexing: shapes that never wait for the device
             count = real.sum().clamp_min(1.0)
             per_object = F.cross_entropy(logits.flatten(0, 1), labels.flatten().clamp_min(0), reduction="none")

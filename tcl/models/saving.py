@@ -26,6 +26,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # The resolved config of a training run folder (``tcl pretrain`` / ``tcl finetune-vqa``), which loaders also accept.
 RUN_CONFIG = "config.yaml"
+# The text encoder's word embeddings in a training state dict: one row per word of the run's tokenizer.
+WORD_EMBEDDINGS = "text_encoder.embeddings.word_embeddings.weight"
 FORMAT_VERSION = 1
 # The model weights in a checkpoint written with DeepSpeed.
 DEEPSPEED_MODEL_STATES = Path("pytorch_model") / "mp_rank_00_model_states.pt"

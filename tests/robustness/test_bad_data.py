@@ -23,9 +23,9 @@ from tcl.errors import BadSampleError, DataError
 
 from conftest import TINY_GENERATOR
 
-# The tiny configs add the region classification term, which needs boxes in every batch; these tests exercise
-# the TCL terms (or sources without instances files) on their own.
-NO_REGIONS = "loss.region_class_weight=0"
+# The tiny configs add the region classification and grounding terms, which need boxes in every batch; these tests
+# exercise the TCL terms (or sources without instances files) on their own.
+NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 
 MODES = ["skip", "error"]
 # A hung DataLoader worker fails the test after this many seconds instead of blocking the suite.
@@ -370,7 +370,7 @@ def test_empty_albef_caption(shapes_copy, tiny_config, mode):
     entries[5]["caption"] = ["  ...  ", "", " "]
     entries[6]["caption"] = ["", "a red square"]  # one usable caption is enough
     (shapes_copy / "pairs.json").write_text(json.dumps(entries))
-    config = tiny_config(shapes_copy, "data.pretrain_source=albef_json", "data.pretrain_files=[pairs.json]", NO_REGIONS,
+    config = tiny_config(shapes_copy, "data.pretrain_source=albef_json", "data.pretrain_files=[pairs.json]", *NO_REGIONS,
                          f"data.on_bad_sample={mode}")
     if mode == "error":
         with pytest.raises(BadSampleError) as caught:
@@ -526,7 +526,7 @@ def test_skipped_samples_are_counted_in_the_metrics_lines(shapes_copy, tmp_path)
     config = Path(__file__).resolve().parents[2] / "configs/pretrain_tiny.yaml"
     assert main(["--config", str(config), f"data.root={shapes_copy}",
                  f"train.output_dir={out}", "train.batch_size=8", "model.queue_size=32", "data.num_workers=0",
-                 "train.max_steps=3", "train.log_every=1", "eval.retrieval_file=null", NO_REGIONS]) == 0
+                 "train.max_steps=3", "train.log_every=1", "eval.retrieval_file=null", *NO_REGIONS]) == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     counts = [line.get("skipped/corrupt image", 0) for line in lines]
     assert counts[-1] > 0 and counts == sorted(counts)  # a running count

@@ -97,8 +97,9 @@ def box_inputs(config, batch: int, vocab: int, objects: int = 4) -> dict:
     boxes = torch.rand(batch, objects, 4) * 0.3 + 0.2
     if loss.grounding_weight > 0:
         phrases = torch.randint(5, vocab, (batch, 4))
+        named = loss.grounding_objects  # the objects each phrase names, in order
         kwargs["grounding"] = {"input_ids": phrases, "attention_mask": torch.ones_like(phrases),
-                               "boxes": boxes[:, 0], "valid": torch.ones(batch, dtype=torch.bool)}
+                               "boxes": boxes[:, :named], "valid": torch.ones(batch, named, dtype=torch.bool)}
     if loss.region_class_weight > 0:
         sizes = [len(loss.region_categories), *(len(words) for words in loss.region_attributes)]
         labels = torch.stack([torch.randint(0, n, (batch, objects)) for n in sizes], dim=-1)

@@ -214,7 +214,7 @@ def regression_losses() -> dict[str, dict[str, float]]:
     # TCL's recipe as the tiny config had it when these values were recorded: they pin the maths, not the recipe.
     tcl = ["model.init_scheme=xavier", "model.feature_pool=cls", "model.momentum=0.995", "loss.distill=true",
            "loss.itm_negatives=hard", "loss.skip_identical_captions=false", "model.vision_stem=patch",
-           "model.teacher_dropout=true", "model.attention_dropout=0.1"]
+           "model.teacher_dropout=true", "model.attention_dropout=0.1", "model.pos_embed_init=normal"]
     for objective in ("infonce", "debiased_neg", "debiased_pos"):
         model = tiny(f"loss.objective={objective}", *tcl)
         torch.manual_seed(123)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert, generalized_box_iou_loss
+from torchvision.ops import box_convert
 
 
 def box_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -17,10 +17,22 @@ def box_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor)
     Returns:
         A scalar; 0 (still attached to ``predicted``) when no row is valid.
     """
-    if not bool(valid.any()):
-        return predicted.sum() * 0.0
-    predicted, target = predicted[valid].float(), target[valid].float()
+    # Masks, not boolean indexing: shapes that never wait for the device. Rows without a box are scored against the
+    # prediction itself (finite, no gradient through the target) and weighted 0.
+    weights = valid.float()
+    predicted = predicted.float()
+    target = torch.where(valid[:, None], target.float(), predicted.detach())
     l1 = F.l1_loss(predicted, target, reduction="none").sum(dim=1)
-    giou = generalized_box_iou_loss(box_convert(predicted, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"),
-                                    reduction="none")
-    return (l1 + giou).mean()
+    giou = _giou_loss(box_convert(predicted, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"))
+    return ((l1 + giou) * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _giou_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 − GIoU of paired (x1, y1, x2, y2) boxes, the formula of torchvision's ``generalized_box_iou_loss`` without its
+    checks, which wait for the device on every call."""
+    inter = ((torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+             * (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0))
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    hull = ((torch.maximum(a[:, 2], b[:, 2]) - torch.minimum(a[:, 0], b[:, 0]))
+            * (torch.maximum(a[:, 3], b[:, 3]) - torch.minimum(a[:, 1], b[:, 1])))
+    return 1 - inter / (union + eps) + (hull - union) / (hull + eps)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,10 +48,112 @@ def run_stage(name: str, function, argv: list[str]) -> None:
         raise TclError(f"stage '{name}' failed with exit code {code}; see the messages above.")
 
 
+def run_stages_at_once(stages: dict[str, tuple[list[str], Path]], poll_s: float = 2.0) -> None:
+    """Runs ``tcl <argv>`` for every stage (name -> (argv, log file)) as a process of its own, all at once, each on
+    one thread (``OMP_NUM_THREADS=1``), its output in its log file; a bar counts their optimizer steps together
+    (from each run's log and ``metrics.jsonl``). When one fails, the others are stopped and the error names the
+    stage, its exit code and its log's last lines; so does an interruption of this process."""
+    from tqdm.auto import tqdm
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: dict[str, subprocess.Popen] = {}
+    try:
+        for name, (argv, log) in stages.items():
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "wb") as sink:  # the child keeps its own handle
+                running[name] = subprocess.Popen([sys.executable, "-m", "tcl", *argv], stdout=sink,
+                                                 stderr=subprocess.STDOUT, env=env)
+            logger.info("stage: %s (its own process, one thread; log %s)", name, log)
+        with tqdm(desc=" + ".join(stages), unit="step", total=None) as bar:
+            while any(process.poll() is None for process in running.values()):
+                _show_steps(bar, stages)
+                _raise_on_failure(running, stages)
+                time.sleep(poll_s)
+            _show_steps(bar, stages)
+        _raise_on_failure(running, stages)
+    except BaseException:
+        for process in running.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in running.values():
+            process.wait()
+        raise
+
+
+def _raise_on_failure(running: dict[str, subprocess.Popen], stages: dict[str, tuple[list[str], Path]]) -> None:
+    from tcl.errors import TclError
+
+    for name, process in running.items():
+        code = process.poll()
+        if code:
+            log = stages[name][1]
+            tail = "\n".join(log.read_text(errors="replace").replace("\r", "\n").splitlines()[-8:])
+            raise TclError(f"stage '{name}' failed with exit code {code}; its log {log} ends with:\n{tail}")
+
+
+_STEP_RANGE = re.compile(r"\(steps (\d+) to (\d+)\)")
+
+
+def _show_steps(bar, stages: dict[str, tuple[list[str], Path]]) -> None:
+    """Sets the bar to the steps the stages' runs have logged, out of the steps they announced."""
+    done = total = 0
+    for argv, log in stages.values():
+        announced = _STEP_RANGE.search(log.read_text(errors="replace")) if log.is_file() else None
+        total += int(announced.group(2)) if announced else 0
+        done += _last_logged_step(_output_dir(argv) / "metrics.jsonl")
+    if total and bar.total != total:
+        bar.total = total
+    bar.n = done
+    bar.refresh()
+
+
+def _output_dir(argv: list[str]) -> Path:
+    return Path(next(arg.split("=", 1)[1] for arg in argv if arg.startswith("train.output_dir=")))
+
+
+def _last_logged_step(metrics: Path) -> int:
+    if not metrics.is_file():
+        return 0
+    lines = metrics.read_text(errors="replace").strip().splitlines()
+    try:
+        return int(json.loads(lines[-1]).get("step", 0)) if lines else 0
+    except ValueError:  # a line being written
+        return 0
+
+
+def fine_tune_both(out: Path, common: list[str]) -> None:
+    """The two fine-tunings: from the pretraining (``out/vqa``) and from scratch (``out/vqa_scratch``). On a CPU
+    machine with two or more cores they run at once, one thread each: the tiny model's small operations gain little
+    from a second thread (one epoch 400 against 328 samples/s) and two processes keep both cores busy (both arms'
+    first epoch in 59 instead of 90 s; docs/BENCHMARKS.md, "The demo's two fine-tunings at once"). Elsewhere one
+    after the other, in this process."""
+    from tcl.engine import finetune_vqa
+
+    arms = {"fine-tune from pretraining": [f"train.output_dir={out / 'vqa'}", f"vqa.init={out / 'pretrain'}"],
+            "fine-tune from scratch": [f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null"]}
+    argv = {name: ["--config", str(VQA_CONFIG), "--overwrite", *arm, *common] for name, arm in arms.items()}
+    if _cores() >= 2 and not _cuda():
+        run_stages_at_once({name: (["finetune-vqa", *args], out / f"{Path(_output_dir(args)).name}.log")
+                            for name, args in argv.items()})
+        return
+    for name, args in argv.items():
+        run_stage(name, finetune_vqa.main, args)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Runs every stage and returns (and writes) the demo's numbers."""
     from tcl.data.make_data import dataset_exists, make_shapes_dataset, summarize
-    from tcl.engine import evaluate_vqa, finetune_vqa, pretrain
+    from tcl.engine import evaluate_vqa, pretrain
 
     start = time.perf_counter()
     out = Path(out)
@@ -63,12 +169,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     # Each stage redoes its run in the demo's folder (--overwrite): running the demo again replaces its results.
     run_stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), "--overwrite",
                                        f"train.output_dir={out / 'pretrain'}", *common])
-    run_stage("fine-tune from pretraining", finetune_vqa.main,
-              ["--config", str(VQA_CONFIG), "--overwrite", f"train.output_dir={out / 'vqa'}",
-               f"vqa.init={out / 'pretrain'}", *common])
-    run_stage("fine-tune from scratch", finetune_vqa.main,
-              ["--config", str(VQA_CONFIG), "--overwrite", f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null",
-               *common])
+    fine_tune_both(out, common)
     run_stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
     scores = {name: read_scores(out / name) for name in ("vqa", "vqa_scratch")}
     retrieval = read_retrieval(out / "pretrain", overrides)

@@ -46,3 +46,16 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path, c
     vqa = tcl.load_vqa(saved["model_dir"])
     image = shapes_root / f"images/val2014/COCO_val2014_{saved['examples'][0]['image_id']:012d}.jpg"
     assert vqa(image, saved["examples"][0]["question"], top_k=3) == saved["examples"][0]["top3"]
+
+
+def test_stages_at_once_stop_the_others_and_name_the_failing_stage(tmp_path):
+    from tcl.demo import run_stages_at_once
+    from tcl.errors import TclError
+
+    stages = {"good": (["config", "pretrain_tiny", f"train.output_dir={tmp_path / 'good'}"], tmp_path / "good.log"),
+              "bad": (["finetune-vqa", "--config", str(tmp_path / "missing.yaml"),
+                       f"train.output_dir={tmp_path / 'bad'}"], tmp_path / "bad.log")}
+    with pytest.raises(TclError, match=r"stage 'bad' failed with exit code \d+; its log .*bad\.log ends with:"
+                                       r"(.|\n)*missing\.yaml"):
+        run_stages_at_once(stages, poll_s=0.1)
+    assert (tmp_path / "good.log").stat().st_size > 0  # it ran (and was stopped if it was still running)

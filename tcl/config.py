@@ -225,12 +225,6 @@ class LossConfig:
     # box of each, in the phrase's order, so that the fused state must say which object is where (what relation
     # questions compare). 1 = X-VLM's single object.
     grounding_objects: int = 1
-    # Relation statements (not a TCL term): with two objects per grounding phrase, the phrase says how the two lie
-    # ("small red circle to the left of large blue square": one axis on which they are clearly apart, one of its two
-    # words, so true or false with equal odds, from their boxes in the view) and the ITM head says whether it holds:
-    # the yes/no comparison of two named objects' places that relation questions ask, on the grounding term's fused
-    # pass. 0 = off.
-    relation_weight: float = 0.0
     # Region classification (object labels, as detector-pretrained or ImageNet-supervised image towers have them;
     # not a TCL term): the online image tower's patch tokens inside each object's box (data.pretrain_instances) are
     # averaged and a linear head names the object's category, so that the tower itself has to tell the categories
@@ -718,12 +712,6 @@ def _check_data(config: Config, world_size: int) -> str | None:
                 "the head's order (e.g. [circle, square, triangle, cross] for the generated world).")
     if config.loss.grounding_objects < 1:
         return f"loss.grounding_objects = {config.loss.grounding_objects} must be at least 1."
-    if config.loss.relation_weight < 0:
-        return f"loss.relation_weight = {config.loss.relation_weight} must not be negative."
-    if config.loss.relation_weight > 0 and (config.loss.grounding_weight <= 0 or config.loss.grounding_objects != 2):
-        return ("loss.relation_weight > 0 states how the two objects of a grounding phrase lie: it needs "
-                f"loss.grounding_weight > 0 and loss.grounding_objects = 2 (got {config.loss.grounding_weight} and "
-                f"{config.loss.grounding_objects}); or turn it off with loss.relation_weight=0.")
     if config.loss.region_position_bins < 0 or (config.loss.region_position_bins == 1):
         return (f"loss.region_position_bins = {config.loss.region_position_bins}: give 0 (off) or at least 2 bands "
                 "per axis (e.g. 4).")

@@ -10,12 +10,11 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_pretrain_dataset, build_tokenizer, pretrain_collator
-from tcl.data.image_text import RELATION_WORDS, coco_objects, referring_phrases, relation_statement
+from tcl.data.image_text import coco_objects, referring_phrases
 from tcl.data.shapes import SHAPES, SceneObject, render_scene
 from tcl.data.transforms import RandomResizedCrop, ViewWithCrop, box_in_crop, pretrain_transform
 from tcl.errors import ConfigError, DataError
 from tcl.losses.grounding import box_loss
-from tcl.losses.itm import statement_loss
 from tcl.models import TCLPretrainModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +188,7 @@ def test_the_grounding_term_trains_the_head_and_the_fusion_encoder():
     # The term alone reaches the head, the fusion encoder, the phrase's text encoder and the image tokens' position
     # embeddings (where things are).
     model.zero_grad()
-    model._grounding(model.encode_image(inputs[0])[0], grounding)["grounding"].backward()
+    model._grounding(model.encode_image(inputs[0])[0], grounding).backward()
     for module in ("grounding_head", "fusion_encoder", "text_encoder", "vision_encoder"):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(module + ".") and p.grad is not None]
         assert grads and sum(g.abs().sum() for g in grads) > 0, module
@@ -270,57 +269,4 @@ def test_a_phrase_of_two_objects_names_both_and_the_head_places_each_in_order(sh
     assert predicted.shape == (4, 2, 4)
     valid = grounding["valid"]
     expected = box_loss(predicted[valid], grounding["boxes"][valid], torch.ones(int(valid.sum()), dtype=torch.bool))
-    assert model._grounding(embeds, grounding)["grounding"].item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-def test_a_relation_statement_says_how_two_boxes_lie_and_whether_it_holds():
-    torch.manual_seed(0)
-    left_top, right_bottom = (0.2, 0.2, 0.1, 0.1), (0.7, 0.8, 0.1, 0.1)
-    seen = set()
-    for _ in range(40):
-        words, holds = relation_statement(left_top, right_bottom)
-        assert holds == (words in ("to the left of", "above"))
-        seen.add(words)
-    assert seen == {word for axis in RELATION_WORDS for word in axis}  # both axes, both words
-    same_column = (0.5, 0.2, 0.1, 0.1), (0.52, 0.8, 0.1, 0.1)  # apart along y only
-    assert {relation_statement(*same_column)[0] for _ in range(20)} == {"above", "below"}
-    assert relation_statement((0.5, 0.5, 0.1, 0.1), (0.55, 0.45, 0.1, 0.1)) is None
-
-
-def test_statement_loss_counts_only_rows_with_a_statement():
-    logits = torch.tensor([[0.0, 3.0], [3.0, 0.0], [0.0, 3.0], [5.0, -5.0]])
-    holds = torch.tensor([1, 1, 0, -1])
-    loss, accuracy = statement_loss(logits, holds)
-    expected = torch.nn.functional.cross_entropy(logits[:3], holds[:3])
-    assert loss.item() == pytest.approx(expected.item()) and accuracy.item() == pytest.approx(1 / 3)
-    loss, accuracy = statement_loss(logits, torch.full((4,), -1))
-    assert loss.item() == 0.0 and accuracy.item() == 0.0
-
-
-def test_relation_statements_reach_the_batch_and_train_the_itm_head(shapes_root, tiny_config):
-    config = tiny_config(shapes_root, *GROUNDING, "loss.grounding_objects=2", "loss.relation_weight=1")
-    dataset = build_pretrain_dataset(config)
-    stated = 0
-    for k in range(16):
-        sample = dataset[k]
-        first, second = sample["ground_boxes"]
-        relation = sample["ground_relation"]
-        words = next((w for axis in RELATION_WORDS for w in axis if f" {w} " in sample["ground_phrase"]), None)
-        if relation < 0:
-            assert words is None and (second is None or relation_statement(first, second) is None)
-            continue
-        stated += 1
-        axis = 0 if words in RELATION_WORDS[0] else 1
-        assert relation == int((second[axis] > first[axis]) == (words in ("to the left of", "above")))
-    assert stated > 0
-    batch = pretrain_collator(config, build_tokenizer(config))([dataset[k] for k in range(8)])
-    assert batch["grounding"]["relation"].shape == (8,)
-    model = TCLPretrainModel(config.model, config.loss, len(build_tokenizer(config)))
-    out = model(batch["image"], batch["image_aug"], batch["input_ids"], batch["attention_mask"],
-                grounding=batch["grounding"], regions=batch["regions"])
-    assert out.losses["relation"] > 0 and 0.0 <= out.diagnostics["relation_accuracy"] <= 1.0
-    model.zero_grad()
-    model._grounding(model.encode_image(batch["image"])[0], batch["grounding"])["relation"].backward()
-    assert model.itm_head.weight.grad.abs().sum() > 0
-    with pytest.raises(ConfigError, match="loss.grounding_objects = 2"):
-        tiny_config(shapes_root, *GROUNDING, "loss.relation_weight=1")
+    assert model._grounding(embeds, grounding).item() == pytest.approx(expected.item(), rel=1e-5)

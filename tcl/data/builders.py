@@ -151,7 +151,6 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
             kwargs["varied_phrases"] = data.grounding_phrases == "varied"
             kwargs["grounding"] = config.loss.grounding_weight > 0
             kwargs["grounding_objects"] = config.loss.grounding_objects
-            kwargs["relation_statements"] = config.loss.relation_weight > 0
         if config.loss.region_class_weight > 0:
             kwargs["region_classes"] = [_listed_categories(config, kwargs["objects"]),
                                         *config.loss.region_attributes]

@@ -100,25 +100,6 @@ def _coco_rows(path: Path, image_root: Path, on_bad_sample: str, skipped: Counte
         yield {"image": f"{folder}/{image['file_name']}", "captions": [ann["caption"]]}
 
 
-# How a first object lies against a second in the relation captions' words, per axis of the view (x, y).
-RELATION_WORDS = (("to the left of", "to the right of"), ("above", "below"))
-# Closer than this along an axis (a fraction of the view), the generated relation questions do not ask either.
-RELATION_MARGIN = 0.08
-
-
-def relation_statement(first: Sequence[float], second: Sequence[float]) -> tuple[str, bool] | None:
-    """A way to say how ``first`` lies against ``second`` (boxes as centre x, centre y, ... in fractions of the
-    view): an axis along which they are clearly apart and one of its two words, drawn at random, and whether the
-    statement holds; None when they are apart along neither axis."""
-    apart = [axis for axis in (0, 1) if abs(second[axis] - first[axis]) > RELATION_MARGIN]
-    if not apart:
-        return None
-    axis = apart[int(torch.randint(len(apart), ()))]
-    word = int(torch.randint(2, ()))
-    # Word 0 ("to the left of", "above") holds when the first centre has the smaller coordinate (y grows downwards).
-    return RELATION_WORDS[axis][word], (second[axis] > first[axis]) == (word == 0)
-
-
 @dataclass(frozen=True)
 class BoxedObject:
     """One object of an instances file: its category name, its attributes (our addition to COCO's layout, as Visual
@@ -285,7 +266,7 @@ class ImageTextDataset(TableDataset):
                  aug_transform: Callable | None = None,
                  objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False,
                  grounding: bool = True, region_classes: Sequence[Sequence[str]] | None = None,
-                 grounding_objects: int = 1, relation_statements: bool = False):
+                 grounding_objects: int = 1):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
                          "no usable image-text pairs found. Check data.root, data.pretrain_files and data.image_root "
                          "(and the skipped-row counts logged while indexing).")
@@ -297,7 +278,6 @@ class ImageTextDataset(TableDataset):
         self.varied_phrases = varied_phrases
         self.grounding = grounding
         self.grounding_objects = grounding_objects
-        self.relation_statements = relation_statements
         self.region_classes = region_classes
         self.view_with_crop = ViewWithCrop(transform) if objects is not None else None
         # Large JPEGs decode at the scale the random crops need; boxes (objects) need the stored pixels' coordinates.
@@ -338,15 +318,9 @@ class ImageTextDataset(TableDataset):
             if box is not None:
                 phrases.append(phrase)
                 boxes.append(box)
-        joiner, relation = " and ", -1
-        if self.relation_statements and len(boxes) == 2 and (statement := relation_statement(*boxes)):
-            joiner, relation = f" {statement[0]} ", int(statement[1])
         boxes += [None] * (self.grounding_objects - len(boxes))
-        phrase = pre_caption(joiner.join(phrases), self.max_words) if phrases else ""
-        fields = {"ground_phrase": phrase, "ground_boxes": boxes}
-        if self.relation_statements:
-            fields["ground_relation"] = relation
-        return fields
+        phrase = pre_caption(" and ".join(phrases), self.max_words) if phrases else ""
+        return {"ground_phrase": phrase, "ground_boxes": boxes}
 
     def _image(self, value: Any):
         if isinstance(value, (str, Path)):
@@ -402,11 +376,8 @@ class PretrainCollator:
         phrases = self.tokenizer.encode_texts([s["ground_phrase"] for s in samples], self.max_length)
         boxes = torch.tensor([[box or (0.0, 0.0, 0.0, 0.0) for box in s["ground_boxes"]] for s in samples],
                              dtype=torch.float32)
-        fields = {"input_ids": phrases.input_ids, "attention_mask": phrases.attention_mask, "boxes": boxes,
-                  "valid": torch.tensor([[box is not None for box in s["ground_boxes"]] for s in samples])}
-        if "ground_relation" in samples[0]:
-            fields["relation"] = torch.tensor([s["ground_relation"] for s in samples], dtype=torch.long)
-        return fields
+        return {"input_ids": phrases.input_ids, "attention_mask": phrases.attention_mask, "boxes": boxes,
+                "valid": torch.tensor([[box is not None for box in s["ground_boxes"]] for s in samples])}
 
 
 

@@ -34,14 +34,3 @@ def itm_loss(logits: torch.Tensor, num_positive: int) -> torch.Tensor:
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     labels[:num_positive] = 1
     return F.cross_entropy(logits.float(), labels)
-
-
-def statement_loss(logits: torch.Tensor, holds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITM's cross-entropy over [B, 2] logits of statements about their images (column 1: the statement holds) and
-    the share of them judged right; ``holds`` [B] is 1, 0, or -1 for a row without a statement (left out). Both are
-    0 when no row has one. Never waits for the device (no count is read back)."""
-    used = holds >= 0
-    count = used.sum().clamp_min(1)
-    loss = F.cross_entropy(logits.float(), holds.clamp_min(0), reduction="none")
-    right = (logits.argmax(dim=1) == holds) & used
-    return (loss * used).sum() / count, right.sum() / count

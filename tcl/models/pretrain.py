@@ -15,7 +15,7 @@ from tcl.config import LossConfig, ModelConfig, section_from_dict
 from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
 from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
 from tcl.losses.grounding import box_loss
-from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives, statement_loss
+from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
 from tcl.models.convert import read_official_pretrain
@@ -255,13 +255,11 @@ class TCLPretrainModel(nn.Module):
         same_text = None if copies is None else copies[:, :batch]
         terms["itm"] = self._itm(image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text)
         terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
+        if cfg.grounding_weight > 0:
+            terms["grounding"] = self._grounding(image_embeds, grounding)
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
                        "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()[0]}
-        if cfg.grounding_weight > 0:
-            terms.update(self._grounding(image_embeds, grounding))
-            if "relation_accuracy" in terms:
-                diagnostics["relation_accuracy"] = terms.pop("relation_accuracy")
         if cfg.region_class_weight > 0:
             terms["regions"], accuracies = self._regions(image_embeds, regions)
             diagnostics["region_accuracy"] = accuracies[0]
@@ -301,8 +299,6 @@ class TCLPretrainModel(nn.Module):
             total = total + cfg.align_uniform_weight * terms["align_uniform"]
         if "grounding" in terms:
             total = total + cfg.grounding_weight * terms["grounding"]
-        if "relation" in terms:
-            total = total + cfg.relation_weight * terms["relation"]
         if "regions" in terms:
             total = total + cfg.region_class_weight * terms["regions"]
         return total
@@ -312,35 +308,16 @@ class TCLPretrainModel(nn.Module):
         """[B, N, 4] boxes (centre x, centre y, width, height, fractions of the image) of the N objects
         (``loss.grounding_objects``) each phrase names in its image, in the phrase's order (``image_index`` as in
         ``fuse``), from the fused state pooled as ``model.feature_pool`` says."""
-        return self._boxes(self._phrase_state(image_embeds, input_ids, attention_mask, image_index))
-
-    def _phrase_state(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      image_index: torch.Tensor | None = None) -> torch.Tensor:
         fused = self.fuse(self.text_encoder(input_ids, attention_mask), attention_mask, image_embeds, image_index)
-        return pool_text(fused, attention_mask, self.model_config.feature_pool)
+        pooled = pool_text(fused, attention_mask, self.model_config.feature_pool)
+        return self.grounding_head(pooled).float().sigmoid().unflatten(-1, (-1, 4))
 
-    def _boxes(self, phrase_state: torch.Tensor) -> torch.Tensor:
-        return self.grounding_head(phrase_state).float().sigmoid().unflatten(-1, (-1, 4))
-
-    def _grounding(self, image_embeds: torch.Tensor, grounding: dict[str, torch.Tensor] | None
-                   ) -> dict[str, torch.Tensor]:
-        """The box loss of the phrases' objects (``grounding``) and, with ``loss.relation_weight``, ITM's loss on
-        whether the phrase's statement of how its two objects lie holds (``relation``, with its accuracy
-        ``relation_accuracy``), both from one fused pass over the phrases."""
+    def _grounding(self, image_embeds: torch.Tensor, grounding: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if grounding is None:
             raise ValueError("loss.grounding_weight > 0 needs the batch's 'grounding' (phrases and boxes: "
                              "data.pretrain_instances)")
-        state = self._phrase_state(image_embeds, grounding["input_ids"], grounding["attention_mask"])
-        boxes = self._boxes(state)
-        terms = {"grounding": box_loss(boxes.flatten(0, 1), grounding["boxes"].flatten(0, 1),
-                                       grounding["valid"].flatten())}
-        if self.loss_config.relation_weight > 0:
-            if "relation" not in grounding:
-                raise ValueError("loss.relation_weight > 0 needs the grounding phrases' 'relation' labels (the "
-                                 "dataset built with relation_statements)")
-            terms["relation"], terms["relation_accuracy"] = statement_loss(self.itm_head(state),
-                                                                           grounding["relation"])
-        return terms
+        boxes = self.predict_boxes(image_embeds, grounding["input_ids"], grounding["attention_mask"])
+        return box_loss(boxes.flatten(0, 1), grounding["boxes"].flatten(0, 1), grounding["valid"].flatten())
 
     def classify_regions(self, image_embeds: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
         """Logits [B, R, n] of the boxes [B, R, 4] (``pool_boxes``) from the image tokens alone, one tensor per

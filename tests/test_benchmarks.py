@@ -332,3 +332,12 @@ def test_bench_loader_times_our_pretraining_samples_per_core(tmp_path, capsys):
     assert "64 px: ours" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--tcl-checkout", str(tmp_path)])  # the official side needs its OpenCV folder too
+
+
+def test_relation_probe_flips_each_relation_word_once():
+    probe = load_script("probe_relation_words")
+    assert probe.flip_relation("a red circle to the left of a blue square.") == \
+        "a red circle to the right of a blue square."
+    assert probe.flip_relation("a gray cross above an orange triangle.") == "a gray cross below an orange triangle."
+    assert probe.flip_relation("a large red circle in the top left of the image.") == \
+        "a large red circle in the top left of the image."  # a location, not a relation: left alone

@@ -2,6 +2,9 @@
 [MASK] of a blue square": left / right / above / below) and each location word ("in the [MASK] left of the image":
 left / right / top / bottom / center) is masked alone and the MLM head's choice among that group's words is
 scored (a caption's wording already tells left/right from above/below, so chance is about 50 % for relations).
+Then ITM judges each relation caption against the same caption with its relation flipped ("to the right of" for
+"to the left of", "below" for "above"): the share of pairs whose true caption gets the higher match probability
+(chance 50 %) — whether the fused state tells a true relation from a false one, what relation questions ask.
 
     python benchmarks/probes/probe_relation_words.py --run RUN [--captions 400]
 """
@@ -44,6 +47,27 @@ def word_accuracy(model, tokenizer, images: torch.Tensor, captions: list[str], w
     return hits, total
 
 
+FLIPPED = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
+           "below": "above"}
+
+
+def flip_relation(caption: str) -> str:
+    """The caption with its relation word turned round ("to the left of" <-> "to the right of", "above" <-> "below")."""
+    return RELATION.sub(lambda m: m.group(0).replace(m.group(1), FLIPPED[m.group(1)]), caption, count=1)
+
+
+@torch.no_grad()
+def statement_pairs(model, tokenizer, images: torch.Tensor, captions: list[str]) -> int:
+    """How many of the ``captions`` ITM scores above their flipped version (``flip_relation``) on their images."""
+    image_embeds = model.encode_image(images)[0]
+    scores = []
+    for texts in (captions, [flip_relation(c) for c in captions]):
+        text = tokenizer.encode_texts(texts, 30)
+        embeds = model.text_encoder(text.input_ids, text.attention_mask)
+        scores.append(model.itm_logits(embeds, text.attention_mask, image_embeds).softmax(dim=1)[:, 1])
+    return int((scores[0] > scores[1]).sum())
+
+
 def main() -> None:
     from tcl.data.transforms import test_transform
     from tcl.inference.runs import load_pretrain_run
@@ -70,6 +94,13 @@ def main() -> None:
             hits, total = hits + found, total + masked
         results[kind] = {"accuracy": 100.0 * hits / max(total, 1), "words": total}
         print(f"{kind} words restored: {hits} / {total} = {results[kind]['accuracy']:.1f} %")
+        if kind == "relation":
+            right = sum(statement_pairs(model, tokenizer, torch.stack([
+                transform(Image.open(root / "images/val2014" / files[i]).convert("RGB")) for i, _ in rows[k:k + 64]]),
+                [c for _, c in rows[k:k + 64]]) for k in range(0, len(rows), 64))
+            results["statements"] = {"accuracy": 100.0 * right / max(len(rows), 1), "pairs": len(rows)}
+            print(f"relation captions preferred to their flipped version by ITM: {right} / {len(rows)} = "
+                  f"{results['statements']['accuracy']:.1f} %")
     print(json.dumps(results))
 
 

@@ -57,6 +57,7 @@ def run_stages_at_once(stages: dict[str, tuple[list[str], Path]], poll_s: float 
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: dict[str, subprocess.Popen] = {}
+    totals: dict[str, int] = {}  # each run's announced steps, once its log has them
     try:
         for name, (argv, log) in stages.items():
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -66,10 +67,10 @@ def run_stages_at_once(stages: dict[str, tuple[list[str], Path]], poll_s: float 
             logger.info("stage: %s (its own process, one thread; log %s)", name, log)
         with tqdm(desc=" + ".join(stages), unit="step", total=None) as bar:
             while any(process.poll() is None for process in running.values()):
-                _show_steps(bar, stages)
+                _show_steps(bar, stages, totals)
                 _raise_on_failure(running, stages)
                 time.sleep(poll_s)
-            _show_steps(bar, stages)
+            _show_steps(bar, stages, totals)
         _raise_on_failure(running, stages)
     except BaseException:
         for process in running.values():
@@ -94,13 +95,17 @@ def _raise_on_failure(running: dict[str, subprocess.Popen], stages: dict[str, tu
 _STEP_RANGE = re.compile(r"\(steps (\d+) to (\d+)\)")
 
 
-def _show_steps(bar, stages: dict[str, tuple[list[str], Path]]) -> None:
-    """Sets the bar to the steps the stages' runs have logged, out of the steps they announced."""
-    done = total = 0
-    for argv, log in stages.values():
-        announced = _STEP_RANGE.search(log.read_text(errors="replace")) if log.is_file() else None
-        total += int(announced.group(2)) if announced else 0
+def _show_steps(bar, stages: dict[str, tuple[list[str], Path]], totals: dict[str, int]) -> None:
+    """Sets the bar to the steps the stages' runs have logged, out of the steps their logs announced (read once,
+    into ``totals``)."""
+    done = 0
+    for name, (argv, log) in stages.items():
+        if name not in totals and log.is_file():
+            announced = _STEP_RANGE.search(log.read_text(errors="replace"))
+            if announced:
+                totals[name] = int(announced.group(2))
         done += _last_logged_step(_output_dir(argv) / "metrics.jsonl")
+    total = sum(totals.values())
     if total and bar.total != total:
         bar.total = total
     bar.n = done
@@ -108,7 +113,8 @@ def _show_steps(bar, stages: dict[str, tuple[list[str], Path]]) -> None:
 
 
 def _output_dir(argv: list[str]) -> Path:
-    return Path(next(arg.split("=", 1)[1] for arg in argv if arg.startswith("train.output_dir=")))
+    """The run folder an argument list names (its last ``train.output_dir=``, the one the run uses)."""
+    return Path(next(arg.split("=", 1)[1] for arg in reversed(argv) if arg.startswith("train.output_dir=")))
 
 
 def _last_logged_step(metrics: Path) -> int:
@@ -129,12 +135,13 @@ def fine_tune_both(out: Path, common: list[str]) -> None:
     after the other, in this process."""
     from tcl.engine import finetune_vqa
 
-    arms = {"fine-tune from pretraining": [f"train.output_dir={out / 'vqa'}", f"vqa.init={out / 'pretrain'}"],
-            "fine-tune from scratch": [f"train.output_dir={out / 'vqa_scratch'}", "vqa.init=null"]}
-    argv = {name: ["--config", str(VQA_CONFIG), "--overwrite", *arm, *common] for name, arm in arms.items()}
+    arms = {"fine-tune from pretraining": ("vqa", f"vqa.init={out / 'pretrain'}"),
+            "fine-tune from scratch": ("vqa_scratch", "vqa.init=null")}
+    argv = {name: ["--config", str(VQA_CONFIG), "--overwrite", f"train.output_dir={out / folder}", init, *common]
+            for name, (folder, init) in arms.items()}
     if _cores() >= 2 and not _cuda():
-        run_stages_at_once({name: (["finetune-vqa", *args], out / f"{Path(_output_dir(args)).name}.log")
-                            for name, args in argv.items()})
+        run_stages_at_once({name: (["finetune-vqa", *argv[name]], out / f"{folder}.log")
+                            for name, (folder, _) in arms.items()})
         return
     for name, args in argv.items():
         run_stage(name, finetune_vqa.main, args)

@@ -321,7 +321,8 @@ class TCLPretrainModel(nn.Module):
 
     def classify_regions(self, image_embeds: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
         """Logits [B, R, n] of the boxes [B, R, 4] (``pool_boxes``) from the image tokens alone, one tensor per
-        class of words: the categories (``loss.region_categories``), then each of ``loss.region_attributes``."""
+        class of words: the categories (``loss.region_categories``), then each of ``loss.region_attributes``, then
+        (with ``loss.region_position_bins``) the column band and the row band (``region_targets``)."""
         return list(self.region_head(pool_boxes(image_embeds, boxes)).float().split(self.region_class_sizes, dim=-1))
 
     def region_targets(self, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

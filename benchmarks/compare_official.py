@@ -4,10 +4,14 @@ The official model classes are imported from a checkout of uta-smile/TCL that yo
 repository), with the library versions it was written for installed into a folder of their own:
 
     git clone https://github.com/uta-smile/TCL /path/TCL            # commit 74a3e4f
-    pip install --no-deps --target /path/tcl_deps timm==0.4.9 transformers==4.8.1 huggingface-hub==0.0.12 sacremoses
+    pip install --no-deps --target /path/tcl_deps timm==0.4.9 transformers==4.8.1 huggingface-hub==0.0.12 sacremoses \\
+        requests charset-normalizer
     taskset -c 1 python benchmarks/compare_official.py --tcl-checkout /path/TCL --deps /path/tcl_deps \\
         [--config tiny|wider|paper] [--settings official|tiny] [--precision fp32|bf16] [--rounds 5] [--steps 20] \
         [--device cpu|cuda]
+
+(transformers 4.8.1 and huggingface-hub 0.0.12 import requests, which today's libraries no longer bring; urllib3,
+idna and certifi come with this project's requirements.)
 
 Both models get random weights (no downloads: the official DeiT and BERT loading is replaced by random
 initialisation of the same modules, and its ViT and BERT are built at this configuration's sizes), the same random

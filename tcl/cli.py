@@ -76,6 +76,22 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_pretrained(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tcl.config import load_config
+    from tcl.pretrained_parts import OVERRIDES_FILE, config_parts, fetch_parts
+
+    overrides = fetch_parts(config_parts(load_config(args.config, args.overrides)), args.out)
+    if not overrides:
+        print(f"nothing to fetch: {args.config} names no pretrained part on the hub (none, or local paths already)")
+        return 0
+    line = " ".join(f"{setting}={path}" for setting, path in overrides.items())
+    print(f"wrote {', '.join(overrides)} into {args.out}; where the hub is out of reach, copy the folder and add "
+          f"these overrides (also in {Path(args.out) / OVERRIDES_FILE}):\n  {line}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tcl.inference.predict_cli import run
 
@@ -185,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("evaluate-vqa", help="VQA evaluation: same arguments as scripts/evaluate_vqa.py")
     commands.add_parser("evaluate-retrieval",
                         help="zero-shot retrieval of a pretraining run: same arguments as scripts/evaluate_retrieval.py")
+
+    fetch = commands.add_parser(
+        "fetch-pretrained", help="download the pretrained parts a config names into one folder (for offline nodes)",
+        description="Downloads every pretrained part a config names from the Hugging Face hub (image encoder "
+                    "weights, BERT weights, tokenizer) and writes them into one folder: vision/ as timm saves a "
+                    "model, text/ and tokenizer/ as transformers' save_pretrained. Prints the overrides that use "
+                    "the folder, for compute nodes that cannot reach the hub.")
+    fetch.add_argument("--config", required=True, help="YAML config or shipped name (pretrain_4m, vqa, ...)")
+    fetch.add_argument("--out", required=True, help="folder for the parts")
+    fetch.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    fetch.set_defaults(run=_fetch_pretrained)
 
     predict = commands.add_parser("predict", help="answer questions about images with a VQA model (JSON out)")
     _predict_arguments(predict)

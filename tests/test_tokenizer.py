@@ -51,7 +51,7 @@ def test_single_string_rejected(tokenizer):
 
 
 def test_missing_tokenizer_dir_message(tmp_path):
-    with pytest.raises(DataError, match="no tokenizer here"):
+    with pytest.raises(DataError, match=r"tokenizer \(data.tokenizer=.*\): .* holds none of vocab.txt, tokenizer.json"):
         load_tokenizer(tmp_path)
 
 
@@ -75,9 +75,10 @@ def test_a_missing_local_tokenizer_is_named_as_a_folder_not_a_hub_id(tmp_path):
     from tcl.errors import DataError
 
     for name in (str(tmp_path / "nowhere"), "data/elsewhere/tokenizer"):
-        with pytest.raises(DataError, match="no tokenizer here") as missing:
+        with pytest.raises(DataError, match=f"tokenizer \\(data.tokenizer={name}\\): {name} does not exist") as missing:
             load_tokenizer(name)
         assert "Repo id" not in str(missing.value)
     config = load_config(REPO / "configs/pretrain_tiny.yaml", [f"data.root={tmp_path}"])
-    with pytest.raises(DataError, match="no tokenizer beside the data.*data.tokenizer"):
+    with pytest.raises(DataError, match="data.tokenizer is null, so the tokenizer is looked for beside the data") as gone:
         build_tokenizer(config)
+    assert "tcl make-data" in str(gone.value) and "tcl fetch-pretrained" in str(gone.value)

@@ -23,6 +23,7 @@ from tcl.data.tokenizer import TclTokenizer, load_tokenizer, run_tokenizer_dir
 from tcl.data.transforms import pretrain_transform, test_transform, vqa_train_transform
 from tcl.data.vqa import VQACollator, VQADataset, albef_vqa_table, official_vqa_table
 from tcl.errors import DataError
+from tcl.pretrained_parts import missing_parts_error, tokenizer_part
 
 if TYPE_CHECKING:
     import datasets
@@ -34,9 +35,9 @@ def build_tokenizer(config: Config) -> TclTokenizer:
     """The tokenizer ``tokenizer_source`` names."""
     source = tokenizer_source(config)
     if not config.data.tokenizer and not Path(source).is_dir():  # a local folder by construction: never a hub name
-        raise DataError(f"{source}: no tokenizer beside the data (data.tokenizer is null, so it is looked for in "
-                        f"<data.root>/tokenizer). Set data.tokenizer to a BERT tokenizer directory (vocab.txt), or "
-                        f"run `tcl make-data` to build the embedded vocabulary.")
+        raise missing_parts_error([(tokenizer_part(source), "data.tokenizer is null, so the tokenizer is looked for "
+                                                            "beside the data, in <data.root>/tokenizer: not there")],
+                                  other_way="for the generated data, run `tcl make-data` (it builds the vocabulary)")
     return TclTokenizer(load_tokenizer(source))
 
 

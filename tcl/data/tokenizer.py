@@ -17,6 +17,7 @@ import torch
 from transformers import BertTokenizer
 
 from tcl.errors import DataError
+from tcl.pretrained_parts import locate, tokenizer_part
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +55,14 @@ def build_wordpiece_tokenizer(texts: Iterable[str], out_dir: str | Path, min_cou
 
 
 def load_tokenizer(name_or_path: str | Path) -> BertTokenizer:
-    """Loads a BERT tokenizer from a local directory, or by hub name (e.g. ``bert-base-uncased``) when reachable."""
-    path = Path(name_or_path)
-    if not path.exists() and _names_a_folder(str(name_or_path)):
-        raise DataError(f"{path}: no tokenizer here (the folder does not exist). Set data.tokenizer to a BERT "
-                        f"tokenizer directory (vocab.txt), or run `tcl make-data` to build the embedded vocabulary.")
-    if path.exists() and not (path / "vocab.txt").exists() and not (path / "tokenizer.json").exists():
-        raise DataError(f"{path}: no tokenizer here (expected vocab.txt or tokenizer.json). Run `tcl make-data` to "
-                        f"build the embedded vocabulary, or set data.tokenizer to a BERT tokenizer directory.")
+    """Loads a BERT tokenizer from a local directory, or by hub name (e.g. ``bert-base-uncased``) from the hub or,
+    offline, its cache (``MissingPretrainedPart``, the message every missing pretrained part gives, otherwise)."""
+    folder = locate(tokenizer_part(str(name_or_path)))
     try:
-        return BertTokenizer.from_pretrained(str(name_or_path))
-    except OSError as error:
-        raise DataError(f"cannot load tokenizer '{name_or_path}': {error}. Give a local directory with vocab.txt "
-                        f"(set data.tokenizer), or make the Hugging Face hub reachable.") from None
+        return BertTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as error:
+        raise DataError(f"{folder}: not a readable BERT tokenizer ({error}). Set data.tokenizer to a folder that "
+                        f"save_pretrained wrote (vocab.txt).") from None
 
 
 def run_tokenizer_dir(run_or_checkpoint: str | Path) -> Path | None:
@@ -92,12 +88,6 @@ def tokenizer_mismatch(source: str, weight_rows: int, tokenizer_words: int, toke
     return DataError(f"{source}: its word embeddings have {weight_rows} rows but the tokenizer {tokenizer_name} has "
                      f"{tokenizer_words} words: the weights were trained with another tokenizer. To fine-tune them, "
                      f"{fix}; new words of your data are then split into the pieces that tokenizer knows.")
-
-
-def _names_a_folder(name: str) -> bool:
-    """Whether ``name`` can only be a local path: absolute, relative to . / .. / ~, or with more folders than a hub
-    id's ``namespace/name`` (such a path must not reach the hub, whose error would speak of repo ids)."""
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
 
 
 @dataclass

@@ -32,6 +32,7 @@ from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
 from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
+from tcl.pretrained_parts import check_parts, config_parts
 from tcl.models.saving import RUN_CONFIG, WORD_EMBEDDINGS, read_model_state
 from tcl.models.vqa import TCLVQAModel, vqa_model_from_config
 
@@ -45,6 +46,7 @@ main = commands.finetune_vqa
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["vqa.freeze_vision=true"] if args.freeze_vision else [])
     config = load_config(args.config, overrides)
+    check_parts(config_parts(config, weights=not config.vqa.init))
     accelerator = build_accelerator(config)
     check_distributed_setup(accelerator, config)
     with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),

@@ -36,6 +36,7 @@ from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
 from tcl.models.pretrained import initialise_from_pretrained
+from tcl.pretrained_parts import check_parts, config_parts
 
 logger = logging.getLogger("tcl.pretrain")
 
@@ -46,6 +47,7 @@ main = commands.pretrain
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_parts(config_parts(config))
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.train.deterministic or previous, warn_only=True)
     try:

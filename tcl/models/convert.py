@@ -28,7 +28,8 @@ TRUST_HINT = "pass --trust-checkpoint (Python: trust=True) only if you trust whe
 
 
 def read_foreign_checkpoint(path: str | Path, trust: bool = False, hint: str = TRUST_HINT) -> dict[str, torch.Tensor]:
-    """The state dict of an official ``.pth`` (its ``model`` entry, or the file itself if it is a state dict).
+    """The state dict of an official ``.pth`` (its ``model`` entry, or the file itself if it is a state dict), or of
+    a ``.safetensors`` file.
 
     ``hint`` says how to opt in when the file is refused (the caller's own option).
 
@@ -38,6 +39,8 @@ def read_foreign_checkpoint(path: str | Path, trust: bool = False, hint: str = T
     path = Path(path)
     if not path.is_file():
         raise TclError(f"{path}: checkpoint file not found.")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as error:
@@ -50,6 +53,16 @@ def read_foreign_checkpoint(path: str | Path, trust: bool = False, hint: str = T
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TclError(f"{path}: expected a state dict (or {{'model': state dict}}); found {type(payload).__name__}.")
     return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise TclError(f"{path}: not a readable safetensors file ({error}).") from None
 
 
 def is_vqa_checkpoint(state: dict[str, torch.Tensor]) -> bool:

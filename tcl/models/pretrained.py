@@ -1,14 +1,13 @@
 """Initial weights from public checkpoints: DeiT/ViT for the image encoder, BERT for the text and fusion encoders.
 
-Called by the training engines after a model is built (never inside a constructor). Names are Hugging Face hub
-names (used when the hub is reachable) or local paths: a timm checkpoint file for the image encoder, a
-``save_pretrained`` BERT directory for the text side.
+Called by the training engines after a model is built (never inside a constructor). Each part is a hub name (a timm
+model, a BERT repository) or a local file or folder; ``tcl.pretrained_parts`` finds its files, the hub's offline mode
+honoured.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -16,25 +15,23 @@ from torch import nn
 from tcl.config import ModelConfig
 from tcl.models.convert import read_foreign_checkpoint
 from tcl.models.surgery import bert_to_tcl, load_strict, timm_to_vision
+from tcl.pretrained_parts import locate, text_part, vision_part
 
 logger = logging.getLogger(__name__)
 
 
 def load_vision_pretrained(encoder: VisionTransformer, name_or_path: str) -> None:
-    """Initialises ``encoder`` from a local checkpoint file or a timm model name (hub, when reachable).
+    """Initialises ``encoder`` from a timm model name, a weights file (``.pth``/``.bin`` state dict or
+    ``.safetensors``) or a folder holding one (as timm saves a model, or the hub's cache folder).
 
     Position embeddings are resampled to the encoder's resolution; only the classification head may be unused.
     """
-    path = Path(name_or_path)
-    if path.is_file():
-        state = read_foreign_checkpoint(path, hint="model.vision_pretrained takes plain weights only: re-save them "
-                                                   "where you trust the file (torch.save(state_dict) or safetensors)")
-    else:
-        import timm
-
-        state = timm.create_model(name_or_path, pretrained=True, num_classes=0).state_dict()
+    path = locate(vision_part(name_or_path))
+    state = read_foreign_checkpoint(path, hint="model.vision_pretrained takes plain weights only: re-save them "
+                                               "where you trust the file (torch.save(state_dict) or safetensors)")
     load_strict(encoder, timm_to_vision(state, encoder.patch_embed.num_patches), f"vision weights {name_or_path}",
                 "Check the model.vision_* sizes.")
+    logger.info("image encoder initialised from %s (%s)", name_or_path, path)
 
 
 
@@ -42,7 +39,7 @@ def load_text_pretrained(model: nn.Module, name_or_path: str, fusion_layer: int)
     """Loads BERT weights into ``model``'s text encoder, fusion encoder self-attention/FFN and MLM head."""
     from transformers import BertForMaskedLM
 
-    bert = BertForMaskedLM.from_pretrained(name_or_path)
+    bert = BertForMaskedLM.from_pretrained(str(locate(text_part(name_or_path))))
     renamed = bert_to_tcl(bert.state_dict(), fusion_layer)
     if not hasattr(model, "mlm_head"):  # a VQA model: BERT's MLM head has no place in it
         renamed = {name: tensor for name, tensor in renamed.items() if not name.startswith("mlm_head.")}

@@ -169,3 +169,29 @@ def test_the_paper_config_pretrains_from_a_fetched_folder_with_the_hub_offline(f
     torch.testing.assert_close(trained["text_encoder.embeddings.word_embeddings.weight"],
                                bert["bert.embeddings.word_embeddings.weight"])
     assert no_network == []
+
+
+def test_fetch_writes_every_part_a_config_names_from_the_hub_cache(fetched, tmp_path, no_network, capsys):
+    """`tcl fetch-pretrained` end to end where the hub's cache holds the parts (the download itself needs the hub):
+    DeiT-Ti's random weights under its timm name, and the tiny BERT and tokenizer under bert-base-uncased."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    cache = Path(constants.HF_HUB_CACHE)
+    deit = timm.create_model("deit_tiny_patch16_224")
+    save_file(deit.state_dict(), str(tmp_path / "model.safetensors"))
+    hub_cache_entry(cache, "timm/deit_tiny_patch16_224.fb_in1k", {"model.safetensors": tmp_path / "model.safetensors"})
+    hub_cache_entry(cache, "bert-base-uncased",
+                    {path.name: path for folder in ("text", "tokenizer") for path in (fetched / folder).iterdir()})
+    out = tmp_path / "parts"
+    assert tcl_main(["fetch-pretrained", "--config", "pretrain_4m", "--out", str(out),
+                     "model.vision_pretrained=deit_tiny_patch16_224.fb_in1k"]) == 0
+    line = (out / "overrides.txt").read_text().split()
+    assert line == [f"model.vision_pretrained={out / 'vision'}", f"model.text_pretrained={out / 'text'}",
+                    f"data.tokenizer={out / 'tokenizer'}"]
+    assert " ".join(line) in capsys.readouterr().out
+    again = timm.create_model(f"local-dir:{out / 'vision'}", pretrained=True)
+    assert torch.equal(again.state_dict()["blocks.0.attn.qkv.weight"], deit.state_dict()["blocks.0.attn.qkv.weight"])
+    assert BertForMaskedLM.from_pretrained(str(out / "text")).config.hidden_size == 32
+    assert len(BertTokenizer.from_pretrained(str(out / "tokenizer"))) > 0
+    assert no_network == []

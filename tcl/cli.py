@@ -19,15 +19,21 @@ logger = logging.getLogger("tcl")
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from tcl.data.make_data import dataset_exists, format_summary, make_shapes_dataset, summarize
+    from tcl.data.make_data import (dataset_exists, format_summary, generated_with, generator_settings,
+                                    make_shapes_dataset, summarize)
 
+    settings = generator_settings(args.train_images, args.val_images, args.image_size, args.questions_per_image,
+                                  args.seed, args.max_objects, args.one_colour_scenes, args.extra_relation_questions)
     if dataset_exists(args.out) and not args.force:
-        print(f"{args.out} already holds a generated dataset (use --force to regenerate).")
+        recorded = generated_with(args.out)
+        if recorded == settings:
+            print(f"{args.out} already holds this generated dataset (use --force to regenerate).")
+        else:
+            print(f"{args.out} holds a generated dataset made with other settings ({recorded}, asked: {settings}); "
+                  f"use --force to regenerate it.")
         print(format_summary(summarize(args.out)))
         return 0
-    summary = make_shapes_dataset(args.out, args.train_images, args.val_images, args.image_size,
-                                  args.questions_per_image, args.seed, show_progress=not args.quiet,
-                                  max_objects=args.max_objects, one_colour_scenes=args.one_colour_scenes)
+    summary = make_shapes_dataset(args.out, **settings, show_progress=not args.quiet)
     print(format_summary(summary))
     return 0
 
@@ -166,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--one-colour-scenes", type=float, default=shapes.one_colour_scenes, metavar="FRACTION",
                       help="fraction of scenes whose objects share one colour, so that only shapes and sizes tell "
                            f"them apart (default {shapes.one_colour_scenes})")
+    make.add_argument("--extra-relation-questions", type=int, default=shapes.extra_relation_questions, metavar="N",
+                      help="more relation questions for each training image with two objects or more (default "
+                           f"{shapes.extra_relation_questions}; the validation split keeps the families' shares equal)")
     make.add_argument("--force", action="store_true", help="regenerate even if the data exists")
     make.add_argument("--quiet", action="store_true", help="no progress bars")
     make.set_defaults(run=_make_data)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,23 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def prepare_world(root: str | Path, shapes) -> None:
+    """Generates the demo's world in ``root`` unless it holds the one ``data.shapes`` describes: a world made with
+    other settings (an older generator's, or other sizes) is generated again, so the demo's numbers are its config's."""
+    from tcl.data.make_data import dataset_exists, generated_with, generator_settings, make_shapes_dataset
+
+    settings = generator_settings(**asdict(shapes))
+    recorded = generated_with(root) if dataset_exists(root) else None
+    if recorded != settings:
+        if recorded is not None:
+            logger.info("%s holds a world generated with %s; generating the one data.shapes describes: %s", root,
+                        recorded, settings)
+        make_shapes_dataset(root, **settings)
+
+
 def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Runs every stage and returns (and writes) the demo's numbers."""
-    from tcl.data.make_data import dataset_exists, make_shapes_dataset, summarize
+    from tcl.data.make_data import summarize
     from tcl.engine import evaluate_vqa, pretrain
 
     start = time.perf_counter()
@@ -167,10 +182,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     overrides = list(overrides or [])
     config = load_config(VQA_CONFIG, overrides)
     root, shapes = config.data.root, config.data.shapes
-    if not dataset_exists(root):
-        make_shapes_dataset(root, shapes.train_images, shapes.val_images, shapes.image_size,
-                            shapes.questions_per_image, shapes.seed, max_objects=shapes.max_objects,
-                            one_colour_scenes=shapes.one_colour_scenes)
+    prepare_world(root, shapes)
     summary = summarize(root)
     common = [f"data.root={root}", *overrides]
     # Each stage redoes its run in the demo's folder (--overwrite): running the demo again replaces its results.

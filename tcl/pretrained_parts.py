@@ -80,10 +80,10 @@ def missing_parts_error(problems: Sequence[tuple[Part, str]], other_way: str | N
     """The one message for parts that cannot be found: each part, its setting and why; then the ways forward."""
     lines = [f"  - {part.what} ({part.setting}={part.value}): {problem}" for part, problem in problems]
     settings = " ".join(f"{part.setting}=DIR/{part.folder}" for part, _ in problems)
-    ways = [f"make the Hugging Face hub reachable from this machine and give the hub name (unset HF_HUB_OFFLINE; "
-            f"HF_HOME or HF_HUB_CACHE may point at a cache that already holds it)",
-            f"on a machine that reaches the hub run `tcl fetch-pretrained --config CONFIG --out DIR` and set {settings} "
-            f"(a local file or folder of your own works the same way)"]
+    ways = ["make the Hugging Face hub reachable from this machine and give the hub name (unset HF_HUB_OFFLINE; "
+            "HF_HOME or HF_HUB_CACHE may point at a cache that already holds it)",
+            f"on a machine that reaches the hub run `tcl fetch-pretrained --config CONFIG --out DIR` and set "
+            f"{settings} (a local file or folder of your own works the same way)"]
     if other_way:
         ways.append(other_way)
     listed = " or ".join(f"({index}) {way}" for index, way in enumerate(ways, 1))

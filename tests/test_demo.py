@@ -8,12 +8,16 @@ import pytest
 import tcl
 from tcl.demo import format_results, run_demo
 
+from conftest import TINY_GENERATOR
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_accelerate_state")]
 
 
 def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path, capsys):
     out = tmp_path / "demo"
-    results = run_demo(out, [f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
+    world = [f"data.shapes.{key}={value}" for key, value in TINY_GENERATOR.items()]  # the fixture's, not regenerated
+    results = run_demo(out, [f"data.root={shapes_root}", *world, "data.shapes.extra_relation_questions=0",
+                             "train.batch_size=8", "model.queue_size=32",
                              "data.num_workers=0", "train.max_steps=2", "train.warmup_steps=1", "eval.batch_size=16"])
     saved = json.loads((out / "demo_results.json").read_text())
     assert saved == results

@@ -75,8 +75,8 @@ def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_ro
                           f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=2"]) == 0
     AcceleratorState._reset_state(True)
     out = tmp_path / "vqa"
-    assert finetune(shapes_root, out, f"vqa.init={tmp_path / 'pre'}", "vqa.head=decoder", "loss.alpha=0.4",
-                    "train.max_steps=3", "eval.max_questions=24", "eval.k_test=4") == 0
+    assert finetune(shapes_root, out, f"vqa.init={tmp_path / 'pre'}", "vqa.head=decoder", "loss.distill=true",
+                    "loss.alpha=0.4", "train.max_steps=3", "eval.max_questions=24", "eval.k_test=4") == 0
     state = read_model_state(out)
     assert any(name.startswith("momentum.models.text_decoder.") for name in state)  # the distillation teacher
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

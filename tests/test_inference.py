@@ -56,7 +56,7 @@ def test_pipeline_from_a_run_round_trips_through_save_pretrained(vqa_run, shapes
     saved = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "answer_list.json", "tokenizer.json"} <= saved
     config = json.loads((tmp_path / "model/config.json").read_text())
-    assert config["architecture"] == "TCLVQAModel" and config["head"] == "classifier"
+    assert config["architecture"] == "TCLVQAModel" and config["head"] == "decoder"  # vqa_tiny's head
     loaded = tcl.load_vqa(tmp_path / "model")
     assert loaded(images, QUESTIONS, top_k=3) == before
     one = loaded(str(images[0]), QUESTIONS[0], top_k=2)

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -173,3 +174,72 @@ def test_max_objects_bounds_the_scenes_and_keeps_the_default_world(shapes_root, 
     assert "is the" not in {a["question_type"] for a in annotations["annotations"]}  # no pair, no relation
     with pytest.raises(ValueError, match="max_objects must be between 1 and 4"):
         make_shapes_dataset(tmp_path / "bad", show_progress=False, max_objects=5, **TINY_GENERATOR)
+
+
+def test_extra_relation_questions_only_add_true_relation_questions_to_the_training_split(shapes_root, tmp_path):
+    extra = tmp_path / "extra"
+    make_shapes_dataset(extra, show_progress=False, extra_relation_questions=2, **TINY_GENERATOR)
+    base, more = _digest(shapes_root), _digest(extra)
+    changed = {name for name in base if base[name] != more[name]}
+    assert changed == {"annotations/v2_OpenEnded_mscoco_train2014_questions.json",
+                       "annotations/v2_mscoco_train2014_annotations.json", "shapes_summary.json"}
+    load = lambda root, name: json.loads((root / "annotations" / name).read_text())  # noqa: E731
+    old = load(shapes_root, "v2_mscoco_train2014_annotations.json")["annotations"]
+    new = load(extra, "v2_mscoco_train2014_annotations.json")["annotations"]
+    questions = {q["question_id"]: q["question"] for q in
+                 load(extra, "v2_OpenEnded_mscoco_train2014_questions.json")["questions"]}
+    assert all(a in new for a in old)
+    added = [a for a in new if a not in old]
+    assert added and {a["question_family"] for a in added} == {"relation"}
+    objects = json.loads((extra / "annotations" / "instances_train2014.json").read_text())["annotations"]
+    per_image = Counter(o["image_id"] for o in objects)
+    assert all(per_image[a["image_id"]] >= 2 for a in added)
+    assert max(Counter(a["image_id"] for a in added).values()) <= 2
+    assert len({questions[a["question_id"]] for a in added}) > len(added) / 2  # varied, not one question repeated
+    answers = Counter(a["multiple_choice_answer"] for a in added)
+    assert abs(answers["yes"] - answers["no"]) <= 2  # balanced as every family
+    summary = json.loads((extra / "shapes_summary.json").read_text())
+    assert summary["generator"]["extra_relation_questions"] == 2
+    shapes = {c["id"]: c["name"] for c in json.loads((extra / "annotations" / "instances_train2014.json")
+                                                       .read_text())["categories"]}
+    for a in added:  # each answer agrees with the boxes of the two objects it names
+        subject, words, reference = re.match(r"is the (.+) (left of|right of|above|below) the (.+)\?",
+                                             questions[a["question_id"]]).groups()
+        boxes = [next(o["bbox"] for o in objects if o["image_id"] == a["image_id"]
+                      and set(name.replace(" object", "").split()) <= {*o["attributes"], shapes[o["category_id"]]})
+                 for name in (subject, reference)]
+        (xa, ya), (xb, yb) = ((x + w / 2, y + h / 2) for x, y, w, h in boxes)
+        delta = {"left of": xb - xa, "right of": xa - xb, "above": yb - ya, "below": ya - yb}[words]
+        assert a["multiple_choice_answer"] == ("yes" if delta > 0 else "no") or abs(delta) < 3  # box vs drawn centre
+
+
+def test_the_demo_keeps_its_world_and_regenerates_one_made_with_other_settings(shapes_root, tmp_path):
+    from tcl.config import ShapesConfig
+    from tcl.demo import prepare_world
+
+    world = tmp_path / "world"
+    make_shapes_dataset(world, show_progress=False, **TINY_GENERATOR)
+    before = _digest(world)
+    prepare_world(world, ShapesConfig(**TINY_GENERATOR, extra_relation_questions=0))
+    assert _digest(world) == before  # the world its config describes: kept
+    prepare_world(world, ShapesConfig(**TINY_GENERATOR, extra_relation_questions=1))
+    assert json.loads((world / "shapes_summary.json").read_text())["generator"]["extra_relation_questions"] == 1
+    assert _digest(world)["annotations/v2_mscoco_train2014_annotations.json"] != \
+        before["annotations/v2_mscoco_train2014_annotations.json"]
+
+
+def test_make_data_says_when_the_folder_holds_a_world_made_with_other_settings(tmp_path, capsys):
+    from tcl.cli import main
+
+    small = ["make-data", "--out", str(tmp_path / "w"), "--train-images", "6", "--val-images", "4", "--quiet"]
+    assert main([*small, "--extra-relation-questions", "0"]) == 0
+    before = _digest(tmp_path / "w")
+    capsys.readouterr()
+    assert main([*small, "--extra-relation-questions", "0"]) == 0
+    assert "already holds this generated dataset" in capsys.readouterr().out
+    assert main([*small, "--extra-relation-questions", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "made with other settings" in printed and "'extra_relation_questions': 2" in printed
+    assert _digest(tmp_path / "w") == before  # kept until --force
+    assert main([*small, "--extra-relation-questions", "2", "--force"]) == 0
+    assert _digest(tmp_path / "w") != before

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated question kinds to train and evaluate on alone (e.g. shape): one skill")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides (the arm)")
     args = parser.parse_args(argv)
-    config = load_config(args.config, ["vqa.init=null", *args.overrides])
+    # Its own loop trains the classifier head, whatever head the config fine-tunes.
+    config = load_config(args.config, ["vqa.init=null", "vqa.head=classifier", *args.overrides])
     torch.manual_seed(config.train.seed)
     tokenizer = build_tokenizer(config)
     start = time.perf_counter()

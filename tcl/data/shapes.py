@@ -395,11 +395,16 @@ class SplitData:
 
 def generate_split(split: str, num_images: int, image_size: int, questions_per_image: int, seed: int,
                    image_dir: Path, progress: Callable[[Iterator], Iterator] = iter,
-                   max_objects: int = MAX_OBJECTS, one_colour_scenes: float = 0.0) -> SplitData:
+                   max_objects: int = MAX_OBJECTS, one_colour_scenes: float = 0.0,
+                   extra_relation_questions: int = 0) -> SplitData:
     """Renders and annotates one split (scenes of 1..``max_objects`` objects, ``one_colour_scenes`` of them in a
-    single colour), writing its JPEG files into ``image_dir``."""
+    single colour), writing its JPEG files into ``image_dir``. ``extra_relation_questions``: as many more relation
+    questions per image with two objects or more (drawn from a random stream of their own, so the images, captions
+    and other questions are those of the same split without them)."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     sampler = BalancedQuestionSampler(rng)
+    extra_rng = np.random.default_rng([seed, SPLITS.index(split), 1])
+    extra_sampler = BalancedQuestionSampler(extra_rng)
     data = SplitData([], [], [], [])
     image_dir.mkdir(parents=True, exist_ok=True)
     for index in progress(range(num_images)):
@@ -413,8 +418,16 @@ def generate_split(split: str, num_images: int, image_size: int, questions_per_i
         data.instances += [_instance(len(data.instances) + k + 1, image_id, obj) for k, obj in enumerate(objects)]
         for caption in make_captions(objects, image_size, rng):
             data.captions.append({"id": len(data.captions) + 1, "image_id": image_id, "caption": caption})
-        for k, qa in enumerate(_questions_for_image(objects, image_size, questions_per_image, sampler, rng)):
+        questions = _questions_for_image(objects, image_size, questions_per_image, sampler, rng)
+        for k, qa in enumerate(questions):
             _append_question(data, image_id, image_id * 1000 + k, qa, rng)
+        asked = {qa.question for qa in questions}
+        for k in range(len(questions), len(questions) + extra_relation_questions):
+            qa = extra_sampler.pick(_relation_questions(objects, image_size, extra_rng), asked)
+            if qa is None:
+                break
+            asked.add(qa.question)
+            _append_question(data, image_id, image_id * 1000 + k, qa, extra_rng)
     return data
 
 

@@ -341,3 +341,12 @@ def test_relation_probe_flips_each_relation_word_once():
     assert probe.flip_relation("a gray cross above an orange triangle.") == "a gray cross below an orange triangle."
     assert probe.flip_relation("a large red circle in the top left of the image.") == \
         "a large red circle in the top left of the image."  # a location, not a relation: left alone
+
+
+def test_relation_roles_probe_swaps_the_two_objects_and_reads_their_halves():
+    probe = load_script("probe_relation_roles")
+    assert probe.swapped("is the small red circle left of the blue object?") == \
+        "is the blue object left of the small red circle?"
+    objects = [({"small", "red", "circle"}, 10.0, 50.0), ({"large", "blue", "square"}, 40.0, 45.0)]
+    assert probe.halves_differ(objects, "is the red circle left of the blue square?", 64)  # x: 10 and 40
+    assert not probe.halves_differ(objects, "is the red circle above the blue square?", 64)  # y: 50 and 45

@@ -16,6 +16,7 @@ part, the setting that names it and the two ways forward. ``write_parts`` lays o
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -225,11 +226,9 @@ class _Hub:
         path = None
         for alternatives in required:
             path = self._first_of(repo, alternatives)
-        for filename in optional:
-            try:
+        for filename in optional:  # the tokenizer loads without them (BERT's defaults): a failure is no error
+            with suppress(_Missing, OSError, ValueError):
                 self._download(repo, filename)
-            except (_Missing, OSError, ValueError):
-                pass  # the tokenizer loads without them (BERT's defaults)
         return path
 
     def _first_of(self, repo: str, alternatives: Sequence[str]) -> Path:

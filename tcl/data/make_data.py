@@ -27,9 +27,8 @@ def dataset_exists(root: str | Path) -> bool:
                                                    for split in SPLITS)
 
 
-def generator_settings(train_images: int = 2000, val_images: int = 500, image_size: int = 64,
-                       questions_per_image: int = 6, seed: int = 0, max_objects: int = MAX_OBJECTS,
-                       one_colour_scenes: float = 0.0, extra_relation_questions: int = 0) -> dict[str, Any]:
+def generator_settings(train_images: int, val_images: int, image_size: int, questions_per_image: int, seed: int,
+                       max_objects: int, one_colour_scenes: float, extra_relation_questions: int) -> dict[str, Any]:
     """The settings a generated dataset records in its summary (``make_shapes_dataset``'s arguments; the options
     that were added later only when set, so that an older world's summary stays byte-identical)."""
     settings = {"train_images": train_images, "val_images": val_images, "image_size": image_size,

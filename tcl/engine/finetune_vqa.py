@@ -32,9 +32,9 @@ from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
 from tcl.models.answer_decoder import AnswerTargets
 from tcl.models.pretrained import initialise_from_pretrained
-from tcl.pretrained_parts import check_parts, config_parts
 from tcl.models.saving import RUN_CONFIG, WORD_EMBEDDINGS, read_model_state
 from tcl.models.vqa import TCLVQAModel, vqa_model_from_config
+from tcl.pretrained_parts import check_parts, config_parts
 
 logger = logging.getLogger("tcl.finetune_vqa")
 

@@ -65,6 +65,34 @@ def test_grouped_training_augments_each_image_once_per_epoch(shapes_root, tiny_c
     assert batch["image"].shape[0] < 16 and batch["image_index"].max() == batch["image"].shape[0] - 1
 
 
+class CountingTransform:
+    """The dataset's own transform, counting the images it is given."""
+
+    def __init__(self, transform):
+        self.transform, self.calls = transform, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return self.transform(image)
+
+
+def test_grouped_training_decodes_each_image_once_per_batch_and_gives_the_same_tensors(shapes_root, tiny_config):
+    config = tiny_config(shapes_root, "vqa.group_by_image=true", "data.randaugment=true",
+                         config="configs/vqa_tiny.yaml")
+    dataset = build_vqa_dataset(config, train=True)
+    counting = dataset.transform = CountingTransform(dataset.transform)
+    groups = dataset.image_groups()[:4]
+    keys = [len(dataset) + i for group in groups for i in group]  # the second epoch's keys, image after image
+    images = [dataset[key]["image"] for key in keys]
+    assert counting.calls == len(groups) < len(keys)
+    for key, image in zip(keys, images):  # a fresh dataset per question (nothing remembered): the same tensors
+        alone = build_vqa_dataset(config, train=True)
+        assert torch.equal(alone[key]["image"], image)
+    # The same image in another epoch is another draw, made anew.
+    assert not torch.equal(dataset[groups[0][0]]["image"], images[0])
+    assert counting.calls == len(groups) + 1
+
+
 @pytest.mark.parametrize("head", ["classifier", "decoder"])
 def test_shared_images_give_the_same_scores_and_loss(head):
     torch.manual_seed(0)

@@ -234,6 +234,11 @@ class VQADataset(TableDataset):
                          "skipped-row counts logged while indexing.")
         self.image_roots = {name: Path(path) for name, path in image_roots.items()}
         self.shared_augmentation = shared_augmentation
+        # With shared_augmentation, the augmentation key of the sample being loaded and the last image made: the
+        # questions of an image come one after the other in a grouped batch and all get the same tensor, so the file
+        # is decoded and augmented once per batch instead of once per question (5.4 questions per image in VQA v2).
+        self._drawing: int | str | None = None
+        self._last_image: tuple[tuple[int | str, Path], torch.Tensor] | None = None
 
     def _augmentation_key(self, key: int) -> int | str:
         """With ``shared_augmentation``, every question of an image gets the same augmented image within an epoch, so
@@ -241,7 +246,8 @@ class VQADataset(TableDataset):
         if not self.shared_augmentation:
             return key
         epoch, index = divmod(key, len(self))
-        return f"{epoch}:{image_key(self.table[index])}"
+        self._drawing = f"{epoch}:{image_key(self.table[index])}"
+        return self._drawing
 
     def image_groups(self) -> list[list[int]]:
         """Row indices grouped by image, in order of first appearance (for ``ShardedEpochSampler(groups=...)``)."""
@@ -256,11 +262,22 @@ class VQADataset(TableDataset):
         question = pre_question(row["question"], self.max_words)
         if not question:
             raise BadSampleError(f"question {row['question_id']} is empty after normalisation", "empty question")
-        image = load_rgb_image(self._image_path(row), self.max_image_pixels)
         answers, weights = answer_weights(row["answers"], row["dataset"])
-        return {"image": self.transform(image), "image_key": image_key(row), "question": question,
+        return {"image": self._image(self._image_path(row)), "image_key": image_key(row), "question": question,
                 "question_id": row["question_id"], "answers": answers, "weights": weights,
                 "human_answers": list(row["answers"])}
+
+    def _image(self, path: Path) -> torch.Tensor:
+        """The transformed image; with ``shared_augmentation``, the last one again when it was made from the same file
+        under the same augmentation key (the same seed, hence the same tensor). The path is part of the key because
+        a bad sample is replaced by another row's, drawn under the first one's key."""
+        memo_key = (self._drawing, path)
+        if self.shared_augmentation and self._last_image is not None and self._last_image[0] == memo_key:
+            return self._last_image[1]
+        image = self.transform(load_rgb_image(path, self.max_image_pixels))
+        if self.shared_augmentation:
+            self._last_image = (memo_key, image)
+        return image
 
     def _image_path(self, row: dict[str, Any]) -> Path:
         path = Path(row["image"])

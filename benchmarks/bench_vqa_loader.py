@@ -57,6 +57,7 @@ def write_vqa_set(photos: list[Path], root: Path) -> Path:
 
 
 def grouped_loader(config_name: str, overrides: list[str]):
+    """The dataset and training loader of ``config_name`` with questions grouped by image."""
     from tcl.config import load_config
     from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, vqa_collator
 
@@ -71,6 +72,7 @@ def time_batches(dataset, loader, batches: int) -> dict[str, float]:
     """Median ms per batch of the loader as it is and forgetting the last image before every question, alternating
     batch by batch (each batch's keys loaded by both)."""
     times: dict[str, list[float]] = {"per image": [], "per question": []}
+    images = []
     sampler_batches = iter(loader.batch_sampler)
     for _ in range(batches):
         keys = next(sampler_batches)
@@ -84,8 +86,9 @@ def time_batches(dataset, loader, batches: int) -> dict[str, float]:
                 samples.append(dataset[key])
             batch = loader.collate_fn(samples)
             times[side].append((time.perf_counter() - start) * 1000)
+        images.append(batch["image"].shape[0])
     result = {side: statistics.median(values) for side, values in times.items()}
-    result["images_per_batch"] = float(batch["image"].shape[0])
+    result["images_per_batch"] = statistics.mean(images)
     result["questions_per_batch"] = float(len(keys))
     result["ratio"] = result["per question"] / result["per image"]
     return result
@@ -94,6 +97,8 @@ def time_batches(dataset, loader, batches: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32, help="questions per batch")
+    parser.add_argument("--photos", default=None, help="a folder of JPEGs (default: data/bench_photos, generated)")
     parser.add_argument("--shapes", default=str(REPO / "data" / "shapes"), help="the generated world")
     parser.add_argument("--work", default=str(REPO / "data" / "bench_vqa_photos"),
                         help="where the photographs' VQA set is written (once)")
@@ -101,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work)
-    photo_root = write_vqa_set(make_photos(REPO / "data" / "bench_photos"), work)
-    cases = {"vqa_tiny, shapes world (64 px)": ("vqa_tiny", [f"data.root={args.shapes}",
-                                                              f"data.cache_dir={work / 'cache'}"]),
+    photos = sorted(Path(args.photos).glob("*.jpg")) if args.photos else make_photos(REPO / "data" / "bench_photos")
+    photo_root = write_vqa_set(photos, work)
+    common = [f"data.cache_dir={work / 'cache'}", f"train.batch_size={args.batch_size}"]
+    cases = {"vqa_tiny, shapes world (64 px)": ("vqa_tiny", [f"data.root={args.shapes}", *common]),
              "vqa, 640x480 photographs (384 px)": ("vqa", [f"data.root={photo_root}", "data.vqa_train=[train2014]",
                                                            "data.vqa_extra_train=[]",
-                                                           f"data.tokenizer={args.shapes}/tokenizer",
-                                                           f"data.cache_dir={work / 'cache'}"])}
+                                                           f"data.tokenizer={args.shapes}/tokenizer", *common])}
     results = {}
     print("| loader | questions / images per batch | per question (ms) | per image (ms) | ratio |")
     print("|---|---|---|---|---|")
@@ -117,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {result['questions_per_batch']:.0f} / {result['images_per_batch']:.1f} | "
               f"{result['per question']:.1f} | {result['per image']:.1f} | {result['ratio']:.2f} |", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+        Path(args.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
+                                               "machine": platform.processor() or platform.machine(),
                                                "torch_threads": 1, "batches": args.batches, "results": results},
                                               indent=2))
     return 0

@@ -334,6 +334,28 @@ def test_bench_loader_times_our_pretraining_samples_per_core(tmp_path, capsys):
         bench.main(["--tcl-checkout", str(tmp_path)])  # the official side needs its OpenCV folder too
 
 
+def test_bench_vqa_loader_times_both_ways_on_the_world_and_on_photographs(shapes_root, tmp_path, capsys):
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("bench_vqa_loader", REPO / "benchmarks" / "bench_vqa_loader.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photos / f"{index}.jpg")
+    out = tmp_path / "vqa_loader.json"
+    assert bench.main(["--photos", str(photos), "--shapes", str(shapes_root), "--work", str(tmp_path / "work"),
+                       "--batches", "1", "--batch-size", "8", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert len(results) == 2
+    for result in results.values():
+        assert result["questions_per_batch"] == 8 and 1 <= result["images_per_batch"] < 8
+        assert result["per question"] > 0 and result["per image"] > 0
+    assert "| vqa, 640x480 photographs (384 px) | 8 /" in capsys.readouterr().out
+
+
 def test_relation_probe_flips_each_relation_word_once():
     probe = load_script("probe_relation_words")
     assert probe.flip_relation("a red circle to the left of a blue square.") == \

@@ -12,14 +12,22 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(name):
-    """A user entry point of scripts/, or a research probe of benchmarks/probes/."""
-    path = REPO / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path if path.is_file() else REPO / "benchmarks" / "probes" /
-                                                  f"{name}.py")
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_script(name):
+    """A user entry point of scripts/, or a research probe of benchmarks/probes/."""
+    path = REPO / "scripts" / f"{name}.py"
+    return load_module(name, path if path.is_file() else REPO / "benchmarks" / "probes" / f"{name}.py")
+
+
+def load_benchmark(name):
+    """A benchmark of benchmarks/."""
+    return load_module(name, REPO / "benchmarks" / f"{name}.py")
 
 
 def test_bench_startup_times_every_command(shapes_root, tmp_path, capsys):
@@ -79,9 +87,7 @@ def test_bench_train_ab_builds_one_arm_per_setting_and_interleaves_them(tmp_path
 def test_compare_official_builds_our_side_at_the_official_sizes_and_checks_its_folders(tmp_path):
     """The official side needs a checkout of uta-smile/TCL and its pinned libraries, which CI does not have: our side
     and the argument checks are tested here; docs/BENCHMARKS.md has the measured comparison."""
-    compare = importlib.util.spec_from_file_location("compare_official", REPO / "benchmarks" / "compare_official.py")
-    module = importlib.util.module_from_spec(compare)
-    compare.loader.exec_module(module)
+    module = load_benchmark("compare_official")
     for settings in ("official", "tiny"):
         losses = module.ours_step_fn(module.CONFIGS["tiny"], settings, torch.device("cpu"))()
         assert set(losses) == {"mlm", "ita", "itm"} and all(v == v for v in losses.values())  # finite, not NaN
@@ -91,9 +97,7 @@ def test_compare_official_builds_our_side_at_the_official_sizes_and_checks_its_f
 
 @pytest.mark.slow
 def test_bench_serve_times_both_servers_and_predict(shapes_root, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_serve", REPO / "benchmarks" / "bench_serve.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_serve")
     out = tmp_path / "serve.json"
     assert bench.main(["--data-root", str(shapes_root), "--clients", "2", "--seconds", "0.5", "--predict-images", "3",
                        "--predict-size", "64", "--rounds", "1", "--json", str(out)]) == 0
@@ -302,9 +306,7 @@ def test_objective_study_pretraining_only_records_retrieval(shapes_root, tmp_pat
 
 
 def test_bench_index_builds_the_streamed_index_of_a_generated_list(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_index", REPO / "benchmarks" / "bench_index.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_index")
     out = tmp_path / "index.json"
     assert bench.main(["--entries", "3000", "--compare-json-load", "--folder", str(tmp_path / "work"),
                        "--json", str(out)]) == 0
@@ -314,17 +316,20 @@ def test_bench_index_builds_the_streamed_index_of_a_generated_list(tmp_path, cap
     assert not (tmp_path / "work").exists()  # the list and its index are deleted
 
 
-def test_bench_loader_times_our_pretraining_samples_per_core(tmp_path, capsys):
+def random_photos(folder: Path, count: int = 4) -> Path:
+    """``count`` random 640 x 480 JPEGs (COCO's size) in ``folder``."""
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("bench_loader", REPO / "benchmarks" / "bench_loader.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    photos = tmp_path / "photos"
-    photos.mkdir()
+    folder.mkdir()
     rng = np.random.default_rng(0)
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photos / f"{index}.jpg")
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(folder / f"{index}.jpg")
+    return folder
+
+
+def test_bench_loader_times_our_pretraining_samples_per_core(tmp_path, capsys):
+    bench = load_benchmark("bench_loader")
+    photos = random_photos(tmp_path / "photos")
     out = tmp_path / "loader.json"
     assert bench.main(["--photos", str(photos), "--sizes", "64", "--rounds", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -335,16 +340,8 @@ def test_bench_loader_times_our_pretraining_samples_per_core(tmp_path, capsys):
 
 
 def test_bench_vqa_loader_times_both_ways_on_the_world_and_on_photographs(shapes_root, tmp_path, capsys):
-    from PIL import Image
-
-    spec = importlib.util.spec_from_file_location("bench_vqa_loader", REPO / "benchmarks" / "bench_vqa_loader.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photos / f"{index}.jpg")
+    bench = load_benchmark("bench_vqa_loader")
+    photos = random_photos(tmp_path / "photos")
     out = tmp_path / "vqa_loader.json"
     assert bench.main(["--photos", str(photos), "--shapes", str(shapes_root), "--work", str(tmp_path / "work"),
                        "--batches", "1", "--batch-size", "8", "--json", str(out)]) == 0

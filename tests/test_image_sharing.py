@@ -76,6 +76,20 @@ class CountingTransform:
         return self.transform(image)
 
 
+class CountingTable:
+    """The dataset's table, counting the rows read from it."""
+
+    def __init__(self, table):
+        self.table, self.reads = table, 0
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.table[index]
+
+
 def test_grouped_training_decodes_each_image_once_per_batch_and_gives_the_same_tensors(shapes_root, tiny_config):
     config = tiny_config(shapes_root, "vqa.group_by_image=true", "data.randaugment=true",
                          config="configs/vqa_tiny.yaml")
@@ -83,8 +97,11 @@ def test_grouped_training_decodes_each_image_once_per_batch_and_gives_the_same_t
     counting = dataset.transform = CountingTransform(dataset.transform)
     groups = dataset.image_groups()[:4]
     keys = [len(dataset) + i for group in groups for i in group]  # the second epoch's keys, image after image
+    table = dataset.table = CountingTable(dataset.table)
     images = [dataset[key]["image"] for key in keys]
     assert counting.calls == len(groups) < len(keys)
+    assert table.reads == len(keys)  # one row read per question (the augmentation key's read is used again)
+    dataset.table = table.table
     for key, image in zip(keys, images):  # a fresh dataset per question (nothing remembered): the same tensors
         alone = build_vqa_dataset(config, train=True)
         assert torch.equal(alone[key]["image"], image)

@@ -239,6 +239,9 @@ class VQADataset(TableDataset):
         # is decoded and augmented once per batch instead of once per question (5.4 questions per image in VQA v2).
         self._drawing: int | str | None = None
         self._last_image: tuple[tuple[int | str, Path], torch.Tensor] | None = None
+        # The row the augmentation key was read from, for _load to use again: a row read costs about as much as
+        # decoding one of the embedded world's images (the formatting of the Arrow row).
+        self._last_row: tuple[int, dict[str, Any]] | None = None
 
     def _augmentation_key(self, key: int) -> int | str:
         """With ``shared_augmentation``, every question of an image gets the same augmented image within an epoch, so
@@ -246,8 +249,16 @@ class VQADataset(TableDataset):
         if not self.shared_augmentation:
             return key
         epoch, index = divmod(key, len(self))
-        self._drawing = f"{epoch}:{image_key(self.table[index])}"
+        row = self.table[index]
+        self._last_row = (index, row)
+        self._drawing = f"{epoch}:{image_key(row)}"
         return self._drawing
+
+    def _row(self, index: int) -> dict[str, Any]:
+        """The table's row ``index``, read once per sample (``_augmentation_key`` may have read it already)."""
+        if self._last_row is not None and self._last_row[0] == index:
+            return self._last_row[1]
+        return self.table[index]
 
     def image_groups(self) -> list[list[int]]:
         """Row indices grouped by image, in order of first appearance (for ``ShardedEpochSampler(groups=...)``)."""
@@ -258,7 +269,7 @@ class VQADataset(TableDataset):
         return list(groups.values())
 
     def _load(self, index: int) -> dict[str, Any]:
-        row = self.table[index]
+        row = self._row(index)
         question = pre_question(row["question"], self.max_words)
         if not question:
             raise BadSampleError(f"question {row['question_id']} is empty after normalisation", "empty question")

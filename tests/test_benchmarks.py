@@ -353,6 +353,22 @@ def test_bench_vqa_loader_times_both_ways_on_the_world_and_on_photographs(shapes
     assert "| vqa, 640x480 photographs (384 px) | 8 /" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_bench_demo_steps_splits_a_real_step_into_loading_passes_and_parts(stage, shapes_root, tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    assert load_benchmark("bench_demo_steps").main([stage, f"data.root={shapes_root}", "train.batch_size=8",
+                                                    "--threads", "1", "--steps", "2", "--warmup", "0",
+                                                    "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["milliseconds"]
+    parts = {name for name in figures if name.startswith("forward: ")}
+    expected = ({"forward: encode_image", "forward: _teacher", "forward: _itm", "forward: _mlm", "forward: _grounding"}
+                if stage == "pretrain" else {"forward: vision_encoder", "forward: fusion_encoder",
+                                             "forward: text_decoder"})
+    assert expected <= parts and all(figures[name] > 0 for name in ("loading", "forward", "backward", "step"))
+    assert figures["step"] >= figures["forward"] + figures["backward"]
+    assert f"| {stage} (1 thread(s)) |" in capsys.readouterr().out
+
+
 def test_relation_probe_flips_each_relation_word_once():
     probe = load_script("probe_relation_words")
     assert probe.flip_relation("a red circle to the left of a blue square.") == \

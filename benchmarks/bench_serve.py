@@ -141,7 +141,7 @@ def bench_serve(model: Path, data_root: Path, before: Path | None, clients: list
 
 def question_file(folder: Path, images: int, size: int) -> Path:
     """A ``tcl predict`` input from a generated data set: every val question, in the data's order."""
-    from tcl.data.make_data import make_shapes_dataset
+    from tcl.make_data import make_shapes_dataset
 
     make_shapes_dataset(folder, show_progress=False, train_images=0, val_images=images, image_size=size,
                         questions_per_image=6, seed=5)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to PyTorch here")
-    from tcl.engine import pretrain
+    from tcl.engine.commands import pretrain
     from tcl.engine.trainer import Trainer
 
     spec = importlib.util.spec_from_file_location("bench_train_loop", REPO / "benchmarks/bench_train_loop.py")
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda":
         torch.cuda.set_sync_debug_mode("warn")
     precision = "bf16" if args.device == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    pretrain.main(["--config", str(REPO / loop.SIZES["tiny"]["config"]),
+    pretrain(["--config", str(REPO / loop.SIZES["tiny"]["config"]),
                    *loop.loop_overrides("tiny", data, loop.SIZES["tiny"]["batch"], 2),
                    f"train.output_dir={args.out}", f"train.max_steps={args.steps}", f"train.log_every={args.log_every}",
                    f"train.mixed_precision={precision}", "train.epochs=1000", "--overwrite"])

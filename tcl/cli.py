@@ -19,7 +19,7 @@ logger = logging.getLogger("tcl")
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from tcl.data.make_data import (dataset_exists, format_summary, generated_with, generator_settings,
+    from tcl.make_data import (dataset_exists, format_summary, generated_with, generator_settings,
                                     make_shapes_dataset, summarize)
 
     settings = generator_settings(args.train_images, args.val_images, args.image_size, args.questions_per_image,

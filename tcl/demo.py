@@ -38,7 +38,7 @@ def _fresh_accelerate() -> None:
 
 
 def run_stage(name: str, function, argv: list[str]) -> None:
-    """Runs one in-process stage (``pretrain.main``, ``finetune_vqa.main``, ...) on a fresh accelerate state; a
+    """Runs one in-process stage (``pretrain``, ``finetune_vqa``, ...) on a fresh accelerate state; a
     non-zero exit code stops the caller with a message naming the stage."""
     logger.info("stage: %s", name)
     _fresh_accelerate()
@@ -134,7 +134,7 @@ def fine_tune_both(out: Path, common: list[str]) -> None:
     from a second thread (one epoch 400 against 328 samples/s) and two processes keep both cores busy (both arms'
     first epoch in 59 instead of 90 s; docs/BENCHMARKS.md, "The demo's two fine-tunings at once"). Elsewhere one
     after the other, in this process."""
-    from tcl.engine import finetune_vqa
+    from tcl.engine.commands import finetune_vqa
 
     arms = {"fine-tune from pretraining": ("vqa", f"vqa.init={out / 'pretrain'}"),
             "fine-tune from scratch": ("vqa_scratch", "vqa.init=null")}
@@ -145,7 +145,7 @@ def fine_tune_both(out: Path, common: list[str]) -> None:
                             for name, (folder, _) in arms.items()})
         return
     for name, args in argv.items():
-        run_stage(name, finetune_vqa.main, args)
+        run_stage(name, finetune_vqa, args)
 
 
 def _cores() -> int:
@@ -161,7 +161,7 @@ def _cuda() -> bool:
 def prepare_world(root: str | Path, shapes) -> None:
     """Generates the demo's world in ``root`` unless it holds the one ``data.shapes`` describes: a world made with
     other settings (an older generator's, or other sizes) is generated again, so the demo's numbers are its config's."""
-    from tcl.data.make_data import dataset_exists, generated_with, generator_settings, make_shapes_dataset
+    from tcl.make_data import dataset_exists, generated_with, generator_settings, make_shapes_dataset
 
     settings = generator_settings(**asdict(shapes))
     recorded = generated_with(root) if dataset_exists(root) else None
@@ -174,8 +174,8 @@ def prepare_world(root: str | Path, shapes) -> None:
 
 def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Runs every stage and returns (and writes) the demo's numbers."""
-    from tcl.data.make_data import summarize
-    from tcl.engine import evaluate_vqa, pretrain
+    from tcl.make_data import summarize
+    from tcl.engine.commands import evaluate_vqa, pretrain
 
     start = time.perf_counter()
     out = Path(out)
@@ -186,10 +186,10 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     summary = summarize(root)
     common = [f"data.root={root}", *overrides]
     # Each stage redoes its run in the demo's folder (--overwrite): running the demo again replaces its results.
-    run_stage("pretrain", pretrain.main, ["--config", str(PRETRAIN_CONFIG), "--overwrite",
+    run_stage("pretrain", pretrain, ["--config", str(PRETRAIN_CONFIG), "--overwrite",
                                        f"train.output_dir={out / 'pretrain'}", *common])
     fine_tune_both(out, common)
-    run_stage("blind evaluation", evaluate_vqa.main, ["--run", str(out / "vqa"), "--blind"])
+    run_stage("blind evaluation", evaluate_vqa, ["--run", str(out / "vqa"), "--blind"])
     scores = {name: read_scores(out / name) for name in ("vqa", "vqa_scratch")}
     retrieval = read_retrieval(out / "pretrain", overrides)
     blind_model = read_scores(out / "vqa", blind=True)

@@ -102,3 +102,14 @@ def checkpoint_problem(path: Path) -> str | None:
         except Exception as error:  # safetensors' own error type: a header that does not parse
             return f"{weights.name} does not parse ({error})"
     return None
+
+
+# How a training run starts in its folder: a new run (the folder must hold none), the run there continued, or replaced.
+STARTS = ("new", "resume", "overwrite")
+
+
+def folder_start(resume: str | None, overwrite: bool) -> str:
+    """How a training run starts in its folder (one of ``STARTS``), from its --resume and --overwrite."""
+    if resume and overwrite:
+        raise TclError("--resume continues the run in train.output_dir and --overwrite deletes it: give one of them.")
+    return "resume" if resume else "overwrite" if overwrite else "new"

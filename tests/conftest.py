@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tcl.config import load_config
-from tcl.data.make_data import make_shapes_dataset
+from tcl.make_data import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_GENERATOR = {"train_images": 24, "val_images": 12, "image_size": 64, "questions_per_image": 6, "seed": 3}

@@ -62,13 +62,13 @@ def test_two_processes_stay_identical(accelerate_config, shapes_root, tmp_path):
 
 def assert_shared_evaluation_matches_one_process(out: Path) -> None:
     """The run's final evaluation, shared by its processes, gives what one process gets from the final weights."""
-    from tcl.engine import evaluate_retrieval
+    from tcl.engine.commands import evaluate_retrieval
 
     written = sorted(out.glob("retrieval_*.json"))
     assert len(written) == 1
     shared = json.loads(written[0].read_text())
     assert shared.pop("step") == STEPS
-    assert evaluate_retrieval.main(["--run", str(out)]) == 0  # rewrites the file, from one process
+    assert evaluate_retrieval(["--run", str(out)]) == 0  # rewrites the file, from one process
     alone = json.loads(written[0].read_text())
     assert shared.keys() == alone.keys() and alone["images"] >= 10
     for key, value in alone.items():

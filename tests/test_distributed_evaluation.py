@@ -20,7 +20,7 @@ OVERRIDES = ["model.queue_size=32", "loss.grounding_weight=1",
 # One process of the shared evaluation: the same randomly initialised model everywhere, its share of the set.
 WORKER = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist
-    import tcl.data.retrieval
+    import tcl.evaluation.coco_sets
     from tcl.config import load_config
     from tcl.data.builders import build_tokenizer
     from tcl.engine.evaluate_retrieval import retrieval_probe
@@ -39,8 +39,8 @@ WORKER = textwrap.dedent("""
         dist.all_reduce(tensor)
         return tensor
 
-    decoded, load = [], tcl.data.retrieval.load_rgb_image
-    tcl.data.retrieval.load_rgb_image = lambda path: decoded.append(path) or load(path)  # counts the decodes
+    decoded, load = [], tcl.evaluation.coco_sets.load_rgb_image
+    tcl.evaluation.coco_sets.load_rgb_image = lambda path: decoded.append(path) or load(path)  # counts the decodes
     shard = Shard(rank, count, total)
     probe = retrieval_probe(config, tokenizer, shard)
     results = {**probe(model), "decoded": len(decoded)}

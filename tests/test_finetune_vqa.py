@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tcl.engine import evaluate_vqa, finetune_vqa, pretrain
+from tcl.engine.commands import evaluate_vqa, finetune_vqa, pretrain
+from tcl.engine.finetune_vqa import AnswerSequenceCollator, TargetCollator
 from tcl.evaluation.answers import AnswerVocabulary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,14 +17,14 @@ FAST = ["train.batch_size=8", "model.queue_size=32", "data.num_workers=0", "trai
 
 
 def finetune(root, out, *extra):
-    return finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={root}",
+    return finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={root}",
                               f"train.output_dir={out}", *FAST, *extra])
 
 
 def test_finetune_from_pretraining_then_evaluate(shapes_root, tmp_path, capsys):
     from accelerate.state import AcceleratorState
 
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=2"]) == 0
     AcceleratorState._reset_state(True)
     out = tmp_path / "vqa"
@@ -40,7 +41,7 @@ def test_finetune_from_pretraining_then_evaluate(shapes_root, tmp_path, capsys):
     AcceleratorState._reset_state(True)
     complete = (out / "vqa_results_val2014.json").read_bytes()
     capsys.readouterr()
-    assert evaluate_vqa.main(["--run", str(out), "--blind", "--max-questions", "20"]) == 0
+    assert evaluate_vqa(["--run", str(out), "--blind", "--max-questions", "20"]) == 0
     # A partial blind evaluation gets its own name: the complete results stay as they were.
     blind = json.loads((out / "vqa_scores_val2014_blind_first20.json").read_text())
     assert blind["num_questions"] == 20 and len(json.loads((out / "vqa_results_val2014_blind_first20.json").read_text())) == 20
@@ -71,7 +72,7 @@ def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_ro
 
     from tcl.models.saving import read_model_state
 
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=2"]) == 0
     AcceleratorState._reset_state(True)
     out = tmp_path / "vqa"
@@ -90,7 +91,7 @@ def test_decoder_head_from_pretraining_with_distillation_then_evaluate(shapes_ro
     AcceleratorState._reset_state(True)
     # evaluation of the saved run (no momentum teacher needed)
     capsys.readouterr()
-    assert evaluate_vqa.main(["--run", str(out), "--max-questions", "8"]) == 0
+    assert evaluate_vqa(["--run", str(out), "--max-questions", "8"]) == 0
     assert "VQA accuracy on val2014 (8 questions)" in capsys.readouterr().out
 
 
@@ -123,10 +124,10 @@ def test_visual_genome_questions_join_training_with_tcl_weights(shapes_root, tmp
     vocabulary = AnswerVocabulary(["circle", "square", "yes"])
     vqa_sample, vg_sample = dataset[0], dataset[len(plain)]
     assert vg_sample["answers"] == ["Circle."] and vg_sample["weights"] == [0.5]
-    classifier = finetune_vqa.TargetCollator(vqa_collator(config, tokenizer, train=True), vocabulary)
+    classifier = TargetCollator(vqa_collator(config, tokenizer, train=True), vocabulary)
     targets = classifier([vqa_sample, vg_sample])["targets"]
     assert targets[1].tolist() == [0.5, 0.0, 0.0]  # the single VG answer gets TCL's weight, in normal form
-    decoder = finetune_vqa.AnswerSequenceCollator(vqa_collator(config, tokenizer, train=True), tokenizer)
+    decoder = AnswerSequenceCollator(vqa_collator(config, tokenizer, train=True), tokenizer)
     answers = decoder([vqa_sample, vg_sample])["targets"]
     assert answers.weights[-1].item() == 0.5 and tokenizer.decode(answers.ids[-1]) == "circle"
     assert answers.counts.sum().item() == len(answers.weights) and answers.counts[1].item() == 1
@@ -163,7 +164,7 @@ def test_the_tcl_exact_vqa_recipe_loads_with_every_switch_and_trains(shapes_root
     assert config.vqa.head == "decoder" and config.eval.k_test == 128 and config.model.image_size == 384
     vg_root = write_vg_qa(tmp_path, shapes_root)
     out = tmp_path / "exact"
-    assert finetune_vqa.main(["--config", "vqa_tcl_exact", f"data.root={shapes_root}", f"train.output_dir={out}",
+    assert finetune_vqa(["--config", "vqa_tcl_exact", f"data.root={shapes_root}", f"train.output_dir={out}",
                               *TINY_MODEL, f"data.vqa_extra_train=[{tmp_path / 'vg_qa.json'}]",
                               f"data.vg_root={vg_root}", "train.max_steps=3", "train.log_every=1",
                               "eval.max_questions=16"]) == 0

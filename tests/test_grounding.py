@@ -210,7 +210,7 @@ def test_paired_iou_on_hand_made_boxes():
 
 
 def test_grounding_set_of_the_generated_world_and_its_accuracy(shapes_root, tiny_config):
-    from tcl.data.retrieval import coco_grounding_set
+    from tcl.evaluation.coco_sets import coco_grounding_set
     from tcl.evaluation.grounding import evaluate_grounding
 
     config = tiny_config(shapes_root, *GROUNDING)
@@ -238,7 +238,7 @@ def test_grounding_set_of_the_generated_world_and_its_accuracy(shapes_root, tiny
 
 
 def test_a_folder_generated_before_the_instances_files_counts_as_incomplete(shapes_copy):
-    from tcl.data.make_data import dataset_exists
+    from tcl.make_data import dataset_exists
 
     assert dataset_exists(shapes_copy)
     (shapes_copy / "annotations/instances_val2014.json").unlink()

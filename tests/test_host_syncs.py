@@ -16,7 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import tcl
-from tcl.engine import finetune_vqa, pretrain
+from tcl.engine.commands import finetune_vqa, pretrain
 from tcl.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,17 +77,17 @@ def assert_one_per_log_line(counter: SyncCounter):
      "loss.mlm_content_probability=0", *NO_REGIONS],
 ], ids=["demo", "tcl"])
 def test_pretraining_steps_do_not_wait_for_the_device(shapes_root, tmp_path, counter, loss):
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={tmp_path / 'run'}", *FAST, *loss]) == 0
     assert_one_per_log_line(counter)
 
 
 @pytest.mark.parametrize("head", ["classifier", "decoder"])
 def test_fine_tuning_steps_do_not_wait_for_the_device(shapes_root, tmp_path, counter, head):
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=1"]) == 0
     counter.calls.clear()
-    assert finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
+    assert finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
                               f"train.output_dir={tmp_path / 'vqa'}", f"vqa.init={tmp_path / 'pre'}", *FAST,
                               f"vqa.head={head}", "vqa.group_by_image=false"]) == 0
     assert_one_per_log_line(counter)

@@ -11,7 +11,7 @@ from tcl.config import load_config
 from tcl.data.builders import build_loader, build_tokenizer, build_vqa_dataset, vqa_collator
 from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.vqa import VQACollator
-from tcl.engine import finetune_vqa
+from tcl.engine.commands import finetune_vqa
 from tcl.models.vqa import TCLVQAModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_shared_images_give_the_same_scores_and_loss(head):
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_finetune_with_questions_grouped_by_image(shapes_root, tmp_path):
     out = tmp_path / "vqa"
-    assert finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
+    assert finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
                               f"train.output_dir={out}", "vqa.group_by_image=true", "vqa.init=null",
                               "train.batch_size=8", "data.num_workers=0", "train.warmup_steps=2",
                               "eval.batch_size=16", "train.max_steps=3"]) == 0

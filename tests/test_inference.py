@@ -28,11 +28,11 @@ def vqa_run(shapes_root, tmp_path_factory):
     """A fine-tuning run folder of the classifier head (a few steps, evaluation skipped)."""
     from accelerate.state import AcceleratorState
 
-    from tcl.engine import finetune_vqa
+    from tcl.engine.commands import finetune_vqa
 
     AcceleratorState._reset_state(True)
     out = tmp_path_factory.mktemp("vqa_run")
-    assert finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
+    assert finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
                               f"train.output_dir={out}", "vqa.init=null", "train.max_steps=3", "--no-eval",
                               *FAST]) == 0
     AcceleratorState._reset_state(True)
@@ -125,10 +125,10 @@ def test_pretraining_model_round_trip_and_image_text_scores(shapes_root, tmp_pat
 def test_load_pretrained_from_a_pretraining_run(shapes_root, tmp_path):
     from accelerate.state import AcceleratorState
 
-    from tcl.engine import pretrain
+    from tcl.engine.commands import pretrain
 
     AcceleratorState._reset_state(True)
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={tmp_path / 'pre'}", *FAST, "train.max_steps=1"]) == 0
     AcceleratorState._reset_state(True)
     model = tcl.load_pretrained(tmp_path / "pre")

@@ -154,7 +154,7 @@ def test_a_missing_part_stops_the_commands_with_status_2_before_any_work(shapes_
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_the_paper_config_pretrains_from_a_fetched_folder_with_the_hub_offline(fetched, shapes_root, tmp_path,
                                                                              no_network):
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
 
     out = tmp_path / "run"
     overrides = (fetched / "overrides.txt").read_text().split()

@@ -179,7 +179,7 @@ def test_without_the_term_the_model_keeps_tcls_state_keys():
 
 
 def test_region_set_of_the_generated_world_and_the_heads_accuracy(shapes_root):
-    from tcl.data.retrieval import coco_region_set
+    from tcl.evaluation.coco_sets import coco_region_set
     from tcl.evaluation.regions import evaluate_regions
 
     path = shapes_root / "annotations/instances_val2014.json"

@@ -119,10 +119,10 @@ def test_mismatched_texts_never_describe_the_image():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, shapes_root):
     """A 4-step pretraining run with the retrieval probe every 2 steps."""
-    from tcl.engine import pretrain
+    from tcl.engine.commands import pretrain
 
     out = tmp_path_factory.mktemp("retrieval_run") / "run"
-    code = pretrain.main(["--config", "configs/pretrain_tiny.yaml", f"data.root={shapes_root}",
+    code = pretrain(["--config", "configs/pretrain_tiny.yaml", f"data.root={shapes_root}",
                           f"train.output_dir={out}", "train.max_steps=4", "train.batch_size=8",
                           "model.queue_size=64", "data.num_workers=0", "eval.every=2", "eval.retrieval_images=12",
                           "eval.retrieval_k_test=4"])
@@ -146,9 +146,9 @@ def test_pretraining_logs_the_probe(tiny_run):
 
 
 def test_evaluate_retrieval_command(tiny_run, capsys):
-    from tcl.engine import evaluate_retrieval
+    from tcl.engine.commands import evaluate_retrieval
 
-    code = evaluate_retrieval.main(["--run", str(tiny_run), "--max-images", "10", "--captions-per-image", "2",
+    code = evaluate_retrieval(["--run", str(tiny_run), "--max-images", "10", "--captions-per-image", "2",
                                     "--k-test", "3"])
     assert code == 0
     out = capsys.readouterr().out
@@ -158,19 +158,19 @@ def test_evaluate_retrieval_command(tiny_run, capsys):
 
 
 def test_evaluate_retrieval_names_a_missing_run(tmp_path, capsys):
-    from tcl.engine import evaluate_retrieval
+    from tcl.engine.commands import evaluate_retrieval
 
-    assert evaluate_retrieval.main(["--run", str(tmp_path / "nothing")]) == 2
+    assert evaluate_retrieval(["--run", str(tmp_path / "nothing")]) == 2
     assert f"--run {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert evaluate_retrieval.main(["--run", str(tmp_path / "empty")]) == 2
+    assert evaluate_retrieval(["--run", str(tmp_path / "empty")]) == 2
     assert "no config.yaml in it" in capsys.readouterr().err
 
 
 def test_coco_retrieval_set_keeps_the_first_captions(shapes_root):
     from tcl.data.builders import build_tokenizer
     from tcl.config import load_config
-    from tcl.data.retrieval import coco_retrieval_set
+    from tcl.evaluation.coco_sets import coco_retrieval_set
 
     config = load_config("configs/pretrain_tiny.yaml", [f"data.root={shapes_root}"])
     tokenizer = build_tokenizer(config)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tcl.data.tokenizer import RUN_TOKENIZER, build_wordpiece_tokenizer, load_tokenizer
-from tcl.engine import finetune_vqa, pretrain
+from tcl.engine.commands import finetune_vqa, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -36,13 +36,13 @@ def _reworded_vqa_set(shapes_root: Path, out: Path) -> Path:
 def _pretrain(shapes_root: Path, out: Path) -> None:
     from accelerate.state import AcceleratorState
 
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={out}", *FAST, "train.max_steps=1", "eval.retrieval_file=null"]) == 0
     AcceleratorState._reset_state(True)
 
 
 def _finetune(root: Path, out: Path, *extra: str) -> int:
-    return finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={root}",
+    return finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={root}",
                               f"train.output_dir={out}", *FAST, "train.max_steps=1", *extra])
 
 

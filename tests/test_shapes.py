@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tcl.data.make_data import make_shapes_dataset, summarize
+from tcl.make_data import make_shapes_dataset, summarize
 from tcl.data.shapes import ANSWER_TYPES, FAMILY_OF_QUESTION_TYPE, SceneObject, refer
 
 from conftest import TINY_GENERATOR

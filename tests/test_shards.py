@@ -142,7 +142,7 @@ def test_a_bad_member_is_a_counted_bad_sample(shapes_copy):
 def test_pretraining_on_shards_takes_the_same_steps_as_on_the_files(shapes_copy, tmp_path):
     from safetensors.torch import load_file
 
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
 
     source = make_shards(shapes_copy, shapes_copy / "shards")
     common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}",
@@ -159,7 +159,7 @@ def test_pretraining_on_shards_takes_the_same_steps_as_on_the_files(shapes_copy,
 def test_a_run_on_shards_resumes_to_the_weights_of_an_uninterrupted_one(shapes_copy, tmp_path, workers_on_resume):
     from safetensors.torch import load_file
 
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
 
     source = make_shards(shapes_copy, shapes_copy / "shards")
     common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_copy}", *source,

@@ -179,7 +179,7 @@ def test_pretraining_resumes_on_the_stream(shards, shapes_root, tmp_path, worker
     """Two loader workers, interrupted after 3 steps of epochs of 8: resumed with the same workers every step's
     samples are the uninterrupted run's, across the epoch's end too; with one worker, the rest of the epoch holds
     samples not seen before in it (64 different ones in its 8 steps)."""
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
 
     root = shards.parent
     common = ["--config", TINY, f"data.root={root}", f"data.tokenizer={shapes_root / 'tokenizer'}",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tcl.data.text import pre_caption, pre_question
+from tcl.text_cleaning import pre_caption, pre_question
 from tcl.data.tokenizer import TclTokenizer, build_wordpiece_tokenizer, load_tokenizer
 from tcl.errors import DataError
 

@@ -23,7 +23,7 @@ import torch
 import tcl
 from tcl.config import load_config
 from tcl.data.builders import build_tokenizer
-from tcl.data.retrieval import coco_grounding_set
+from tcl.evaluation.coco_sets import coco_grounding_set
 from tcl.evaluation.grounding import paired_iou
 
 

@@ -24,7 +24,7 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_tokenizer, build_vqa_dataset
-from tcl.data.json_io import load_json
+from tcl.json_io import load_json
 from tcl.data.transforms import test_transform
 from tcl.data.vqa import official_paths
 from tcl.engine.finetune_vqa import answer_vocabulary

@@ -26,9 +26,9 @@ from tcl.data.bad_samples import merge_skipped
 from tcl.data.base import TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
-from tcl.data.json_io import load_json, stream_json_list
+from tcl.json_io import load_json, stream_json_list
 from tcl.data.shards import read_member
-from tcl.data.text import pre_caption
+from tcl.text_cleaning import pre_caption
 from tcl.data.transforms import ViewWithCrop, box_in_crop, chains_decode_size
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError

@@ -19,11 +19,10 @@ from tcl.data.bad_samples import merge_skipped
 from tcl.data.base import TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
-from tcl.data.json_io import load_json
-from tcl.data.text import pre_question
+from tcl.json_io import load_json
+from tcl.text_cleaning import pre_question
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
-from tcl.evaluation.vqa_metric import FEWER_ANSWERS_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +114,11 @@ def _official_rows(questions_path: Path, annotations_path: Path | None, split: s
                "multiple_choice_answer": ann.get("multiple_choice_answer", "")}
     irregular = +irregular
     if irregular:
-        logger.warning("%s: questions unlike official VQA v2 (ten answers each): %s. They are kept and scored with %s.",
-                       annotations_path, ", ".join(f"{count} with {what}" if "answers" in what and "null" not in what
-                                                   else f"{count} {what}" for what, count in sorted(irregular.items())),
-                       FEWER_ANSWERS_RULE)
+        # The evaluation states the rule it scores them with (tcl.evaluation.vqa_metric.FEWER_ANSWERS_RULE).
+        logger.warning("%s: questions unlike official VQA v2 (ten answers each): %s. They are kept; the VQA accuracy "
+                       "scores them by the official formula over the answers they have.", annotations_path,
+                       ", ".join(f"{count} with {what}" if "answers" in what and "null" not in what
+                                 else f"{count} {what}" for what, count in sorted(irregular.items())))
 
 
 def human_answers(annotation: dict) -> list[str]:

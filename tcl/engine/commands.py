@@ -9,12 +9,11 @@ the work imported and run. ``benchmarks/bench_startup.py`` measures the start-up
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
-from typing import Callable
 
-from tcl.config import load_config
+from tcl.config import Config, load_config
 from tcl.errors import TclError, run_command
+from tcl.run_folder import folder_start
 
 
 def training_parser(prog: str, description: str, default_config: str) -> argparse.ArgumentParser:
@@ -30,13 +29,6 @@ def training_parser(prog: str, description: str, default_config: str) -> argpars
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser
-
-
-def folder_start(args: argparse.Namespace) -> str:
-    """How a training run starts in its folder (``tcl.engine.run_lock.STARTS``), from --resume and --overwrite."""
-    if args.resume and args.overwrite:
-        raise TclError("--resume continues the run in train.output_dir and --overwrite deletes it: give one of them.")
-    return "resume" if args.resume else "overwrite" if args.overwrite else "new"
 
 
 def pretrain_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -80,9 +72,11 @@ def evaluate_retrieval_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_training_config(args: argparse.Namespace) -> None:
-    folder_start(args)  # --resume with --overwrite
-    load_config(args.config, args.overrides)  # unknown keys, bad values and impossible combinations: ConfigError
+def _checked_training_config(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+    """The run's configuration (its overrides, then ``extra``); unknown keys, bad values, impossible combinations and
+    --resume with --overwrite are refused here, before torch is imported."""
+    folder_start(args.resume, args.overwrite)
+    return load_config(args.config, [*args.overrides, *extra])
 
 
 def _check_run_folder(args: argparse.Namespace) -> None:
@@ -93,20 +87,51 @@ def _check_run_folder(args: argparse.Namespace) -> None:
     load_config(run / "config.yaml")
 
 
-def _command(parse: Callable, check: Callable, module: str) -> Callable[[list[str] | None], int]:
-    def main(argv: list[str] | None = None) -> int:
-        args = parse(argv)
+# Each command parses and checks its arguments, then imports the module that does the work (torch, accelerate and
+# DeepSpeed come with it) inside the function, so that --help and argument errors never wait for them.
+def pretrain(argv: list[str] | None = None) -> int:
+    """``tcl pretrain`` (``scripts/pretrain.py``): TCL pretraining."""
+    def work(args: argparse.Namespace) -> int:
+        config = _checked_training_config(args)
+        from tcl.engine.pretrain import run
 
-        def checked_run(args: argparse.Namespace) -> int:
-            check(args)
-            return importlib.import_module(module).run(args)
+        return run(args, config)
 
-        return run_command(checked_run, args, args.debug)
-
-    return main
+    args = pretrain_arguments(argv)
+    return run_command(work, args, args.debug)
 
 
-pretrain = _command(pretrain_arguments, _check_training_config, "tcl.engine.pretrain")
-finetune_vqa = _command(finetune_arguments, _check_training_config, "tcl.engine.finetune_vqa")
-evaluate_vqa = _command(evaluate_vqa_arguments, _check_run_folder, "tcl.engine.evaluate_vqa")
-evaluate_retrieval = _command(evaluate_retrieval_arguments, _check_run_folder, "tcl.engine.evaluate_retrieval")
+def finetune_vqa(argv: list[str] | None = None) -> int:
+    """``tcl finetune-vqa`` (``scripts/finetune_vqa.py``): VQA fine-tuning, then its evaluation."""
+    def work(args: argparse.Namespace) -> int:
+        config = _checked_training_config(args, ["vqa.freeze_vision=true"] if args.freeze_vision else [])
+        from tcl.engine.finetune_vqa import run
+
+        return run(args, config)
+
+    args = finetune_arguments(argv)
+    return run_command(work, args, args.debug)
+
+
+def evaluate_vqa(argv: list[str] | None = None) -> int:
+    """``tcl evaluate-vqa`` (``scripts/evaluate_vqa.py``): a fine-tuning run's VQA accuracy."""
+    def work(args: argparse.Namespace) -> int:
+        _check_run_folder(args)
+        from tcl.engine.evaluate_vqa import run
+
+        return run(args)
+
+    args = evaluate_vqa_arguments(argv)
+    return run_command(work, args, args.debug)
+
+
+def evaluate_retrieval(argv: list[str] | None = None) -> int:
+    """``tcl evaluate-retrieval`` (``scripts/evaluate_retrieval.py``): a pretraining run's zero-shot retrieval."""
+    def work(args: argparse.Namespace) -> int:
+        _check_run_folder(args)
+        from tcl.engine.evaluate_retrieval import run
+
+        return run(args)
+
+    args = evaluate_retrieval_arguments(argv)
+    return run_command(work, args, args.debug)

@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from tcl.atomic import write_json_atomic
 from tcl.config import Config, load_config
 from tcl.data.builders import build_tokenizer
-from tcl.data.retrieval import coco_grounding_set, coco_region_set, coco_retrieval_set
+from tcl.evaluation.coco_sets import coco_grounding_set, coco_region_set, coco_retrieval_set
 from tcl.data.shapes import CONTENT_WORD_GROUPS
 from tcl.data.tokenizer import TclTokenizer
-from tcl.engine import commands
 from tcl.evaluation.grounding import evaluate_grounding
 from tcl.evaluation.regions import evaluate_regions
 from tcl.evaluation.retrieval import evaluate_pretraining
 from tcl.evaluation.sharding import ALONE, Shard
 
 logger = logging.getLogger("tcl.evaluate_retrieval")
-
-
-# The command line (parsed and checked before this module's imports): tcl.engine.commands.
-main = commands.evaluate_retrieval
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,6 +165,3 @@ def format_results(results: dict[str, float]) -> str:
         line.append(f"  the true caption over one with a swapped word (ITM / ITC, %, chance 50): {swaps}")
     return "\n".join(line)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

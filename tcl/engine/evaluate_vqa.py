@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -23,9 +22,8 @@ from tqdm.auto import tqdm
 from tcl.atomic import write_json_atomic
 from tcl.config import Config
 from tcl.data.builders import build_loader, build_vqa_dataset, vqa_collator
-from tcl.data.json_io import load_json
+from tcl.json_io import load_json
 from tcl.data.vqa import official_paths
-from tcl.engine import commands
 from tcl.evaluation.answers import AnswerVocabulary
 from tcl.evaluation.results import check_complete, merge_results, vqa_output_tag, write_results
 from tcl.evaluation.vqa_metric import VQAScores, score_results
@@ -33,10 +31,6 @@ from tcl.inference.answering import AnswerPredictor
 from tcl.inference.runs import load_vqa_run
 
 logger = logging.getLogger("tcl.evaluate_vqa")
-
-
-# The command line (parsed and checked before this module's imports): tcl.engine.commands.
-main = commands.evaluate_vqa
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +122,3 @@ def format_scores(scores: VQAScores, title: str) -> str:
                                                            for family, value in scores.per_family.items()))
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

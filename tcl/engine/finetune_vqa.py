@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -21,12 +20,12 @@ from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import (build_loader, build_tokenizer, build_vqa_dataset, check_data_root, tokenizer_source,
                                vqa_collator)
 from tcl.data.tokenizer import run_tokenizer_dir, save_run_tokenizer, tokenizer_mismatch
-from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
-from tcl.engine.runtime import build_accelerator, check_distributed_setup, share_from_main, to_device
+from tcl.engine.runtime import (build_accelerator, check_distributed_setup, deterministic_algorithms, share_from_main,
+                                to_device)
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
@@ -35,23 +34,21 @@ from tcl.models.pretrained import initialise_from_pretrained
 from tcl.models.saving import RUN_CONFIG, WORD_EMBEDDINGS, read_model_state
 from tcl.models.vqa import TCLVQAModel, vqa_model_from_config
 from tcl.pretrained_parts import check_parts, config_parts
+from tcl.run_folder import folder_start
 
 logger = logging.getLogger("tcl.finetune_vqa")
 
 
-# The command line (parsed and checked before this module's imports): tcl.engine.commands.
-main = commands.finetune_vqa
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides) + (["vqa.freeze_vision=true"] if args.freeze_vision else [])
-    config = load_config(args.config, overrides)
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The fine-tuning of ``tcl finetune-vqa`` (``tcl.engine.commands.finetune_vqa`` parses and checks its arguments
+    and ``config`` first)."""
     check_parts(config_parts(config, weights=not config.vqa.init))
-    accelerator = build_accelerator(config)
-    check_distributed_setup(accelerator, config)
-    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
-                            commands.folder_start(args)):
-        return _train(args, config, accelerator)
+    with deterministic_algorithms(config.train.deterministic):
+        accelerator = build_accelerator(config)
+        check_distributed_setup(accelerator, config)
+        with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
+                                folder_start(args.resume, args.overwrite)):
+            return _train(args, config, accelerator)
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
@@ -211,6 +208,3 @@ def vqa_step(model, batch: dict, alpha: float, boundary: bool, device, step: int
     return model(batch["image"], batch["input_ids"], batch["attention_mask"], targets=batch["targets"], alpha=alpha,
                  step_boundary=boundary, image_index=batch["image_index"])
 
-
-if __name__ == "__main__":
-    sys.exit(main())

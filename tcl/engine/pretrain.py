@@ -13,55 +13,43 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
-from tcl.config import Config, load_config, save_config
+from tcl.config import Config, save_config
 from tcl.data.bad_samples import SkipReport
 from tcl.data.builders import build_pretrain_loader, build_tokenizer, check_data_root
 from tcl.data.tokenizer import save_run_tokenizer
 from tcl.data.streaming import StreamLoader
-from tcl.engine import commands
 from tcl.engine.checkpoint import load_checkpoint, load_data_state
 from tcl.engine.metrics import SAMPLE_KEYS
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
 from tcl.engine.run_lock import hold_output_folder
-from tcl.engine.runtime import (build_accelerator, check_distributed_setup, evaluation_shard, feature_gather,
-                                share_from_main, to_device, unwrap)
+from tcl.engine.runtime import (build_accelerator, check_distributed_setup, deterministic_algorithms, evaluation_shard,
+                                feature_gather, share_from_main, to_device, unwrap)
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
 from tcl.models.pretrained import initialise_from_pretrained
 from tcl.pretrained_parts import check_parts, config_parts
+from tcl.run_folder import folder_start
 
 logger = logging.getLogger("tcl.pretrain")
 
 
-# The command line (parsed and checked before this module's imports): tcl.engine.commands.
-main = commands.pretrain
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+def run(args: argparse.Namespace, config: Config) -> int:
+    """The pretraining of ``tcl pretrain`` (``tcl.engine.commands.pretrain`` parses and checks its arguments and
+    ``config`` first)."""
     check_parts(config_parts(config))
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(config.train.deterministic or previous, warn_only=True)
-    try:
-        return _run(args, config)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def _run(args: argparse.Namespace, config: Config) -> int:
-    accelerator = build_accelerator(config)
-    check_distributed_setup(accelerator, config)
-    with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
-                            commands.folder_start(args)):
-        return _train(args, config, accelerator)
+    with deterministic_algorithms(config.train.deterministic):
+        accelerator = build_accelerator(config)
+        check_distributed_setup(accelerator, config)
+        with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
+                                folder_start(args.resume, args.overwrite)):
+            return _train(args, config, accelerator)
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:
@@ -190,6 +178,3 @@ def unwrap_config(model):
     """The loss config of a (possibly DDP- or DeepSpeed-wrapped) pretraining model."""
     return getattr(model, "module", model).loss_config
 
-
-if __name__ == "__main__":
-    sys.exit(main())

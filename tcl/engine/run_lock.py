@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from tcl.data.tokenizer import RUN_TOKENIZER
 from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST
-from tcl.run_folder import LATEST, PREFIX
+from tcl.run_folder import LATEST, PREFIX, STARTS
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ RUN_MARKERS = ("config.yaml", "metrics.jsonl", LATEST)
 RUN_OUTPUTS = (*RUN_MARKERS, f"{PREFIX}*", f".tmp-{PREFIX}*", "loss_curves.png", "tensorboard", "rank_states",
                "retrieval*.json", "eval_results.json", ANSWER_LIST, "vqa_results_*.json", "vqa_scores_*.json",
                RUN_TOKENIZER)
-# How a run starts in its folder: a new run (the folder must hold none), the run there continued, or replaced.
-STARTS = ("new", "resume", "overwrite")
 
 
 class OutputFolderBusy(TclError):

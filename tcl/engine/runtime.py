@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -164,3 +166,16 @@ def to_device(batch, device):
     if isinstance(batch, torch.Tensor) or hasattr(batch, "to"):
         return batch.to(device, non_blocking=True)
     return batch
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch's deterministic algorithms (``train.deterministic``) for the duration of a run, warning where an
+    operation has none; a setting already on stays on, and the previous one comes back afterwards (runs in one
+    process one after the other, as in the demo and the tests)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or previous, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)

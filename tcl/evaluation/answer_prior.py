@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tcl.data.text import pre_question
+from tcl.text_cleaning import pre_question
 
 
 class QuestionOnlyPrior:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tcl.data.json_io import load_json
+from tcl.json_io import load_json
 from tcl.errors import DataError
 from tcl.atomic import write_json_atomic
 from tcl.evaluation.vqa_metric import normalize_answer, vqa_accuracy

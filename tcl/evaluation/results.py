@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tcl.atomic import write_json_atomic
-from tcl.data.json_io import load_json
+from tcl.json_io import load_json
 from tcl.errors import DataError
 
 logger = logging.getLogger(__name__)

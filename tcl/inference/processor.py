@@ -18,7 +18,7 @@ import torch
 
 from tcl.atomic import write_json_atomic
 from tcl.data.images import DEFAULT_MAX_IMAGE_PIXELS, as_rgb_image
-from tcl.data.text import pre_caption, pre_question
+from tcl.text_cleaning import pre_caption, pre_question
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.data.transforms import test_transform
 from tcl.models.vision import CLIP_MEAN, CLIP_STD

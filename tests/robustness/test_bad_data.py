@@ -18,7 +18,7 @@ from PIL import Image
 from tcl.data.bad_samples import MAX_CONSECUTIVE_BAD, SkipReport
 from tcl.data.builders import (build_loader, build_pretrain_dataset, build_tokenizer, build_vqa_dataset,
                                pretrain_collator, vqa_collator)
-from tcl.data.text import pre_caption
+from tcl.text_cleaning import pre_caption
 from tcl.errors import BadSampleError, DataError
 
 from conftest import TINY_GENERATOR
@@ -517,7 +517,7 @@ def test_skip_warnings_are_rate_limited_and_every_skip_is_counted(monkeypatch, c
 
 
 def test_skipped_samples_are_counted_in_the_metrics_lines(shapes_copy, tmp_path):
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
 
     images = sorted((shapes_copy / "images" / "train2014").glob("*.jpg"))
     for image in images[::2]:  # every other image cut short: at most 5 bad captions in a row

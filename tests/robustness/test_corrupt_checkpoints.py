@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tcl
-from tcl.engine.pretrain import main
+from tcl.engine.commands import pretrain as main
 from tcl.errors import TclError
 
 REPO = Path(__file__).resolve().parents[2]

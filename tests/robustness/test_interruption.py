@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tcl.engine.pretrain import main
+from tcl.engine.commands import pretrain as main
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -168,7 +168,7 @@ HALF_WRITE_DRIVER = textwrap.dedent("""
             Path(filename).with_name("HALF_WRITTEN").touch()
             time.sleep(600)
     accelerate_io.safe_save_file = half_save
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -208,7 +208,7 @@ SLOW_WRITE_DRIVER = textwrap.dedent("""
             time.sleep(600)
         real_save(tensors, filename, *args, **kwargs)
     accelerate_io.safe_save_file = slow_save
-    from tcl.engine.pretrain import main
+    from tcl.engine.commands import pretrain as main
     sys.exit(main(sys.argv[1:]))
 """)
 

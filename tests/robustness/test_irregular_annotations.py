@@ -63,7 +63,7 @@ def test_the_loader_skips_disagreeing_image_ids_and_reports_irregular_answers(sh
 
 
 def test_json_lists_are_streamed_with_the_entries_json_load_gives(tmp_path):
-    from tcl.data.json_io import stream_json_list
+    from tcl.json_io import stream_json_list
 
     entries = [{"image": "a/é.jpg", "caption": ["one", "two"], "n": 3, "x": 0.5}, {"image": "b.jpg", "caption": None}]
     path = tmp_path / "pairs.json"
@@ -79,7 +79,7 @@ def test_json_lists_are_streamed_with_the_entries_json_load_gives(tmp_path):
     ('[{"image": "a.jpg" "caption": "x"}]', "malformed JSON near byte"),
 ])
 def test_a_streamed_list_that_is_not_one_names_the_file(tmp_path, text, message):
-    from tcl.data.json_io import stream_json_list
+    from tcl.json_io import stream_json_list
     from tcl.errors import DataError
 
     path = tmp_path / "pairs.json"

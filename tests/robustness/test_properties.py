@@ -10,7 +10,7 @@ from PIL import Image
 
 from tcl.config import load_config
 from tcl.data.images import as_rgb_image
-from tcl.data.text import pre_caption, pre_question
+from tcl.text_cleaning import pre_caption, pre_question
 from tcl.data.tokenizer import TclTokenizer, load_tokenizer
 from tcl.errors import BadSampleError, ConfigError
 from tcl.evaluation import normalize_answer, vqa_accuracy

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tcl.engine.pretrain import main
+from tcl.engine.commands import pretrain as main
 from tcl.engine.resume import config_differences, drop_metrics_after
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tcl.engine import finetune_vqa, pretrain
+from tcl.engine.commands import finetune_vqa, pretrain
 from tcl.engine.run_lock import HOLDER_FILE, OutputFolderBusy, hold_output_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +29,13 @@ def test_a_second_run_in_a_live_runs_folder_stops_at_once(shapes_root, tmp_path,
     process = holder(out)
     try:
         start = time.perf_counter()
-        code = pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+        code = pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                               f"train.output_dir={out}", "train.max_steps=2", "data.num_workers=0"])
         assert code == 2 and time.perf_counter() - start < 30
         message = capsys.readouterr().err
         assert f"{out} is in use by another run (pid {process.pid}" in message and "train.output_dir" in message
         assert sorted(p.name for p in out.iterdir()) == [".run.lock", HOLDER_FILE]  # nothing of ours written
-        code = finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
+        code = finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
                                   f"train.output_dir={out}", "vqa.init=null"])
         assert code == 2 and f"pid {process.pid}" in capsys.readouterr().err
     finally:
@@ -73,23 +73,23 @@ def test_a_folder_that_holds_a_run_takes_only_resume_or_overwrite(shapes_root, t
     common = ["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
               f"train.output_dir={out}", "train.max_steps=2", "data.num_workers=0", "train.batch_size=8",
               "model.queue_size=32", "eval.retrieval_file=null", "train.log_every=1"]
-    assert pretrain.main(common) == 0
+    assert pretrain(common) == 0
     finished = snapshot(out)
     other = [*common, "train.seed=7", "model.vision_width=64"]
-    assert pretrain.main(other) == 2
+    assert pretrain(other) == 2
     message = capsys.readouterr().err
     assert f"{out} already holds a run (checkpoint-00000002, config.yaml, latest, metrics.jsonl)" in message
     assert "--resume latest" in message and "--overwrite" in message and "train.output_dir" in message
     assert snapshot(out) == finished  # nothing written
-    assert finetune_vqa.main(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
+    assert finetune_vqa(["--config", str(REPO / "configs/vqa_tiny.yaml"), f"data.root={shapes_root}",
                               f"train.output_dir={out}", "vqa.init=null"]) == 2
     assert "already holds a run" in capsys.readouterr().err and snapshot(out) == finished
 
-    assert pretrain.main([*other, "--resume", "latest", "--overwrite"]) == 2
+    assert pretrain([*other, "--resume", "latest", "--overwrite"]) == 2
     assert "give one of them" in capsys.readouterr().err
 
     (out / "notes.txt").write_text("mine\n")
-    assert pretrain.main([*other, "--overwrite"]) == 0  # the old run deleted first, other files left
+    assert pretrain([*other, "--overwrite"]) == 0  # the old run deleted first, other files left
     assert (out / "notes.txt").read_text() == "mine\n"
     config = (out / "config.yaml").read_text()
     assert "vision_width: 64" in config and "seed: 7" in config
@@ -102,7 +102,7 @@ def test_an_empty_or_run_less_folder_is_fine(shapes_root, tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "README.txt").write_text("my notes\n")
-    assert pretrain.main(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
+    assert pretrain(["--config", str(REPO / "configs/pretrain_tiny.yaml"), f"data.root={shapes_root}",
                           f"train.output_dir={out}", "train.max_steps=1", "data.num_workers=0", "train.batch_size=8",
                           "model.queue_size=32", "eval.retrieval_file=null"]) == 0
     assert (out / "README.txt").read_text() == "my notes\n" and (out / "checkpoint-00000001").is_dir()

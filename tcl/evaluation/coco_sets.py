@@ -17,7 +17,7 @@ import torch
 from tcl.data.image_text import (coco_image_folder, collate_regions, load_coco, objects_in, referring_phrases,
                                  region_labels)
 from tcl.data.images import load_rgb_image
-from tcl.data.text import pre_caption
+from tcl.text_cleaning import pre_caption
 from tcl.data.tokenizer import TclTokenizer
 from tcl.data.transforms import test_transform
 from tcl.errors import DataError

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from tcl.atomic import write_json_atomic
 from tcl.data.shapes import FAMILY_OF_QUESTION_TYPE, MAX_OBJECTS, SPLITS, generate_split, write_split
-from tcl.data.text import pre_caption, pre_question
+from tcl.text_cleaning import pre_caption, pre_question
 from tcl.data.tokenizer import build_wordpiece_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def generator_settings(train_images: int, val_images: int, image_size: int, ques
 
 def generated_with(root: str | Path) -> dict[str, Any] | None:
     """The settings a generated dataset at ``root`` was made with (None: none recorded)."""
-    from tcl.data.json_io import load_json
+    from tcl.json_io import load_json
 
     path = Path(root) / SUMMARY_FILE
     return load_json(path).get("generator") if path.is_file() else None
@@ -128,6 +128,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def _load(path: Path) -> Any:
-    from tcl.data.json_io import load_json
+    from tcl.json_io import load_json
 
     return load_json(path)

@@ -181,3 +181,23 @@ def test_exact_answer_merging_keeps_strings_apart_that_the_normal_form_joins():
     assert merge_normalized(answers, weights, exact=True) == (["Yes", "yes.", "yes", "two", "2"],
                                                               pytest.approx(weights))
     assert merge_normalized(["a", "a"], [0.3, 0.3], exact=True) == (["a"], pytest.approx([0.6]))
+
+
+def test_finetuning_honours_train_deterministic(shapes_root, tmp_path, monkeypatch):
+    """Fine-tuning sets torch's deterministic algorithms as pretraining does, and restores the setting after."""
+    import torch
+
+    import tcl.engine.finetune_vqa as engine
+
+    seen = []
+    step = engine.vqa_step
+
+    def recording_step(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "vqa_step", recording_step)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert finetune(shapes_root, tmp_path / "vqa", "vqa.init=null", "train.max_steps=2", "train.deterministic=true",
+                    "--no-eval") == 0
+    assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()

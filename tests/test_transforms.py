@@ -35,15 +35,16 @@ def test_output_shape_and_dtype(factory, size, input_size):
     assert out.shape == (3, size, size) and out.dtype == torch.uint8 and out.is_contiguous()
 
 
-def test_two_views_differ_and_reseeding_reproduces_them():
-    views = T.TwoViews(T.pretrain_transform(64))
+def test_two_draws_differ_and_reseeding_reproduces_them():
+    # The pretraining datasets' two views are two calls of the chain (tcl.data.builders.pretrain_transforms).
+    transform = T.pretrain_transform(64)
     image = _noise(120, 90)
     torch.manual_seed(7)
-    first, second = views(image)
+    first, second = transform(image), transform(image)
     assert first.shape == second.shape == (3, 64, 64)
     assert not torch.equal(first, second)
     torch.manual_seed(7)
-    again_first, again_second = views(image)
+    again_first, again_second = transform(image), transform(image)
     assert torch.equal(first, again_first) and torch.equal(second, again_second)
 
 

@@ -15,11 +15,6 @@ import torch
 from torch.utils.data import Sampler
 
 
-def split_key(key: int, num_samples: int) -> tuple[int, int]:
-    """(epoch, index) of a sampler key."""
-    return divmod(int(key), num_samples)
-
-
 def sample_rng_seed(base_seed: int, key: int | str) -> int:
     """A well-mixed 63-bit seed for one sample draw (``key``: a sampler key, or any string naming the draw)."""
     key = key if isinstance(key, str) else int(key)

@@ -1,10 +1,11 @@
 """Image transforms as TCL uses them, on torchvision.transforms.v2.
 
 Pretraining: RandomResizedCrop → colour jitter / grayscale / Gaussian blur (TCL's SimCLR-style additions to
-ALBEF) → horizontal flip → RandomAugment(2, 7) → uint8 tensor, drawn twice per sample (``TwoViews``). Fine-tuning
-uses the same chain with milder crops; evaluation only resizes. The CLIP normalisation happens on the model's
-device, in the image encoder (``tcl.models.vision.PixelVisionTransformer``): workers, pinned memory and the copy to
-the GPU move uint8 pixels, a quarter of float32's bytes.
+ALBEF) → horizontal flip → RandomAugment(2, 7) → uint8 tensor, drawn twice per sample by the pretraining datasets
+(the online view and the momentum encoders' view: ``tcl.data.builders.pretrain_transforms``). Fine-tuning uses the
+same chain with milder crops; evaluation only resizes. The CLIP normalisation happens on the model's device, in the
+image encoder (``tcl.models.vision.PixelVisionTransformer``): workers, pinned memory and the copy to the GPU move
+uint8 pixels, a quarter of float32's bytes.
 
 The crop and the conversion to a tensor, which every chain has, are our own lean steps: they draw the same random
 numbers and compute the same pixels as torchvision's ``RandomResizedCrop`` and ``ToImage``, without v2's per-call
@@ -223,7 +224,7 @@ def shift_hue(image: Image.Image, shift: float) -> Image.Image:
 def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
                        color_jitter: bool = True, randaugment: bool = True, grayscale: float = 0.0
                        ) -> Callable[[Image.Image], torch.Tensor]:
-    """TCL's pretraining augmentation, one view (wrap it in ``TwoViews`` for the two views TCL contrasts).
+    """TCL's pretraining augmentation, one view (the datasets draw it once per view TCL contrasts).
 
     Args:
         image_size: side of the square output.
@@ -376,23 +377,6 @@ class RandomGray:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p})"
-
-
-class TwoViews:
-    """Two independent draws of a transform, ``(view1, view2)``.
-
-    Args:
-        transform: a random transform.
-    """
-
-    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]):
-        self.transform = transform
-
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(image), self.transform(image)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.transform!r})"
 
 
 def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, color_jitter: bool,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import yaml
@@ -30,7 +30,15 @@ from tcl.run_folder import find_checkpoint
 
 logger = logging.getLogger(__name__)
 
-StepFn = Callable[[Any, dict, float, bool, Any], Any]
+
+class StepFn(Protocol):
+    """One micro-batch's forward pass (``pretrain_step``, ``vqa_step``): the module's docstring says what it returns
+    and what ``boundary`` means; ``step`` is the optimizer steps done so far (``state["step"]``)."""
+
+    def __call__(self, model: Any, batch: dict, alpha: float, boundary: bool, device: torch.device, step: int
+                 ) -> Any: ...
+
+
 EvalFn = Callable[[Any], dict]
 
 
@@ -63,7 +71,7 @@ class Trainer:
             logger.info("%s: writing to %s (steps %d to %d)", self.name, self.output_dir, self.state["step"],
                         self.max_steps)
         start = time.perf_counter()
-        samples_before = self.state["step"]
+        steps_before = self.state["step"]
         bar = self.metrics.progress(self.max_steps, self.state["step"])
         self.log_start, self.steps_since_log = time.perf_counter(), 0
         try:
@@ -76,7 +84,7 @@ class Trainer:
             bar.close()
             self.stop.restore()
         elapsed = time.perf_counter() - start
-        self._finish(elapsed, self.state["step"] - samples_before)
+        self._finish(elapsed, self.state["step"] - steps_before)
         return 0
 
     def _loop(self, bar) -> None:
@@ -217,7 +225,9 @@ class Trainer:
         self.last_checkpoint = save_checkpoint(self.accelerator, self.output_dir, self.state["step"], state,
                                                self.config.train.keep_last, text, data_state)
 
-    def _finish(self, elapsed: float, steps: int) -> None:
+    def _finish(self, elapsed: float, steps_run: int) -> None:
+        """Closes the logs; the main process writes the final evaluation and prints a summary (``steps_run``: the
+        optimizer steps this ``fit`` took, fewer than ``state["step"]`` after a resume)."""
         self.metrics.close()
         if self.key_log is not None:
             self.key_log.close()
@@ -230,7 +240,7 @@ class Trainer:
             path = self.output_dir / self.eval_file
             write_json_atomic({"step": self.state["step"], **self.final_eval}, path, indent=2)
             evaluation = f"evaluation {headline(self.final_eval)} ({path}), "
-        samples = steps * self.samples_per_step
+        samples = steps_run * self.samples_per_step
         print(f"{self.name} done: {self.state['step']} steps on {self.accelerator.num_processes} process(es), "
               f"{samples / max(elapsed, 1e-9):.1f} samples/s, "
               f"peak memory {peak_memory_mb(self.accelerator):.0f} MB, checkpoint {self.last_checkpoint}, "

@@ -10,7 +10,8 @@ Routes:
     ``GET /openapi.json``          the API's OpenAPI description (FastAPI writes it from the code below).
 
 Safety: requests never name files (examples are chosen by number from a list the server made at start); request
-bodies are capped before they are read; images are decoded with a pixel limit; every error is JSON
+bodies are capped before they are read; multipart text fields that are not valid UTF-8 are refused, not read as
+Latin-1 (``tcl.serving.forms``); images are decoded with a pixel limit; every error is JSON
 ``{"error": {"status", "code", "message"}}`` with a fitting status code.
 
 Batching: requests are checked and decoded in their own threads, then answered together by one worker thread
@@ -44,6 +45,7 @@ from tcl.data.images import as_rgb_image
 from tcl.errors import BadSampleError, DataError
 from tcl.inference.attention import heatmap_overlay, png_bytes
 from tcl.serving.batching import BatcherClosed, QueueFull, RequestBatcher
+from tcl.serving.forms import CheckedFormRoute
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +174,9 @@ def create_app(pipeline, settings: ServeSettings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.batcher = batcher
     decoding = threading.BoundedSemaphore(settings.concurrent_decodes)
+    # Its routes' multipart text fields are checked as bytes: Starlette would read invalid ones as Latin-1.
+    app.router.route_class = CheckedFormRoute
     _install_error_handlers(app)
-    _refuse_form_fields_that_are_not_utf8()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + 64 * 1024,  # room for the form fields
                        timeout=settings.body_timeout)
 
@@ -316,20 +319,6 @@ class BodyTooLarge(Exception):
 
 class BodyTooSlow(Exception):
     pass
-
-
-def _refuse_form_fields_that_are_not_utf8() -> None:
-    """Starlette decodes a multipart text field that is not valid UTF-8 as Latin-1, silently turning the bytes into
-    other characters; make it refuse the request instead (400 through its own MultiPartException handling)."""
-    from starlette import formparsers
-
-    def strict_decode(src: bytes | bytearray, codec: str) -> str:
-        try:
-            return src.decode(codec or "utf-8")
-        except (UnicodeDecodeError, LookupError):
-            raise formparsers.MultiPartException("a form field is not valid UTF-8 text; send text as UTF-8.") from None
-
-    formparsers._user_safe_decode = strict_decode
 
 
 class BodySizeLimit:

@@ -9,13 +9,16 @@ import threading
 import time
 
 import pytest
+import starlette.formparsers
+import starlette.requests
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tcl.serving.app import ServeSettings, create_app, find_examples
+from tcl.serving.forms import TextFieldCheck
 from tcl.serving.protocol import HeadDeadlineProtocol
-from test_serve import error_of, tiny_pipeline
+from test_serve import error_of, png, tiny_pipeline
 
 
 class QuickDeadline(HeadDeadlineProtocol):
@@ -122,6 +125,40 @@ def test_form_fields_that_are_not_utf8_are_refused(pipeline):
     encoded = client.post("/api/vqa", content=b"question=what+%FF+color%3F&example=0",  # a percent-escape, not UTF-8
                           headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert encoded.status_code == 400 and encoded.json()["error"]["code"] == "bad_question"
+
+
+def test_multipart_text_fields_in_utf8_are_read_and_file_bytes_are_not_checked(pipeline):
+    client = TestClient(create_app(pipeline, ServeSettings()))
+    question = "¿de qué color es el círculo? 红色 🟥"  # "é" is also Latin-1's 0xe9: only the bytes tell which
+    upload = png()  # starts with 0x89, which is not UTF-8
+    response = client.post("/api/vqa", data={"question": question}, files={"image": ("x.png", upload, "image/png")})
+    assert response.status_code == 200 and response.json()["question"] == question
+
+
+@pytest.mark.parametrize("text,valid", [("qué 红 🟥".encode(), True), (b"qu\xe9", False), (b"\xc3", False)])
+def test_text_field_check_decodes_fields_split_across_chunks(text, valid):
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n\r\n\xff\xfe\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"question\"\r\n\r\n" + text + b"\r\n--b--\r\n")
+    check = TextFieldCheck.for_content_type("multipart/form-data; boundary=b")
+
+    def feed_byte_by_byte():
+        for n in range(len(body)):
+            check.write(body[n:n + 1])
+
+    if valid:
+        feed_byte_by_byte()
+    else:
+        with pytest.raises(UnicodeDecodeError):
+            feed_byte_by_byte()
+        assert check.field_name == "question"
+
+
+def test_create_app_replaces_nothing_in_starlette(pipeline):
+    modules = (starlette.formparsers, starlette.requests)
+    before = [dict(vars(module)) for module in modules]
+    create_app(pipeline, ServeSettings())
+    assert [dict(vars(module)) for module in modules] == before  # functions are equal only to themselves
+    assert starlette.formparsers._user_safe_decode is before[0]["_user_safe_decode"]
 
 
 MEASURE = """

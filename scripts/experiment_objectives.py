@@ -103,7 +103,6 @@ def final_retrieval(pretrain_dir: Path) -> dict[str, float]:
 
 def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
     from tcl.demo import read_scores, run_stage
-    from tcl.engine.commands import finetune_vqa, pretrain
 
     run = out / arm / f"seed{seed}"
     pretrain_argv, finetune_argv = stage_arguments(args, arm, seed, run)
@@ -112,12 +111,12 @@ def run_one(args: argparse.Namespace, arm: str, seed: int, out: Path) -> dict:
     if done_marker.is_file():
         print(f"{arm} seed {seed}: reusing the pretraining in {pretrained}")
     else:
-        run_stage(f"{arm} seed {seed}: pretrain", pretrain, pretrain_argv)
+        run_stage(f"{arm} seed {seed}: pretrain", ["pretrain", *pretrain_argv])
         done_marker.write_text("pretraining finished\n")
     pretraining = {**final_diagnostics(pretrained), **final_retrieval(pretrained)}
     if args.no_finetune:
         return {"arm": arm, "seed": seed, **pretraining, "minutes": round((time.perf_counter() - start) / 60, 2)}
-    run_stage(f"{arm} seed {seed}: fine-tune", finetune_vqa, finetune_argv)
+    run_stage(f"{arm} seed {seed}: fine-tune", ["finetune-vqa", *finetune_argv])
     scores = read_scores(run / "vqa")
     return {"arm": arm, "seed": seed, "vqa_accuracy": scores["overall"], "hit_rate": scores["hit_rate"],
             "per_answer_type": scores["per_answer_type"], **pretraining,

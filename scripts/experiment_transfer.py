@@ -40,14 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_one(args: argparse.Namespace, budget: str, seed: int, arm: str, out: Path) -> dict:
     from tcl.demo import read_scores, run_stage
-    from tcl.engine.commands import finetune_vqa
 
     run = out / f"{budget}-seed{seed}-{arm}"
     init = str(Path(args.pretrained)) if arm == "pretrained" else "null"
     limit = "null" if budget == "all" else budget
     start = time.perf_counter()
-    run_stage(f"{arm}, {budget} questions, seed {seed}", finetune_vqa,
-              ["--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
+    run_stage(f"{arm}, {budget} questions, seed {seed}",
+              ["finetune-vqa", "--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
                f"vqa.init={init}", f"vqa.max_train_questions={limit}", f"train.seed={seed}", *args.overrides])
     scores = read_scores(run)
     return {"budget": budget, "seed": seed, "arm": arm, "vqa_accuracy": scores["overall"],

@@ -3,7 +3,8 @@
 Generates the shapes data if absent, pretrains the tiny model, fine-tunes it on VQA, fine-tunes the same model from
 scratch with the same budget, evaluates both on the held-out val split next to the blind baselines, answers three
 example questions, and writes ``demo_results.json`` and plots to the output folder, and the fine-tuned model as a
-ready-to-use folder (``model/``, for ``tcl.load_vqa`` and ``tcl predict``).
+ready-to-use folder (``model/``, for ``tcl.load_vqa`` and ``tcl predict``). Each training stage is a ``tcl``
+command run as a process of its own, as a user would run it.
 """
 
 from __future__ import annotations
@@ -24,28 +25,28 @@ from tcl.atomic import write_json_atomic
 from tcl.config import load_config, resolve_config
 
 logger = logging.getLogger("tcl.demo")
-PRETRAIN_CONFIG = resolve_config("pretrain_tiny")
 # The region head's held-out accuracy (the pretraining evaluation writes it when loss.region_class_weight > 0).
 REGION_KEYS = ("region_category_accuracy", "region_attribute_accuracy", "region_position_accuracy")
-VQA_CONFIG = resolve_config("vqa_tiny")
+# The shipped configs of the demo's stages.
+PRETRAIN_CONFIG, VQA_CONFIG = "pretrain_tiny", "vqa_tiny"
 
 
-def _fresh_accelerate() -> None:
-    """Each stage builds its own Accelerator; accelerate keeps process-wide singletons that must be reset."""
-    from accelerate.state import AcceleratorState
+def run_stage(name: str, argv: list[str]) -> None:
+    """Runs ``tcl <argv>`` (``pretrain ...``, ``finetune-vqa ...``) as a process of its own, its output on this
+    one's, as a user would from the command line: each stage starts from a fresh torch and accelerate (whose state is
+    process-wide). A non-zero exit code stops the caller with a message naming the stage; so does an interruption,
+    after the stage's process has stopped."""
+    from tcl.errors import TclError
 
-    AcceleratorState._reset_state(True)
-
-
-def run_stage(name: str, function, argv: list[str]) -> None:
-    """Runs one in-process stage (``pretrain``, ``finetune_vqa``, ...) on a fresh accelerate state; a
-    non-zero exit code stops the caller with a message naming the stage."""
     logger.info("stage: %s", name)
-    _fresh_accelerate()
-    code = function(argv)
+    process = subprocess.Popen([sys.executable, "-m", "tcl", *argv])
+    try:
+        code = process.wait()
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
     if code != 0:
-        from tcl.errors import TclError
-
         raise TclError(f"stage '{name}' failed with exit code {code}; see the messages above.")
 
 
@@ -133,19 +134,16 @@ def fine_tune_both(out: Path, common: list[str]) -> None:
     machine with two or more cores they run at once, one thread each: the tiny model's small operations gain little
     from a second thread (one epoch 400 against 328 samples/s) and two processes keep both cores busy (both arms'
     first epoch in 59 instead of 90 s; docs/BENCHMARKS.md, "The demo's two fine-tunings at once"). Elsewhere one
-    after the other, in this process."""
-    from tcl.engine.commands import finetune_vqa
-
+    after the other."""
     arms = {"fine-tune from pretraining": ("vqa", f"vqa.init={out / 'pretrain'}"),
             "fine-tune from scratch": ("vqa_scratch", "vqa.init=null")}
-    argv = {name: ["--config", str(VQA_CONFIG), "--overwrite", f"train.output_dir={out / folder}", init, *common]
-            for name, (folder, init) in arms.items()}
+    argv = {name: ["finetune-vqa", "--config", VQA_CONFIG, "--overwrite", f"train.output_dir={out / folder}", init,
+                   *common] for name, (folder, init) in arms.items()}
     if _cores() >= 2 and not _cuda():
-        run_stages_at_once({name: (["finetune-vqa", *argv[name]], out / f"{folder}.log")
-                            for name, (folder, _) in arms.items()})
+        run_stages_at_once({name: (argv[name], out / f"{folder}.log") for name, (folder, _) in arms.items()})
         return
     for name, args in argv.items():
-        run_stage(name, finetune_vqa, args)
+        run_stage(name, args)
 
 
 def _cores() -> int:
@@ -175,21 +173,20 @@ def prepare_world(root: str | Path, shapes) -> None:
 def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Runs every stage and returns (and writes) the demo's numbers."""
     from tcl.make_data import summarize
-    from tcl.engine.commands import evaluate_vqa, pretrain
 
     start = time.perf_counter()
     out = Path(out)
     overrides = list(overrides or [])
-    config = load_config(VQA_CONFIG, overrides)
+    config = load_config(resolve_config(VQA_CONFIG), overrides)
     root, shapes = config.data.root, config.data.shapes
     prepare_world(root, shapes)
     summary = summarize(root)
     common = [f"data.root={root}", *overrides]
     # Each stage redoes its run in the demo's folder (--overwrite): running the demo again replaces its results.
-    run_stage("pretrain", pretrain, ["--config", str(PRETRAIN_CONFIG), "--overwrite",
-                                       f"train.output_dir={out / 'pretrain'}", *common])
+    run_stage("pretrain", ["pretrain", "--config", PRETRAIN_CONFIG, "--overwrite",
+                           f"train.output_dir={out / 'pretrain'}", *common])
     fine_tune_both(out, common)
-    run_stage("blind evaluation", evaluate_vqa, ["--run", str(out / "vqa"), "--blind"])
+    run_stage("blind evaluation", ["evaluate-vqa", "--run", str(out / "vqa"), "--blind"])
     scores = {name: read_scores(out / name) for name in ("vqa", "vqa_scratch")}
     retrieval = read_retrieval(out / "pretrain", overrides)
     blind_model = read_scores(out / "vqa", blind=True)
@@ -222,7 +219,7 @@ def read_retrieval(pretrain_dir: Path, overrides: list[str]) -> dict[str, float]
     """The pretraining stage's final zero-shot retrieval, in percent (empty when the run had no retrieval file)."""
     from tcl.engine.evaluate_retrieval import results_name
 
-    path = pretrain_dir / results_name(load_config(PRETRAIN_CONFIG, overrides))
+    path = pretrain_dir / results_name(load_config(resolve_config(PRETRAIN_CONFIG), overrides))
     if not path.is_file():
         return {}
     results = json.loads(path.read_text())

@@ -268,12 +268,11 @@ def test_side_probe_labels_each_scene_by_where_its_named_object_is(shapes_root, 
 
 def test_transfer_study_fine_tunes_both_arms_per_budget_and_resumes(shapes_root, tmp_path, capsys):
     from tcl.demo import run_stage
-    from tcl.engine.commands import pretrain
 
     pretrained = tmp_path / "pretrain"
     small = [f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32", "data.num_workers=0",
              "eval.batch_size=16"]
-    run_stage("pretrain", pretrain, ["--config", str(REPO / "configs/pretrain_tiny.yaml"),
+    run_stage("pretrain", ["pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"),
                                           f"train.output_dir={pretrained}", "train.max_steps=2",
                                           "eval.retrieval_images=8", *small])
     argv = [*small, "train.epochs=1", "eval.max_questions=20", "--pretrained", str(pretrained), "--budgets", "40",

@@ -38,11 +38,10 @@ def plan(pretrain_epochs: list[int], finetune_epochs: list[int], seeds: list[int
 
 def pretrain(out: Path, epochs: int, overrides: list[str]) -> dict:
     from tcl.demo import read_retrieval, run_stage
-    from tcl.engine.commands import pretrain as pretrain_engine
 
     run = out / f"pretrain-{epochs}ep"
-    run_stage(f"pretrain {epochs} epochs", pretrain_engine,
-              ["--config", str(REPO / "configs/pretrain_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
+    run_stage(f"pretrain {epochs} epochs",
+              ["pretrain", "--config", str(REPO / "configs/pretrain_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
                f"train.epochs={epochs}", *overrides])
     retrieval = read_retrieval(run, [f"train.epochs={epochs}", *overrides])
     return {"run": str(run), **{key: value for key, value in retrieval.items() if key != "retrieval_file"}}
@@ -51,13 +50,12 @@ def pretrain(out: Path, epochs: int, overrides: list[str]) -> dict:
 def finetune(out: Path, init: int | None, epochs: int, seed: int, overrides: list[str]) -> dict:
     from tcl.config import load_config
     from tcl.demo import read_scores, run_stage
-    from tcl.engine.commands import finetune_vqa
     from tcl.evaluation.results import vqa_output_tag
 
     arm = "scratch" if init is None else f"pretrain-{init}ep"
     run = out / f"vqa-{arm}-ft{epochs}ep-seed{seed}"
-    run_stage(f"fine-tune {epochs} epochs from {arm}, seed {seed}", finetune_vqa,
-              ["--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
+    run_stage(f"fine-tune {epochs} epochs from {arm}, seed {seed}",
+              ["finetune-vqa", "--config", str(REPO / "configs/vqa_tiny.yaml"), "--overwrite", f"train.output_dir={run}",
                f"vqa.init={'null' if init is None else out / arm}", f"train.epochs={epochs}",
                f"train.seed={seed}", *overrides])
     scores = read_scores(run)

@@ -40,8 +40,8 @@ QUESTIONS = ["what color is the circle?", "how many shapes are there?", "is ther
 
 
 def tiny_model(folder: Path, data_root: Path) -> Path:
-    """``scripts/bench_startup.py``'s tiny random VQA model, saved for ``tcl.load_vqa``."""
-    spec = importlib.util.spec_from_file_location("bench_startup", REPO / "scripts" / "bench_startup.py")
+    """``benchmarks/bench_startup.py``'s tiny random VQA model, saved for ``tcl.load_vqa``."""
+    spec = importlib.util.spec_from_file_location("bench_startup", REPO / "benchmarks" / "bench_startup.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.tiny_model(folder, data_root)

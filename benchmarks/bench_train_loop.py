@@ -14,7 +14,7 @@ samples/s over the steps after the first log interval (warm-up, compilation), an
 queue 65,536, batch 64 per GPU); ``tiny`` is the embedded demo's model. A run is named by its precision and its
 settings joined with ``+``: ``fp32``, ``bf16``, ``bf16+checkpointing`` (``train.grad_checkpointing``),
 ``bf16+compile`` (``train.compile``). MFU = samples/s × model FLOPs per sample (torch's FLOP counter over one
-forward and backward of the model, ``scripts/bench_train.py``) ÷ the dense matmul FLOP/s of that dtype measured on
+forward and backward of the model, ``benchmarks/bench_train.py``) ÷ the dense matmul FLOP/s of that dtype measured on
 the same device. ``--largest-batch`` also finds the largest batch per device whose model step fits in memory, in the
 first run's precision (the batch grows by half until it runs out). ``--loader`` also times the loader alone (the same dataset, transforms,
 collation and workers, no model) over as many batches: were it slower than the loop, it would be the bottleneck.
@@ -52,8 +52,8 @@ WORDS = ("a man woman dog cat red blue green small large table street car tree s
 
 
 def load_bench_train():
-    """``scripts/bench_train.py`` as a module: its model step, FLOP counter and matmul peak."""
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts/bench_train.py")
+    """``benchmarks/bench_train.py`` as a module: its model step, FLOP counter and matmul peak."""
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks/bench_train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -19,10 +19,10 @@ def load_module(name: str, path: Path):
     return module
 
 
-def load_script(name):
-    """A user entry point of scripts/, or a research probe of benchmarks/probes/."""
-    path = REPO / "scripts" / f"{name}.py"
-    return load_module(name, path if path.is_file() else REPO / "benchmarks" / "probes" / f"{name}.py")
+def load_research(name):
+    """An experiment of research/, or a probe of research/probes/."""
+    path = REPO / "research" / f"{name}.py"
+    return load_module(name, path if path.is_file() else REPO / "research" / "probes" / f"{name}.py")
 
 
 def load_benchmark(name):
@@ -32,7 +32,7 @@ def load_benchmark(name):
 
 def test_bench_startup_times_every_command(shapes_root, tmp_path, capsys):
     out = tmp_path / "startup.json"
-    assert load_script("bench_startup").main(["--data-root", str(shapes_root), "--rounds", "1", "--json",
+    assert load_benchmark("bench_startup").main(["--data-root", str(shapes_root), "--rounds", "1", "--json",
                                               str(out)]) == 0
     times = json.loads(out.read_text())
     assert len(times) == 6 and all(len(v) == 1 and v[0] > 0 for v in times.values())
@@ -41,7 +41,7 @@ def test_bench_startup_times_every_command(shapes_root, tmp_path, capsys):
 
 def test_bench_eval_metric_only_writes_its_json(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert load_script("bench_eval").main(["--metric-only", "--questions", "3000", "--json", str(out)]) == 0
+    assert load_benchmark("bench_eval").main(["--metric-only", "--questions", "3000", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["metric_questions_per_s"] > 0 and result["metric"]["identical_to_per_question"]
     assert result["metric"]["questions"] == 3000 and "| official VQA accuracy" in capsys.readouterr().out
@@ -49,14 +49,14 @@ def test_bench_eval_metric_only_writes_its_json(tmp_path, capsys):
 
 def test_bench_train_tiny_reports_mfu(tmp_path):
     out = tmp_path / "train.json"
-    assert load_script("bench_train").main(["--configs", "tiny", "--steps", "1", "--warmup", "0", "--no-objectives",
+    assert load_benchmark("bench_train").main(["--configs", "tiny", "--steps", "1", "--warmup", "0", "--no-objectives",
                                             "--json", str(out)]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["config"] == "tiny" and run["flops_per_step"] > 1e9 and 0 < run["mfu"] < 1.5
 
 
 def test_bench_train_takes_a_device_and_a_batch_and_says_when_there_is_no_gpu(tmp_path):
-    bench = load_script("bench_train")
+    bench = load_benchmark("bench_train")
     out = tmp_path / "train.json"
     assert bench.main(["--configs", "tiny", "--steps", "1", "--warmup", "0", "--no-objectives", "--device", "cpu",
                        "--batch", "8", "--json", str(out)]) == 0
@@ -68,7 +68,7 @@ def test_bench_train_takes_a_device_and_a_batch_and_says_when_there_is_no_gpu(tm
 
 
 def test_bench_train_ab_builds_one_arm_per_setting_and_interleaves_them(tmp_path, capsys):
-    bench = load_script("bench_train")
+    bench = load_benchmark("bench_train")
     arms = bench.ab_arms(["train.fused_adamw=false:true", "model.teacher_dropout=true:false"])
     assert list(arms.values()) == [["train.fused_adamw=false", "model.teacher_dropout=true"],
                                    ["train.fused_adamw=true", "model.teacher_dropout=true"],
@@ -110,7 +110,7 @@ def test_bench_serve_times_both_servers_and_predict(shapes_root, tmp_path, capsy
 
 def test_bench_vqa_step_times_both_batch_layouts(tmp_path, capsys):
     out = tmp_path / "vqa_step.json"
-    assert load_script("bench_vqa_step").main(["--configs", "tiny", "--steps", "1", "--warmup", "0",
+    assert load_benchmark("bench_vqa_step").main(["--configs", "tiny", "--steps", "1", "--warmup", "0",
                                                "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["questions"] == 32 and row["images_shared"] == 6
@@ -120,7 +120,7 @@ def test_bench_vqa_step_times_both_batch_layouts(tmp_path, capsys):
 
 def test_bench_loading_times_samples_and_steps_beside_workers(shapes_root, tmp_path, capsys):
     out = tmp_path / "loading.json"
-    assert load_script("bench_loading").main([f"data.root={shapes_root}", "train.batch_size=4", "--workers", "0",
+    assert load_benchmark("bench_loading").main([f"data.root={shapes_root}", "train.batch_size=4", "--workers", "0",
                                               "--warmup", "0", "--steps", "2", "--samples", "8", "--json",
                                               str(out)]) == 0
     result = json.loads(out.read_text())
@@ -132,7 +132,7 @@ def test_bench_loading_times_samples_and_steps_beside_workers(shapes_root, tmp_p
 
 def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
     out = tmp_path / "toy"
-    assert load_script("experiment_toy2d").main(["--seeds", "2", "--epochs", "1", "--flow-steps", "20",
+    assert load_research("experiment_toy2d").main(["--seeds", "2", "--epochs", "1", "--flow-steps", "20",
                                                  "--objectives", "infonce", "debiased_pos", "--no-self",
                                                  "--out", str(out)]) == 0
     result = json.loads((out / "toy2d.json").read_text())
@@ -143,7 +143,7 @@ def test_toy2d_experiment_runs_and_writes_its_table(tmp_path):
 
 def test_vqa_learning_probe_reports_every_question_kind(shapes_root, tmp_path):
     out = tmp_path / "probe.json"
-    assert load_script("probe_vqa_learning").main(["--config", "vqa_tiny", "--epochs", "1",
+    assert load_research("probe_vqa_learning").main(["--config", "vqa_tiny", "--epochs", "1",
                                                    "--json", str(out), "--group-by-image", f"data.root={shapes_root}",
                                                    "train.batch_size=16", "data.num_workers=0"]) == 0
     epoch = json.loads(out.read_text())["epochs"][0]
@@ -153,7 +153,7 @@ def test_vqa_learning_probe_reports_every_question_kind(shapes_root, tmp_path):
 
 def test_vqa_learning_probe_isolates_question_kinds(shapes_root, tmp_path):
     out = tmp_path / "probe.json"
-    assert load_script("probe_vqa_learning").main(["--config", "vqa_tiny", "--epochs", "1",
+    assert load_research("probe_vqa_learning").main(["--config", "vqa_tiny", "--epochs", "1",
                                                    "--json", str(out), "--kinds", "shape,count",
                                                    f"data.root={shapes_root}", "train.batch_size=16"]) == 0
     assert set(json.loads(out.read_text())["epochs"][0]["val"]) == {"all", "shape", "count"}
@@ -164,7 +164,7 @@ def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_ro
             "--pretrain-steps", "2", "--finetune-epochs", "1", "--protocol", "thesis", "--max-train-questions", "40",
             "--max-eval-questions", "20", f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
             "data.num_workers=0", "eval.batch_size=16"]
-    study = load_script("experiment_objectives")
+    study = load_research("experiment_objectives")
     assert study.main(argv) == 0
     folder = tmp_path / "thesis"
     runs = json.loads((folder / "results.json").read_text())["runs"]
@@ -190,14 +190,14 @@ def test_objective_study_runs_every_stage_resumes_and_writes_its_table(shapes_ro
 
 def test_shape_perception_probe_reports_held_out_accuracy(tmp_path):
     out = tmp_path / "shape.json"
-    assert load_script("probe_shape_perception").main(["--config", "vqa_tiny", "--steps",
+    assert load_research("probe_shape_perception").main(["--config", "vqa_tiny", "--steps",
                                                        "3", "--train-images", "40", "--json", str(out)]) == 0
     history = json.loads(out.read_text())["history"]
     assert history[-1]["step"] == 3 and 0 <= history[-1]["test_accuracy"] <= 100
 
 
 def test_shape_probe_asks_the_vqa_model_about_one_of_several_objects(shapes_root, tmp_path):
-    probe = load_script("probe_shape_perception")
+    probe = load_research("probe_shape_perception")
     images, labels, colours = probe.scene_images(30, 64, np.random.default_rng(0), max_objects=3)
     assert images.shape == (30, 3, 64, 64) and set(labels.tolist()) <= {0, 1, 2, 3} and len(colours) == 30
     out = tmp_path / "shape.json"
@@ -210,7 +210,7 @@ def test_shape_probe_asks_the_vqa_model_about_one_of_several_objects(shapes_root
 
 
 def test_frozen_shape_probe_fits_separable_features_and_reports_both_tasks(tmp_path):
-    probe = load_script("probe_frozen_shapes")
+    probe = load_research("probe_frozen_shapes")
     labels = torch.arange(40) % 4
     features = torch.nn.functional.one_hot(labels, 4).float() * 3 + 0.1 * torch.randn(40, 4)
     assert torch.equal(probe.fit_linear(features[:32], labels[:32], features[32:], multilabel=False), labels[32:])
@@ -225,7 +225,7 @@ def test_frozen_shape_probe_fits_separable_features_and_reports_both_tasks(tmp_p
 
 
 def test_shape_probe_bce_matches_the_vqa_classifier_loss():
-    probe = load_script("probe_shape_perception")
+    probe = load_research("probe_shape_perception")
     logits, labels = torch.tensor([[2.0, -1.0, 0.0, 0.5]]), torch.tensor([0])
     expected = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))
                  + torch.log(1 - torch.sigmoid(torch.tensor(0.0))) + torch.log(1 - torch.sigmoid(torch.tensor(0.5))))
@@ -245,7 +245,7 @@ def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_
                for a in annotations["annotations"]]
     (run / "vqa_results_val2014.json").write_text(json.dumps(results))
     out = tmp_path / "breakdown.json"
-    assert load_script("breakdown_vqa_results").main(["--run", str(run), "--json", str(out)]) == 0
+    assert load_research("breakdown_vqa_results").main(["--run", str(run), "--json", str(out)]) == 0
     table = json.loads(out.read_text())["accuracy"]
     assert sum(row["questions"] for key, row in table.items() if key.endswith("| all")) == len(results)
     assert all(row["accuracy"] == 100.0 for row in table.values())
@@ -253,7 +253,7 @@ def test_breakdown_splits_val_results_by_kind_and_object_count(shapes_root, tmp_
 
 
 def test_side_probe_labels_each_scene_by_where_its_named_object_is(shapes_root, tmp_path):
-    probe = load_script("probe_shape_perception")
+    probe = load_research("probe_shape_perception")
     images, labels, _ = probe.scene_images(40, 64, np.random.default_rng(0), max_objects=1, task="side")
     # The lone object is the only non-background colour: its centre of mass says left (0) or right (1).
     background = images[:, :, 0, 0][:, :, None, None]
@@ -277,7 +277,7 @@ def test_transfer_study_fine_tunes_both_arms_per_budget_and_resumes(shapes_root,
                                           "eval.retrieval_images=8", *small])
     argv = [*small, "train.epochs=1", "eval.max_questions=20", "--pretrained", str(pretrained), "--budgets", "40",
             "--seeds", "0", "--out", str(tmp_path / "transfer")]
-    study = load_script("experiment_transfer")
+    study = load_research("experiment_transfer")
     assert study.main(argv) == 0
     folder = tmp_path / "transfer"
     runs = json.loads((folder / "results.json").read_text())["runs"]
@@ -296,7 +296,7 @@ def test_objective_study_pretraining_only_records_retrieval(shapes_root, tmp_pat
     argv = ["--out", str(tmp_path), "--arms", "debiased_neg", "--seeds", "0", "--pretrain-steps", "2",
             "--no-finetune", f"data.root={shapes_root}", "train.batch_size=8", "model.queue_size=32",
             "data.num_workers=0", "eval.batch_size=16", "eval.retrieval_images=8"]
-    assert load_script("experiment_objectives").main(argv) == 0
+    assert load_research("experiment_objectives").main(argv) == 0
     runs = json.loads((tmp_path / "pretraining_only" / "results.json").read_text())["runs"]
     assert len(runs) == 1 and "vqa_accuracy" not in runs[0]
     assert {"i2t_r1", "t2i_r1", "itm_accuracy", "alignment"} <= set(runs[0])
@@ -369,7 +369,7 @@ def test_bench_demo_steps_splits_a_real_step_into_loading_passes_and_parts(stage
 
 
 def test_relation_probe_flips_each_relation_word_once():
-    probe = load_script("probe_relation_words")
+    probe = load_research("probe_relation_words")
     assert probe.flip_relation("a red circle to the left of a blue square.") == \
         "a red circle to the right of a blue square."
     assert probe.flip_relation("a gray cross above an orange triangle.") == "a gray cross below an orange triangle."
@@ -378,7 +378,7 @@ def test_relation_probe_flips_each_relation_word_once():
 
 
 def test_relation_roles_probe_swaps_the_two_objects_and_reads_their_halves():
-    probe = load_script("probe_relation_roles")
+    probe = load_research("probe_relation_roles")
     assert probe.swapped("is the small red circle left of the blue object?") == \
         "is the blue object left of the small red circle?"
     objects = [({"small", "red", "circle"}, 10.0, 50.0), ({"large", "blue", "square"}, 40.0, 45.0)]

@@ -3,7 +3,7 @@
 ``tcl pretrain --help`` used to take 11-12 s on 2 cores, and a typo in an override was reported as late, because
 the training modules import torch, accelerate and DeepSpeed at the top. Here each command's arguments are parsed
 and its configuration (or run folder) checked with nothing heavier than PyYAML; only then is the module that does
-the work imported and run. ``scripts/bench_startup.py`` measures the start-up times.
+the work imported and run. ``benchmarks/bench_startup.py`` measures the start-up times.
 """
 
 from __future__ import annotations

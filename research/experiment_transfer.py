@@ -2,8 +2,8 @@
 budgets and seeds, with the same fine-tuning settings (``configs/vqa_tiny.yaml``) for both arms (which keeps a
 pretrained image encoder fixed and trains one from scratch: ``vqa.freeze_pretrained_vision``).
 
-    python scripts/experiment_transfer.py --pretrained runs/demo/pretrain      # 1,000 / 3,000 / all questions x 2 seeds
-    python scripts/experiment_transfer.py data.root=DIR --pretrained DIR --budgets 1000 --seeds 0   # overrides first
+    python research/experiment_transfer.py --pretrained runs/demo/pretrain      # 1,000 / 3,000 / all questions x 2 seeds
+    python research/experiment_transfer.py data.root=DIR --pretrained DIR --budgets 1000 --seeds 0   # overrides first
 
 Each budget keeps the first N training questions of a fixed shuffle (``vqa.max_train_questions``; ``all`` = every
 question) and fine-tunes for the config's epochs. Every run's numbers go to ``<out>/results.json`` as they arrive (an

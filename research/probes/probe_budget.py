@@ -2,7 +2,7 @@
 (``configs/pretrain_tiny.yaml``, ``configs/vqa_tiny.yaml``) at several pretraining and fine-tuning lengths, each
 fine-tuning run from scratch and from every pretraining run, with VQA accuracy per question family.
 
-    python benchmarks/probes/probe_budget.py [overrides ...] --out runs/budget --pretrain-epochs 3 12 \
+    python research/probes/probe_budget.py [overrides ...] --out runs/budget --pretrain-epochs 3 12 \
         --finetune-epochs 3 12 [--seeds 0] [--deadline-minutes 8]      # overrides first
 
 On 2 CPU cores one demo-sized pretraining (3 epochs) takes 6-8 minutes; the lengths beyond it are meant for a machine

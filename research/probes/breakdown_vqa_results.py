@@ -2,7 +2,7 @@
 holds one object or several — a diagnostic: with one object, "what color is the circle?" needs no shape at all, while
 "what shape is the red object?" needs nothing else.
 
-    python benchmarks/probes/breakdown_vqa_results.py --run runs/demo/vqa [--split val2014] [--json FILE]
+    python research/probes/breakdown_vqa_results.py --run runs/demo/vqa [--split val2014] [--json FILE]
 
 Families and object counts are the generator's own (``question_family`` of each annotation, ``num_objects`` of each
 image: tcl.data.shapes). Also prints, for the shape questions, how often each true shape gets each predicted answer.

@@ -5,13 +5,13 @@ scratch with a linear head on its class token to name the object's shape (4 clas
 every 100 steps. If the encoder learns this quickly with direct labels, a VQA model that stays at chance on "what
 shape is the ...?" is limited by how little shape supervision reaches the encoder, not by what it can represent.
 
-    python benchmarks/probes/probe_shape_perception.py                          # patch stem, lr 3e-4, 400 steps
-    python benchmarks/probes/probe_shape_perception.py model.vision_stem=conv --steps 400 --json shape_probe.json
-    python benchmarks/probes/probe_shape_perception.py --through-vqa      # the same task asked as a question to the VQA model
-    python benchmarks/probes/probe_shape_perception.py --task side [--through-vqa]   # left or right of the centre instead
-    python benchmarks/probes/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 [--init runs/demo/pretrain]
-    python benchmarks/probes/probe_shape_perception.py --save-vision vit.pt && \
-        python benchmarks/probes/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 --init-vision vit.pt
+    python research/probes/probe_shape_perception.py                          # patch stem, lr 3e-4, 400 steps
+    python research/probes/probe_shape_perception.py model.vision_stem=conv --steps 400 --json shape_probe.json
+    python research/probes/probe_shape_perception.py --through-vqa      # the same task asked as a question to the VQA model
+    python research/probes/probe_shape_perception.py --task side [--through-vqa]   # left or right of the centre instead
+    python research/probes/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 [--init runs/demo/pretrain]
+    python research/probes/probe_shape_perception.py --save-vision vit.pt && \
+        python research/probes/probe_shape_perception.py --through-vqa --max-objects 4 --steps 800 --init-vision vit.pt
 
 ``--through-vqa`` asks "what shape is the <colour> object?" about the same images and trains the whole VQA model
 (image, text and fusion encoders, classifier head over the four shapes, cross-entropy): the gap to the direct probe

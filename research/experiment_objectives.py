@@ -6,9 +6,9 @@ with the same budget for every arm. Writes every run's numbers to ``results.json
 study continues where it stopped), then a table (official VQA accuracy and hit rate, mean ± std over seeds; the final
 alignment and uniformity of the pretraining features) and a figure.
 
-    python scripts/experiment_objectives.py                          # 5 arms x 3 seeds, the demo's budget
-    python scripts/experiment_objectives.py --protocol thesis        # frozen vision, capped questions (thesis §4.3)
-    python scripts/experiment_objectives.py --pretrain-steps 150 --finetune-epochs 1 --seeds 0   # a quick look
+    python research/experiment_objectives.py                          # 5 arms x 3 seeds, the demo's budget
+    python research/experiment_objectives.py --protocol thesis        # frozen vision, capped questions (thesis §4.3)
+    python research/experiment_objectives.py --pretrain-steps 150 --finetune-epochs 1 --seeds 0   # a quick look
 
 The thesis protocol fine-tunes with the image encoder frozen on at most ``--max-train-questions`` questions and
 evaluates on at most ``--max-eval-questions`` (the thesis: 100,000 and 50,000 VQA v2 questions; here the defaults are

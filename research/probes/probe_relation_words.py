@@ -6,7 +6,7 @@ Then ITM judges each relation caption against the same caption with its relation
 "to the left of", "below" for "above"): the share of pairs whose true caption gets the higher match probability
 (chance 50 %) — whether the fused state tells a true relation from a false one, what relation questions ask.
 
-    python benchmarks/probes/probe_relation_words.py --run RUN [--captions 400]
+    python research/probes/probe_relation_words.py --run RUN [--captions 400]
 """
 
 from __future__ import annotations

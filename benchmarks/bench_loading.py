@@ -1,9 +1,9 @@
 """What loading the pretraining batches costs: CPU time per sample and per batch, and what the DataLoader workers'
 work costs the training step that runs beside them.
 
-    python scripts/bench_loading.py                              # pretrain_tiny, workers 0 1 2
-    python scripts/bench_loading.py --workers 2 --steps 60 --json out.json
-    python scripts/bench_loading.py --config pretrain_tiny data.crop_scale_min=0.5
+    python benchmarks/bench_loading.py                              # pretrain_tiny, workers 0 1 2
+    python benchmarks/bench_loading.py --workers 2 --steps 60 --json out.json
+    python benchmarks/bench_loading.py --config pretrain_tiny data.crop_scale_min=0.5
 
 Part 1 times, on one thread in this process, ``dataset[key]`` (decoding and two augmented views) over ``--samples``
 sampler keys and the collation (tokenising, stacking) of batches of ``train.batch_size``; and one view made by the

@@ -1,8 +1,8 @@
 """Pretraining speed: step time, samples/s, peak memory, FLOPs per step and MFU, and the cost of the objectives.
 
-    python scripts/bench_train.py                       # tiny and base configurations (fp32; add --dtypes fp32 bf16)
-    python scripts/bench_train.py --configs tiny --steps 10 --json out.json
-    python scripts/bench_train.py --configs tiny --steps 20 --ab train.fused_adamw=false:true \
+    python benchmarks/bench_train.py                       # tiny and base configurations (fp32; add --dtypes fp32 bf16)
+    python benchmarks/bench_train.py --configs tiny --steps 10 --json out.json
+    python benchmarks/bench_train.py --configs tiny --steps 20 --ab train.fused_adamw=false:true \
         model.teacher_dropout=true:false model.attention_dropout=0.1:0.0     # in-process A/B of settings
 
 Each run builds the TCL pretraining model with random weights and random inputs (so no data or downloads are
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s | {100 * r['mfu']:.1f} % | {r['peak_rss_mb']:.0f} MB |"
             for r in runs]
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(["python scripts/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
+              "command": " ".join(["python benchmarks/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
               "matmul_flops_per_s": peak, "runs": runs}
     if not args.no_objectives:
         dtype = "bf16" if "bf16" in args.dtypes else "fp32"
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_ab(args: argparse.Namespace, argv: list[str] | None) -> int:
     arms = bench_ab(args.configs[0], args.ab, args.steps, args.warmup)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "config": args.configs[0],
-              "command": " ".join(["python scripts/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
+              "command": " ".join(["python benchmarks/bench_train.py", *(argv if argv is not None else sys.argv[1:])]),
               "arms": arms}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@
    fusion layers, heads and question tokens: ``VQAPipeline.explain``) that falls on the patches the object covers,
    divided by their share of the image (1 = attention spread evenly), per question family.
 
-    python benchmarks/probes/probe_where.py --model runs/demo/model [--json FILE]
+    python research/probes/probe_where.py --model runs/demo/model [--json FILE]
 
 ``--model`` is a fine-tuned model folder (``tcl.load_vqa``), e.g. the demo's ``model``.
 """

@@ -1,7 +1,7 @@
 """The thesis's 2-D experiment (TCL.md Part A §A.3): two "modalities" generated from one latent, aligned by a
 contrastive objective.
 
-    python scripts/experiment_toy2d.py [--seeds 5] [--out benchmarks/results/toy2d]
+    python research/experiment_toy2d.py [--seeds 5] [--out benchmarks/results/toy2d]
 
 z ~ N(0, I₂). Two RealNVP flows are fitted by maximum likelihood, one to "two moons" and one to "five concentric
 circles"; pushing the same z through both gives paired points (a, b). Two encoders of two fully connected layers map
@@ -229,7 +229,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         rows.append(f"| {names[objective]} | {_pm(results[objective]['mae'])} | {_pm(results[objective]['cosine'])} |"
                     f" {thesis[0]} | {thesis[1]} |")
     minutes = (time.perf_counter() - start) / 60
-    payload = {"command": " ".join(["python scripts/experiment_toy2d.py", *(argv or sys.argv[1:])]),
+    payload = {"command": " ".join(["python research/experiment_toy2d.py", *(argv or sys.argv[1:])]),
                "date": time.strftime("%Y-%m-%d"), "minutes": minutes, "seeds": args.seeds, "results": results,
                "settings": {"temperature": args.temperature, "tau_plus": args.tau_plus, "include_self": not args.no_self},
                "thesis": THESIS}

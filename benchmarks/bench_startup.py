@@ -1,8 +1,8 @@
 """Start-up times of the command line: how long a user waits for --help, for an error about their arguments, and
 for one answer from ``tcl predict``, next to the cost of importing torch.
 
-    python scripts/bench_startup.py                      # 5 rounds; a tiny random VQA model saved to a temp folder
-    python scripts/bench_startup.py --model runs/demo/vqa --rounds 9 --json startup.json
+    python benchmarks/bench_startup.py                      # 5 rounds; a tiny random VQA model saved to a temp folder
+    python benchmarks/bench_startup.py --model runs/demo/vqa --rounds 9 --json startup.json
 
 Each round runs every command once in a fresh interpreter, in the same order, so that slow and fast moments of the
 machine fall on all of them alike; the table gives the median and the range. Needs the generated data

@@ -4,7 +4,7 @@ left of the red circle?", the other answer): a model that reads only which objec
 gives both the same answer. Also: the accuracy where the two objects lie in different halves along the question's
 axis (then knowing each object's half, which position questions teach, would be enough).
 
-    python benchmarks/probes/probe_relation_roles.py --model RUN_OR_MODEL [--data data/shapes] [--json FILE]
+    python research/probes/probe_relation_roles.py --model RUN_OR_MODEL [--data data/shapes] [--json FILE]
 
 ``--model``: a fine-tuning run folder or saved model folder (``tcl.load_vqa``).
 """

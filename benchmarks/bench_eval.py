@@ -1,7 +1,7 @@
 """Evaluation benchmarks: the official VQA accuracy over many predictions, and VQA inference throughput.
 
-    python scripts/bench_eval.py                                   # metric on 1,000,000 questions + inference
-    python scripts/bench_eval.py --metric-only --questions 200000 --json results.json
+    python benchmarks/bench_eval.py                                   # metric on 1,000,000 questions + inference
+    python benchmarks/bench_eval.py --metric-only --questions 200000 --json results.json
 
 Metric part: generates ``--questions`` annotation records with ten human answers drawn from realistic messy strings
 (case, punctuation, articles, number words, contractions, synonyms) and one prediction each, times
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = {"machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                            "torch": torch.__version__, "cuda": torch.cuda.is_available()},
-               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python scripts/bench_eval.py", *sys.argv[1:]])}
+               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python benchmarks/bench_eval.py", *sys.argv[1:]])}
     metric = bench_metric(args.questions)
     results["metric"] = metric
     results["metric_questions_per_s"] = metric["metric_questions_per_s"]

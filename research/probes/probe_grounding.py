@@ -2,7 +2,7 @@
 predictions on the embedded val split, split by how many objects the image holds: on a lone object the phrase needs
 no selection, only where the object is; with several, the phrase must pick one out.
 
-    python benchmarks/probes/probe_grounding.py --run runs/ground1 [--images 300] [--json FILE]
+    python research/probes/probe_grounding.py --run runs/ground1 [--images 300] [--json FILE]
 
 Prints, per object count, the phrases found with IoU >= 0.5, the mean IoU and the mean distance of the predicted
 centre from the true one (in fractions of the image side), against a constant box (the mean true box of the set):

@@ -8,10 +8,10 @@ The same encoder freshly initialised (``--run random``) is the baseline: random 
 some shape. If the pretrained encoder is no better than that, the pretraining did not teach the image tower shapes and
 no fusion or head downstream can read them.
 
-    python benchmarks/probes/probe_frozen_shapes.py --run runs/pretrain_tiny
-    python benchmarks/probes/probe_frozen_shapes.py --run random --json random.json
-    python benchmarks/probes/probe_shape_perception.py model.vision_stem=conv --save-vision vit.pt && \
-        python benchmarks/probes/probe_frozen_shapes.py --run vit.pt     # an encoder trained on shape labels
+    python research/probes/probe_frozen_shapes.py --run runs/pretrain_tiny
+    python research/probes/probe_frozen_shapes.py --run random --json random.json
+    python research/probes/probe_shape_perception.py model.vision_stem=conv --save-vision vit.pt && \
+        python research/probes/probe_frozen_shapes.py --run vit.pt     # an encoder trained on shape labels
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """VQA fine-tuning step time when questions share images (``vqa.group_by_image``) versus one image per question.
 
-    python scripts/bench_vqa_step.py                          # tiny (32 questions) and base (8 questions), fp32
-    python scripts/bench_vqa_step.py --configs tiny --steps 20 --json out.json
+    python benchmarks/bench_vqa_step.py                          # tiny (32 questions) and base (8 questions), fp32
+    python benchmarks/bench_vqa_step.py --configs tiny --steps 20 --json out.json
 
 Each run builds the VQA model (classifier head, random weights, random inputs), and times full optimizer steps
 (forward, BCE, backward, AdamW) on a batch of B questions whose images are B distinct images or only

@@ -5,11 +5,11 @@ into memory (no augmentation, no DataLoader: only the model's own learning speed
 epoch, the official VQA accuracy on val per question family (color, shape, count, existence, position, relation) and
 on 2,000 train questions. Config overrides select the arm:
 
-    python benchmarks/probes/probe_vqa_learning.py --epochs 2                                   # the tiny config
-    python benchmarks/probes/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
-    python benchmarks/probes/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
-    python benchmarks/probes/probe_vqa_learning.py --epochs 4 --group-by-image                # image-grouped batches
-    python benchmarks/probes/probe_vqa_learning.py --epochs 20 --kinds shape                   # one skill alone
+    python research/probes/probe_vqa_learning.py --epochs 2                                   # the tiny config
+    python research/probes/probe_vqa_learning.py --epochs 2 model.num_hidden_layers=6        # 4 fusion layers
+    python research/probes/probe_vqa_learning.py --epochs 2 model.vision_stem=conv train.lr=1e-3 --json probe.json
+    python research/probes/probe_vqa_learning.py --epochs 4 --group-by-image                # image-grouped batches
+    python research/probes/probe_vqa_learning.py --epochs 20 --kinds shape                   # one skill alone
 """
 
 from __future__ import annotations

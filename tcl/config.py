@@ -43,9 +43,6 @@ class ModelConfig:
     # amplitude 1 (MAE). From scratch, N(0, 0.02) starts about 80 times smaller than the patch tokens; on the embedded
     # data the stronger start measured no VQA gain (docs/VQA_LIMITS_2026-11-29.md), so the tiny configs keep normal.
     pos_embed_init: Literal["normal", "sincos"] = "normal"
-    # Amplitude of the sine-cosine grid (pos_embed_init: sincos); the patch tokens it is added to have std ~0.6 on
-    # the embedded data with the conv stem.
-    pos_embed_scale: float = 1.0
     # Global state that the contrastive features project and ITM classifies: the [CLS] token (TCL), or the mean of
     # the image's patch tokens, of the text's tokens and of the fused tokens. From scratch, every image's and every
     # text's [CLS] starts nearly the same, and ITM must first learn to gather the fused tokens into [CLS].
@@ -182,7 +179,6 @@ class LossConfig:
     lmi_pooling: Literal["regions4", "tcl_pretrain"] = "regions4"
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
-    align_uniform_weight: float = 0.0
     # From-scratch warm-up: for this many first optimizer steps CMA contrasts the online image and text features of
     # the batch (CLIP's in-batch loss) instead of momentum keys and queues. 0 = TCL (the paper configs).
     online_keys_steps: int = 0
@@ -472,6 +468,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# Options removed from the code: (the value every run had unless asked otherwise, what became of it). A run folder's
+# config.yaml written before the removal still loads: the key is dropped when it holds that value. Any other value,
+# and any override of the key, is refused with the reason, so that no run silently does something else than asked.
+RETIRED: dict[str, tuple[Any, str]] = {
+    "model.pos_embed_scale": (1.0, "the sine-cosine grid's amplitude, measured without gain at 0.5 (docs/BENCHMARKS.md, "
+                                   "'A third kind of machine'); removed after commit 6f86a42"),
+    "loss.align_uniform_weight": (0.0, "an alignment-uniformity loss term that no config used and no run measured; "
+                                       "removed after commit 6f86a42"),
+}
+
+
+def _retired(dotted: str, value: Any, source: str) -> None:
+    """Accepts a retired key holding its old default (it is then left out); refuses anything else."""
+    default, why = RETIRED[dotted]
+    if value != default:
+        raise ConfigError(f"{source}: '{dotted}' was removed ({why}). Only its old default ({default}) is accepted, "
+                          f"from run folders written before; leave it out.")
+
+
 def section_from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
     """Builds one config dataclass (e.g. ``ModelConfig``) from a mapping with the same checks as ``load_config``."""
     return _build(cls, raw, source, prefix)
@@ -484,10 +499,14 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in fields:
+        if key not in fields and f"{prefix}{key}" in RETIRED:
+            _retired(f"{prefix}{key}", raw[key], source)
+        elif key not in fields:
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'. {_suggest(key, fields, prefix)}")
     values = {}
     for name, value in raw.items():
+        if name not in fields:  # a retired key at its old default
+            continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, source, f"{prefix}{name}.")
@@ -547,6 +566,8 @@ def _apply_override(config: Config, item: str) -> None:
     dotted, text = item.split("=", 1)
     parts = dotted.strip().split(".")
     node: Any = config
+    if dotted.strip() in RETIRED:
+        raise ConfigError(f"{source}: '{dotted.strip()}' was removed ({RETIRED[dotted.strip()][1]}); leave it out.")
     for depth, name in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(node)}
         if name not in fields:
@@ -643,7 +664,7 @@ def _check_loss(config: Config, world_size: int) -> str | None:
     short = [words for words in loss.swap_word_classes if len(set(words)) < 2]
     if short:
         return f"loss.swap_word_classes: every class needs two or more words; {short[0]} has fewer."
-    for name in ("cma_weight", "imc_weight", "lmi_weight", "itm_weight", "mlm_weight", "align_uniform_weight"):
+    for name in ("cma_weight", "imc_weight", "lmi_weight", "itm_weight", "mlm_weight"):
         if getattr(loss, name) < 0:
             return f"loss.{name} = {getattr(loss, name)} must not be negative."
     return None

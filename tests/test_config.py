@@ -138,3 +138,27 @@ def test_teacher_grayscale_is_a_probability():
     validate(load_config("pretrain_tiny", ["data.teacher_grayscale=0.5"]))
     with pytest.raises(ConfigError, match=r"data\.teacher_grayscale = 1\.5 must lie in \[0, 1\]"):
         validate(load_config("pretrain_tiny", ["data.teacher_grayscale=1.5"]))
+
+
+def test_a_run_folder_written_before_an_option_was_removed_still_loads(tmp_path):
+    """Run folders save every key; one that held a removed option at its old default loads, any other value is
+    refused with what became of the option, and so is an override of it."""
+    import yaml
+
+    from tcl.config import RETIRED, save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config("pretrain_tiny"), path)
+    saved = yaml.safe_load(path.read_text())
+    for dotted, (default, _) in RETIRED.items():
+        section, key = dotted.split(".")
+        saved[section][key] = default
+    path.write_text(yaml.safe_dump(saved))
+    assert load_config(path) == load_config("pretrain_tiny")
+    saved["model"]["pos_embed_scale"] = 0.5
+    path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"'model\.pos_embed_scale' was removed \(the sine-cosine grid's amplitude"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"'loss\.align_uniform_weight' was removed"):
+        load_config("pretrain_tiny", ["loss.align_uniform_weight=0.0"])
+

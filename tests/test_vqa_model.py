@@ -106,10 +106,3 @@ def test_sincos_position_embeddings_encode_the_patch_grid():
     assert pos.requires_grad
     default = TCLVQAModel(config("model.pos_embed_init=normal").model, VOCAB, ANSWERS).vision_encoder.pos_embed
     assert default.std() < 0.05  # timm's N(0, 0.02)
-
-
-def test_the_sincos_grid_takes_its_amplitude_from_pos_embed_scale():
-    full = TCLVQAModel(config("model.pos_embed_init=sincos").model, VOCAB, ANSWERS).vision_encoder.pos_embed
-    half = TCLVQAModel(config("model.pos_embed_init=sincos", "model.pos_embed_scale=0.5").model, VOCAB,
-                       ANSWERS).vision_encoder.pos_embed
-    assert torch.allclose(half, 0.5 * full)

@@ -1,4 +1,4 @@
-"""Alignment and uniformity on the hypersphere (Wang & Isola, 2020), logged and optionally used as a regulariser."""
+"""Alignment and uniformity on the hypersphere (Wang & Isola, 2020), logged as diagnostics of the features."""
 
 from __future__ import annotations
 
@@ -15,8 +15,3 @@ def uniformity(x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] < 2:
         return x.sum() * 0.0
     return torch.pdist(x.float()).pow(2).mul(-2.0).exp().mean().log()
-
-
-def align_uniform_loss(image_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
-    """The regulariser: alignment of image-text pairs plus the mean uniformity of both modalities."""
-    return alignment(image_feat, text_feat) + 0.5 * (uniformity(image_feat) + uniformity(text_feat))

@@ -13,7 +13,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 
 from tcl.config import LossConfig, ModelConfig, section_from_dict
 from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
-from tcl.losses.diagnostics import align_uniform_loss, alignment, uniformity
+from tcl.losses.diagnostics import alignment, uniformity
 from tcl.losses.grounding import box_loss
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import mask_tokens, mlm_loss
@@ -268,8 +268,6 @@ class TCLPretrainModel(nn.Module):
                 diagnostics["region_attribute_accuracy"] = torch.stack(accuracies[1:1 + attributes]).mean()
             if cfg.region_position_bins:
                 diagnostics["region_position_accuracy"] = torch.stack(accuracies[1 + attributes:]).mean()
-        if cfg.align_uniform_weight > 0:
-            terms["align_uniform"] = align_uniform_loss(image_feat, text_feat)
         total = self._total(terms, intra_modal_scale)
         return PretrainOutput(total, {name: value.detach() for name, value in terms.items()}, diagnostics)
 
@@ -295,8 +293,6 @@ class TCLPretrainModel(nn.Module):
                                            + cfg.lmi_weight * (terms["lmi_image"] + terms["lmi_text"]))
         contrastive = (cfg.cma_weight * (terms["i2t"] + terms["t2i"]) + intra_modal) / len(CONTRASTIVE_TERMS)
         total = contrastive + cfg.itm_weight * terms["itm"] + cfg.mlm_weight * terms["mlm"]
-        if "align_uniform" in terms:
-            total = total + cfg.align_uniform_weight * terms["align_uniform"]
         if "grounding" in terms:
             total = total + cfg.grounding_weight * terms["grounding"]
         if "regions" in terms:

@@ -87,7 +87,7 @@ def build_vision_encoder(model: ModelConfig) -> PixelVisionTransformer:
     if model.init_scheme == "xavier_qk":
         init_query_key_xavier(encoder)
     if model.pos_embed_init == "sincos":
-        init_sincos_pos_embed(encoder, model.pos_embed_scale)
+        init_sincos_pos_embed(encoder)
     return encoder
 
 
@@ -100,11 +100,11 @@ def init_query_key_xavier(encoder: VisionTransformer) -> None:
                 nn.init.xavier_uniform_(block.attn.qkv.weight[part * width:(part + 1) * width])
 
 
-def init_sincos_pos_embed(encoder: VisionTransformer, scale: float = 1.0) -> None:
-    """Sets the patch positions to a 2-D sine-cosine grid of amplitude ``scale`` and the class token's to zero; they
-    stay learnable."""
+def init_sincos_pos_embed(encoder: VisionTransformer) -> None:
+    """Sets the patch positions to a 2-D sine-cosine grid (amplitude 1, near the conv stem's output std of ~0.6) and
+    the class token's to zero; they stay learnable."""
     grid = encoder.patch_embed.grid_size
     table = build_sincos2d_pos_embed(list(grid), encoder.embed_dim)
     with torch.no_grad():
         encoder.pos_embed.zero_()
-        encoder.pos_embed[0, 1:] = scale * table
+        encoder.pos_embed[0, 1:] = table

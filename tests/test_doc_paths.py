@@ -3,11 +3,13 @@
 A path is a token starting with one of the repository's top folders (``tcl/``, ``scripts/``, ``benchmarks/``,
 ``docs/``, ``tests/``, ``configs/``, ``.ci/``); a glob (``scripts/bench_*.py``) or a path cut short by a brace or a
 placeholder (``world1_{a,b}.json``, ``results/<run>``) must match something; a path given to ``--json``/``--out`` or
-as a default output is what a command writes, not a reference, and is left out (so is this file's own examples)."""
+as a default output is what a command writes, not a reference, and is left out, as is a path git ignores (what runs
+write) and this file's own examples."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,9 +37,16 @@ def stale_paths(repo: Path) -> list[str]:
                 if line[match.end():match.end() + 1] in ("{", "<"):
                     path += "*"
                 found = any(repo.glob(path)) if "*" in path else (repo / path).exists()
-                if not found:
+                if not found and not ignored_by_git(repo, path):
                     stale.append(f"{document.relative_to(repo)}:{number}: {path}")
     return stale
+
+
+def ignored_by_git(repo: Path, path: str) -> bool:
+    """Whether git ignores ``path`` in ``repo``: what a run writes there (``tests/artifacts/``, ``runs/``), which a
+    fresh clone does not hold yet."""
+    result = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", "--no-index", path], capture_output=True)
+    return result.returncode == 0
 
 
 def test_every_path_the_docs_and_the_code_name_exists():

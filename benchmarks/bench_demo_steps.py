@@ -33,7 +33,7 @@ from tcl.engine.pretrain import build_model, pretrain_step
 
 # The forward's parts timed in each stage: (attribute path on the model, method).
 PRETRAIN_PARTS = [("", "encode_image"), ("", "encode_text"), ("", "_teacher"), ("", "_itm"), ("", "_mlm"),
-                  ("", "_grounding"), ("", "_regions")]
+                  ("", "_grounding"), ("region_head", "loss")]
 FINETUNE_PARTS = [("vision_encoder", "forward_features"), ("text_encoder", "forward"),
                   ("fusion_encoder", "forward"), ("text_decoder", "forward"), ("answer_head", "forward")]
 

@@ -23,7 +23,7 @@ def _make_data(args: argparse.Namespace) -> int:
                                     make_shapes_dataset, summarize)
 
     settings = generator_settings(args.train_images, args.val_images, args.image_size, args.questions_per_image,
-                                  args.seed, args.max_objects, args.one_colour_scenes, args.extra_relation_questions)
+                                  args.seed, args.max_objects, args.extra_relation_questions)
     if dataset_exists(args.out) and not args.force:
         recorded = generated_with(args.out)
         if recorded == settings:
@@ -169,9 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=shapes.seed, help=f"random seed (default {shapes.seed})")
     make.add_argument("--max-objects", type=int, default=shapes.max_objects, choices=range(1, 5), metavar="{1..4}",
                       help=f"objects per image at most (default {shapes.max_objects}; fewer make an easier world)")
-    make.add_argument("--one-colour-scenes", type=float, default=shapes.one_colour_scenes, metavar="FRACTION",
-                      help="fraction of scenes whose objects share one colour, so that only shapes and sizes tell "
-                           f"them apart (default {shapes.one_colour_scenes})")
     make.add_argument("--extra-relation-questions", type=int, default=shapes.extra_relation_questions, metavar="N",
                       help="more relation questions for each training image with two objects or more (default "
                            f"{shapes.extra_relation_questions}; the validation split keeps the families' shares equal)")

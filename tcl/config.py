@@ -89,8 +89,6 @@ class ShapesConfig:
     seed: int = 0
     # Objects per image at most (1-4; fewer make an easier world).
     max_objects: int = 4
-    # Fraction of scenes whose objects all share one colour, so that only shapes and sizes tell them apart.
-    one_colour_scenes: float = 0.0
     # More relation questions for each training image with two objects or more ("is the red circle left of the blue
     # square?"): comparing two objects' places is the one skill the tiny model learns only from several times the
     # share of questions the other families need (with vqa_tiny, relation 65.7 % with the balanced share, 95.8 % with
@@ -129,9 +127,6 @@ class DataConfig:
     # COCO instances files (boxes) of the same images, read by the grounding and region classification terms
     # (loss.grounding_weight, loss.region_class_weight) only.
     pretrain_instances: list[str] = field(default_factory=list)
-    # How the grounding term names an object: all its attributes and its category ("small red circle"), or any
-    # sub-phrase that still names it alone ("circle" when it is the only circle), drawn at random.
-    grounding_phrases: Literal["full", "varied"] = "full"
     hf_image_column: str = "image"
     hf_caption_column: str = "caption"
     # VQA: official v2 question/annotation files by split name, or ALBEF-style vqa_*.json lists.
@@ -149,10 +144,6 @@ class DataConfig:
     hflip: bool = True
     color_jitter: bool = True
     randaugment: bool = True
-    # Probability that the momentum encoders' view of a pretraining pair (image_aug) is turned grey; the online view
-    # keeps its colours. 0 = TCL. Meant to stop colour alone from solving the intra-modal terms on the shapes world;
-    # measured at 0.5 it costs retrieval and does not teach shapes (docs/BENCHMARKS.md), so the tiny configs keep 0.
-    teacher_grayscale: float = 0.0
     # Decompression-bomb guard: images with more pixels are refused before decoding.
     max_image_pixels: int = 89_478_485
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
@@ -179,14 +170,6 @@ class LossConfig:
     lmi_pooling: Literal["regions4", "tcl_pretrain"] = "regions4"
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
-    # From-scratch warm-up: for this many first optimizer steps CMA contrasts the online image and text features of
-    # the batch (CLIP's in-batch loss) instead of momentum keys and queues. 0 = TCL (the paper configs).
-    online_keys_steps: int = 0
-    # From-scratch warm-up: the intra-modal and local terms (IMC, LMI) ramp in linearly over this many first optimizer
-    # steps (weight 0 at step 0, full from then on). On the shapes world they suppress the shape features that MLM
-    # builds in the image tower while colour alone solves them; measured, a ramp does not keep the shapes either
-    # (docs/BENCHMARKS.md). 0 = TCL.
-    intra_modal_warmup_steps: int = 0
     # ITM negatives: drawn by similarity (TCL's hard negatives) or uniformly from the batch. On data whose captions
     # often fit other images too, the hard ones are mostly such captions, and ITM then learns only its label prior.
     itm_negatives: Literal["hard", "random"] = "hard"
@@ -199,19 +182,6 @@ class LossConfig:
     # check; COCO captions are nearly all distinct, while generated or web captions repeat (two thirds of the embedded
     # world's captions are shared by several images), and similarity sampling then prefers exactly those copies.
     skip_identical_captions: bool = False
-    # The other pairs of a sample's own image (its other captions, in the batch or the queue) are no negatives of it
-    # either (i2t, t2i, i2i, t2t, ITM): with several captions per image and a queue holding a tenth of an epoch, a
-    # third of the rows otherwise meet their own image as a negative. ALBEF's retrieval fine-tuning knows pairs by
-    # image id for the same reason; TCL's pretraining does not check.
-    skip_same_image: bool = False
-    # Share of ITM's text negatives that are the row's own caption with one word of ``swap_word_classes`` swapped
-    # for another of its class ("a red circle" → "a red square"; NegCLIP's negatives): the only negatives that
-    # require reading what the changed word names in the image. 0 = TCL.
-    itm_swap_negatives: float = 0.0
-    # Share of CMA's image rows that also contrast against their own caption with one word of ``swap_word_classes``
-    # swapped (one more i2t negative, encoded by the online text tower with gradient: NegCLIP's ITC negatives), so
-    # that the image feature has to carry what that word names. 0 = TCL.
-    cma_swap_negatives: float = 0.0
     # Classes of interchangeable words (each word a single token of the vocabulary), e.g. colours, shape names.
     swap_word_classes: list[list[str]] = field(default_factory=list)
     # MLM also chooses each word of ``swap_word_classes`` with this probability (on top of model.mlm_probability
@@ -471,11 +441,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 # Options removed from the code: (the value every run had unless asked otherwise, what became of it). A run folder's
 # config.yaml written before the removal still loads: the key is dropped when it holds that value. Any other value,
 # and any override of the key, is refused with the reason, so that no run silently does something else than asked.
+# The last commit that had every option below.
+_HAD_THEM = "removed after commit 6f86a42, docs/BENCHMARKS.md"
 RETIRED: dict[str, tuple[Any, str]] = {
-    "model.pos_embed_scale": (1.0, "the sine-cosine grid's amplitude, measured without gain at 0.5 (docs/BENCHMARKS.md, "
-                                   "'A third kind of machine'); removed after commit 6f86a42"),
+    "model.pos_embed_scale": (1.0, f"the sine-cosine grid's amplitude, no gain at 0.5; {_HAD_THEM}, "
+                                   "'A third kind of machine'"),
     "loss.align_uniform_weight": (0.0, "an alignment-uniformity loss term that no config used and no run measured; "
                                        "removed after commit 6f86a42"),
+    "data.grounding_phrases": ("full", f"objects named by any sub-phrase that names them alone, no gain; "
+                                       f"{_HAD_THEM}, 'A third kind of machine'"),
+    "data.teacher_grayscale": (0.0, f"the momentum view greyed with this probability, no gain; {_HAD_THEM}, "
+                                    "'What the image tower keeps of shapes'"),
+    "data.shapes.one_colour_scenes": (0.0, f"scenes of one colour in the generated world, no gain; {_HAD_THEM}, "
+                                           "'Two more shape levers'"),
+    "loss.online_keys_steps": (0, "a from-scratch warm-up of CMA on in-batch online features that no config used "
+                                  "and no finding kept; removed after commit 6f86a42"),
+    "loss.intra_modal_warmup_steps": (0, f"a ramp of IMC and LMI, no gain; {_HAD_THEM}, 'What the image tower keeps "
+                                         "of shapes'"),
+    "loss.skip_same_image": (False, f"no negatives from a row's own image, no gain; {_HAD_THEM}, 'What the "
+                                    "pretrained model knows'"),
+    "loss.itm_swap_negatives": (0.0, f"ITM negatives with one word swapped, no gain; {_HAD_THEM}, 'What the "
+                                     "pretrained model knows' and 'Relation questions'"),
+    "loss.cma_swap_negatives": (0.0, f"CMA negatives with one word swapped, no gain; {_HAD_THEM}, 'Two more shape "
+                                     "levers'"),
 }
 
 
@@ -646,16 +634,6 @@ def _check_loss(config: Config, world_size: int) -> str | None:
         return f"loss.alpha = {loss.alpha} must lie in [0, 1]."
     if loss.uota_tau is not None and loss.uota_tau <= 0:
         return f"loss.uota_tau = {loss.uota_tau} must be positive (or null: the feature dimension)."
-    if loss.online_keys_steps < 0:
-        return f"loss.online_keys_steps = {loss.online_keys_steps} must not be negative."
-    if loss.intra_modal_warmup_steps < 0:
-        return f"loss.intra_modal_warmup_steps = {loss.intra_modal_warmup_steps} must not be negative."
-    for name in ("itm_swap_negatives", "cma_swap_negatives"):
-        share = getattr(loss, name)
-        if not 0.0 <= share <= 1.0:
-            return f"loss.{name} = {share} must lie in [0, 1]."
-        if share > 0 and not loss.swap_word_classes:
-            return f"loss.{name} > 0 needs loss.swap_word_classes, e.g. [[red, green, blue], [circle, square]]."
     if not 0.0 <= loss.mlm_content_probability <= 1.0:
         return f"loss.mlm_content_probability = {loss.mlm_content_probability} must lie in [0, 1]."
     if loss.mlm_content_probability > 0 and not loss.swap_word_classes:
@@ -701,8 +679,6 @@ def _check_data(config: Config, world_size: int) -> str | None:
         return f"data.num_workers = {data.num_workers} must not be negative."
     if not 0.0 < data.crop_scale_min <= 1.0:
         return f"data.crop_scale_min = {data.crop_scale_min} must lie in (0, 1]."
-    if not 0.0 <= data.teacher_grayscale <= 1.0:
-        return f"data.teacher_grayscale = {data.teacher_grayscale} must lie in [0, 1] (a probability)."
     if data.max_image_pixels <= 0:
         return f"data.max_image_pixels = {data.max_image_pixels} must be positive."
     if not data.pretrain_files:

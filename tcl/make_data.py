@@ -28,13 +28,11 @@ def dataset_exists(root: str | Path) -> bool:
 
 
 def generator_settings(train_images: int, val_images: int, image_size: int, questions_per_image: int, seed: int,
-                       max_objects: int, one_colour_scenes: float, extra_relation_questions: int) -> dict[str, Any]:
+                       max_objects: int, extra_relation_questions: int) -> dict[str, Any]:
     """The settings a generated dataset records in its summary (``make_shapes_dataset``'s arguments; the options
     that were added later only when set, so that an older world's summary stays byte-identical)."""
     settings = {"train_images": train_images, "val_images": val_images, "image_size": image_size,
                 "questions_per_image": questions_per_image, "seed": seed, "max_objects": max_objects}
-    if one_colour_scenes:
-        settings["one_colour_scenes"] = one_colour_scenes
     if extra_relation_questions:
         settings["extra_relation_questions"] = extra_relation_questions
     return settings
@@ -50,27 +48,23 @@ def generated_with(root: str | Path) -> dict[str, Any] | None:
 
 def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: int = 500, image_size: int = 64,
                         questions_per_image: int = 6, seed: int = 0, show_progress: bool = True,
-                        max_objects: int = MAX_OBJECTS, one_colour_scenes: float = 0.0,
-                        extra_relation_questions: int = 0) -> dict[str, Any]:
+                        max_objects: int = MAX_OBJECTS, extra_relation_questions: int = 0) -> dict[str, Any]:
     """Writes the dataset in the official COCO/VQA layout under ``out`` and returns its summary.
 
     The same arguments always produce byte-identical files. ``max_objects`` (1-4) bounds the objects per image:
-    fewer make an easier world (a single object leaves no relation questions). ``one_colour_scenes`` (0-1) is the
-    fraction of scenes whose objects all share one colour, so that only their shapes and sizes tell them apart.
-    ``extra_relation_questions`` adds as many relation questions to each training image with two objects or more
-    (the validation split keeps every family's share equal).
+    fewer make an easier world (a single object leaves no relation questions). ``extra_relation_questions`` adds as
+    many relation questions to each training image with two objects or more (the validation split keeps every
+    family's share equal).
     """
     if not 1 <= max_objects <= MAX_OBJECTS:
         raise ValueError(f"max_objects must be between 1 and {MAX_OBJECTS}, got {max_objects}")
-    if not 0.0 <= one_colour_scenes <= 1.0:
-        raise ValueError(f"one_colour_scenes is a fraction between 0 and 1, got {one_colour_scenes}")
     out = Path(out)
     sizes = {"train2014": train_images, "val2014": val_images}
     splits = {}
     for split in SPLITS:
         progress = (lambda it, s=split: tqdm(it, desc=f"render {s}", unit="img")) if show_progress else iter
         splits[split] = generate_split(split, sizes[split], image_size, questions_per_image, seed,
-                                       out / "images" / split, progress, max_objects, one_colour_scenes,
+                                       out / "images" / split, progress, max_objects,
                                        extra_relation_questions if split == "train2014" else 0)
         write_split(out, split, splits[split])
     corpus = [pre_caption(c["caption"]) for d in splits.values() for c in d.captions]
@@ -79,7 +73,7 @@ def make_shapes_dataset(out: str | Path, train_images: int = 2000, val_images: i
     build_wordpiece_tokenizer(corpus, out / "tokenizer")
     summary = summarize(out)
     summary["generator"] = generator_settings(train_images, val_images, image_size, questions_per_image, seed,
-                                              max_objects, one_colour_scenes, extra_relation_questions)
+                                              max_objects, extra_relation_questions)
     # The folder is left out of the file so that the same arguments give identical files wherever they are written.
     write_json_atomic({k: v for k, v in summary.items() if k != "root"}, out / SUMMARY_FILE, indent=2)
     return summary

@@ -1,4 +1,4 @@
-"""The from-scratch options of the tiny configs: init_scheme xavier_qk, feature_pool mean, online_keys_steps."""
+"""The from-scratch options of the tiny configs: init_scheme xavier_qk, feature_pool mean, ITM negatives."""
 
 from pathlib import Path
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tcl.config import load_config
-from tcl.losses.contrastive_terms import cma_loss
 from tcl.models import TCLPretrainModel
 from tcl.models.bert import init_bert_weights
 from tcl.models.pooling import pool_image, pool_text
@@ -87,50 +86,12 @@ def test_mean_pooling_ignores_padding_and_the_image_class_token():
         assert torch.allclose(m.encode_text(ids, mask)[1], m.encode_text(padded_ids, padded_mask)[1], atol=1e-5)
 
 
-def test_online_keys_contrast_the_batch_with_itself():
-    m = model("loss.online_keys_steps=10")
-    image, image_aug, ids, mask = inputs()
-    torch.manual_seed(3)
-    out = m(image, image_aug, ids, mask, online_keys=True)
-    m.eval()  # no dropout: the features the loss saw can be recomputed
-    torch.manual_seed(3)
-    out = m(image, image_aug, ids, mask, online_keys=True)
-    _, image_feat = m.encode_image(image)
-    _, text_feat = m.encode_text(ids, mask)
-    i2t, t2i = cma_loss(image_feat, text_feat, image_feat, text_feat, m.temp)
-    assert out.losses["i2t"].item() == pytest.approx(i2t.item(), rel=1e-5)
-    assert out.losses["t2i"].item() == pytest.approx(t2i.item(), rel=1e-5)
-    # Momentum keys give another value, and the queues are filled either way.
-    assert m(image, image_aug, ids, mask).losses["i2t"].item() != pytest.approx(i2t.item(), rel=1e-3)
-
-
-def test_online_keys_send_gradient_through_both_towers_of_the_cma_term():
-    m = model("loss.online_keys_steps=10", "loss.imc_weight=0", "loss.lmi_weight=0", "loss.itm_weight=0",
-              "loss.mlm_weight=0", "loss.distill=false")
-    out = m(*inputs(), online_keys=True)
-    out.loss.backward()
-    assert m.text_proj.weight.grad.abs().sum() > 0 and m.vision_proj.weight.grad.abs().sum() > 0
-    # With momentum keys the text tower's gradient comes from t2i only; with online keys from i2t as well.
-    text_grad_online = m.text_proj.weight.grad.clone()
-    m.zero_grad()
-    m(*inputs()).loss.backward()
-    assert not torch.allclose(text_grad_online, m.text_proj.weight.grad)
-
-
 def test_the_paper_configs_keep_tcl():
     for name in ("pretrain_4m.yaml", "vqa.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert cfg.model.init_scheme == "bert" and cfg.model.feature_pool == "cls"
-        assert cfg.loss.online_keys_steps == 0 and cfg.loss.distill and cfg.loss.itm_negatives == "hard"
-        assert cfg.loss.intra_modal_warmup_steps == 0
+        assert cfg.loss.distill and cfg.loss.itm_negatives == "hard"
         assert not cfg.loss.skip_identical_captions and cfg.loss.itm_negative_pairs == "both"
-
-
-def test_negative_warmup_is_refused():
-    from tcl.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="online_keys_steps"):
-        config("loss.online_keys_steps=-1")
 
 
 def test_random_negatives_draw_itm_negatives_uniformly(monkeypatch):
@@ -183,43 +144,6 @@ def test_itm_negative_pairs_choose_which_negatives_are_fused(monkeypatch, pairs)
     assert torch.isfinite(m(*inputs()).losses["itm"])
 
 
-def test_the_intra_modal_warmup_scales_only_imc_and_lmi():
-    from tcl.engine.pretrain import intra_modal_scale
-
-    loss = config("loss.intra_modal_warmup_steps=100").loss
-    assert [intra_modal_scale(loss, s) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0]
-    assert intra_modal_scale(config().loss, 0) == 1.0  # off: TCL's weights from the first step
-    m = model()
-    for scale in (0.0, 0.5, 1.0):
-        torch.manual_seed(3)
-        out = m(*inputs(), intra_modal_scale=scale)
-        t, cfg = out.losses, m.loss_config
-        intra = cfg.imc_weight * (t["i2i"] + t["t2t"]) + cfg.lmi_weight * (t["lmi_image"] + t["lmi_text"])
-        expected = ((cfg.cma_weight * (t["i2t"] + t["t2i"]) + scale * intra) / 6 + cfg.itm_weight * t["itm"]
-                    + cfg.mlm_weight * t["mlm"])
-        assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    with pytest.raises(Exception, match="intra_modal_warmup_steps"):
-        config("loss.intra_modal_warmup_steps=-1")
-
-
-def test_the_online_keys_warmup_follows_the_step():
-    from tcl.engine.pretrain import pretrain_step
-
-    calls = []
-
-    class Recorder(torch.nn.Module):
-        loss_config = config("loss.online_keys_steps=3").loss
-
-        def forward(self, *args, **kwargs):
-            calls.append(kwargs["online_keys"])
-
-    image, image_aug, ids, mask = inputs(2)
-    batch = {"image": image, "image_aug": image_aug, "input_ids": ids, "attention_mask": mask}
-    for step in (0, 2, 3, 4):
-        pretrain_step(Recorder(), batch, 0.0, True, "cpu", step)
-    assert calls == [True, True, False, False]
-
-
 def test_identical_captions_are_never_itm_negatives(monkeypatch):
     import tcl.models.pretrain as pretrain
 
@@ -268,43 +192,3 @@ def test_the_caption_queue_follows_the_feature_queues():
     assert (m.caption_queue.keys[8:] == -1).all() and int(m.caption_queue.ptr) == int(m.text_queue.ptr) == 8
     assert "caption_queue.keys" in m.state_dict()
     assert "caption_queue.keys" not in model("loss.skip_identical_captions=false").state_dict()
-
-
-def test_pairs_of_the_same_image_are_never_itm_negatives(monkeypatch):
-    import tcl.models.pretrain as pretrain
-
-    seen = []
-    original = pretrain.sample_hard_negatives
-    monkeypatch.setattr(pretrain, "sample_hard_negatives", lambda w, g=None: seen.append(w.clone()) or original(w, g))
-    image, image_aug, ids, mask = inputs()
-    image_keys = torch.arange(8) + 100
-    image_keys[5] = image_keys[2]  # samples 2 and 5: two captions of one image
-    model("loss.skip_same_image=true", "loss.itm_negatives=hard")(image, image_aug, ids, mask, image_keys=image_keys)
-    assert seen and all(w[2, 5] == 0 and w[5, 2] == 0 and w[2, 1] > 0 for w in seen)
-
-
-def test_the_own_image_in_the_queue_is_no_negative(monkeypatch):
-    import tcl.models.pretrain as pretrain
-
-    captured = {}
-    original = pretrain.imc_loss
-    monkeypatch.setattr(pretrain, "imc_loss", lambda *a, **k: captured.update(k) or original(*a, **k))
-    m = model("loss.skip_same_image=true", "loss.skip_identical_captions=false")
-    image, image_aug, ids, mask = inputs()
-    m(image, image_aug, ids, mask, image_keys=torch.arange(8) + 100)
-    assert torch.equal(m.image_key_queue.keys[:8], torch.arange(8) + 100)
-    second = torch.arange(8) + 200
-    second[0] = 103  # the next batch meets image 103 again, under another caption
-    m(image, image_aug, ids.flip(0), mask.flip(0), image_keys=second)
-    for name in ("image_exclude", "text_exclude"):
-        exclude = captured[name]
-        assert exclude.shape == (8, 8 + 32)
-        assert exclude[0, 0] and exclude[0, 8 + 3]  # itself, and its own image queued one step earlier
-        assert exclude.sum() == 8 + 1
-
-
-def test_skip_same_image_needs_the_keys():
-    m = model("loss.skip_same_image=true")
-    with pytest.raises(ValueError, match="image_keys"):
-        m(*inputs())
-    assert "image_key_queue.keys" not in model("loss.skip_same_image=false").state_dict()

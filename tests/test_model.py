@@ -162,7 +162,7 @@ def test_itm_in_one_fusion_pass_equals_tcls_separate_passes(pairs):
     g = torch.Generator().manual_seed(4)
     sim_i2t, sim_t2i = torch.randn(BATCH, BATCH, generator=g), torch.randn(BATCH, BATCH, generator=g)
     torch.manual_seed(9)
-    got = model._itm(image_embeds, text_embeds, ids, mask, sim_i2t, sim_t2i)
+    got = model._itm(image_embeds, text_embeds, mask, sim_i2t, sim_t2i)
     # TCL's order: positives in one pass, then (text, negative image) and (negative text, image) rows in another.
     torch.manual_seed(9)
     negative_image = sample_hard_negatives(hard_negative_weights(sim_t2i))

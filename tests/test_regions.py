@@ -149,14 +149,14 @@ def test_the_region_term_trains_the_head_and_the_image_tower_only():
     with pytest.raises(ValueError, match="needs the batch's 'regions'"):
         model(*inputs)
     model.zero_grad()
-    loss, _ = model._regions(model.encode_image(inputs[0])[0], regions)
+    loss, _ = model.region_head.loss(model.encode_image(inputs[0])[0], regions)
     loss.backward()
     touched = {name.split(".")[0] for name, p in model.named_parameters()
                if p.grad is not None and p.grad.abs().sum() > 0}
     assert touched == {"region_head", "vision_encoder"}
     # One cross-entropy per class of words, each over the objects labelled in it (the padded object and the one
     # without a colour are ignored there, whatever their boxes), summed.
-    logits = model.classify_regions(model.encode_image(inputs[0])[0], regions["boxes"])
+    logits = model.region_head.classify(model.encode_image(inputs[0])[0], regions["boxes"])
     assert [part.shape[-1] for part in logits] == [len(SHAPES), 3, 2]
     expected = 0.0
     for k, part in enumerate(logits):
@@ -169,13 +169,18 @@ def test_a_batch_without_objects_gives_a_zero_term_that_keeps_the_graph():
     model = _model(1.0)
     inputs, regions = _inputs()
     embeds = model.encode_image(inputs[0])[0]
-    loss, accuracies = model._regions(embeds, {"boxes": regions["boxes"], "labels": torch.full((8, 2, 3), -100)})
-    assert loss.item() == 0.0 and loss.requires_grad and [a.item() for a in accuracies] == [0.0, 0.0, 0.0]
+    loss, diagnostics = model.region_head.loss(embeds, {"boxes": regions["boxes"],
+                                                         "labels": torch.full((8, 2, 3), -100)})
+    assert loss.item() == 0.0 and loss.requires_grad
+    assert {name: value.item() for name, value in diagnostics.items()} == {"region_accuracy": 0.0,
+                                                                           "region_attribute_accuracy": 0.0}
 
 
 def test_without_the_term_the_model_keeps_tcls_state_keys():
     assert not any(key.startswith("region_head") for key in _model(0.0).state_dict())
-    assert any(key.startswith("region_head") for key in _model(0.5).state_dict())
+    # The keys of the nn.Linear the head was before it became a part of its own: runs saved before load unchanged.
+    assert sorted(key for key in _model(0.5).state_dict() if key.startswith("region_head")) == [
+        "region_head.bias", "region_head.weight"]
 
 
 def test_region_set_of_the_generated_world_and_the_heads_accuracy(shapes_root):
@@ -221,19 +226,19 @@ def test_position_bands_are_named_from_the_boxes_in_the_view():
     model = TCLPretrainModel(config.model, config.loss, 60)
     inputs, regions = _inputs()
     # Column and row bands of each box centre (x, y in fractions of the view); padded objects stay ignored.
-    targets = model.region_targets(regions["boxes"], regions["labels"])
+    targets = model.region_head.targets(regions["boxes"], regions["labels"])
     real = regions["labels"][..., 0] >= 0
     assert torch.equal(targets[..., :3], regions["labels"])
     assert torch.equal(targets[..., 3][real], (regions["boxes"][..., 0][real] * 4).long())
     assert torch.equal(targets[..., 4][real], (regions["boxes"][..., 1][real] * 4).long())
     assert (targets[..., 3:][~real] == -100).all()
-    assert model.region_targets(torch.tensor([[[1.0, 0.0, 0.1, 0.1]]]), torch.zeros(1, 1, 3, dtype=torch.long)
+    assert model.region_head.targets(torch.tensor([[[1.0, 0.0, 0.1, 0.1]]]), torch.zeros(1, 1, 3, dtype=torch.long)
                                 )[0, 0, 3:].tolist() == [3, 0]  # the right edge is the last band
-    logits = model.classify_regions(model.encode_image(inputs[0])[0], regions["boxes"])
+    logits = model.region_head.classify(model.encode_image(inputs[0])[0], regions["boxes"])
     assert [part.shape[-1] for part in logits] == [len(SHAPES), 3, 2, 4, 4]
     out = model(*inputs, regions=regions)
     assert 0.0 <= out.diagnostics["region_position_accuracy"] <= 1.0
-    loss, _ = model._regions(model.encode_image(inputs[0])[0], regions)
+    loss, _ = model.region_head.loss(model.encode_image(inputs[0])[0], regions)
     expected = sum(torch.nn.functional.cross_entropy(part[targets[..., k] >= 0], targets[..., k][targets[..., k] >= 0])
                    for k, part in enumerate(logits))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

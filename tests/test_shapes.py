@@ -145,22 +145,6 @@ def test_annotations_carry_each_question_family_and_each_image_object_count(shap
         assert (image["num_objects"] == 1) == any(c.startswith("a single") for c in captions[image["id"]])
 
 
-def test_one_colour_scenes_paint_some_scenes_in_one_colour_and_leave_the_default_stream_alone():
-    from tcl.data.shapes import sample_scene
-
-    assert sample_scene(np.random.default_rng(5), 64) == sample_scene(np.random.default_rng(5), 64,
-                                                                      one_colour_scenes=0.0)
-    rng = np.random.default_rng(0)
-    scenes = [sample_scene(rng, 64, one_colour_scenes=1.0) for _ in range(30)]
-    assert all(len({o.color for o in scene}) == 1 for scene in scenes)
-    assert any(len(scene) > 1 for scene in scenes)
-    rng = np.random.default_rng(0)
-    mixed = [sample_scene(rng, 64, one_colour_scenes=0.5) for _ in range(200)]
-    several = [scene for scene in mixed if len(scene) > 1]
-    share = sum(len({o.color for o in scene}) == 1 for scene in several) / len(several)
-    assert 0.4 < share < 0.65  # half by choice, a few more by chance
-
-
 def test_max_objects_bounds_the_scenes_and_keeps_the_default_world(shapes_root, tmp_path):
     explicit = tmp_path / "explicit"
     make_shapes_dataset(explicit, show_progress=False, max_objects=4, **TINY_GENERATOR)

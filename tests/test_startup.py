@@ -37,7 +37,7 @@ def test_help_imports_nothing_heavy(argv):
     (["finetune-vqa", "--config", "missing.yaml"], "config file not found"),
     (["evaluate-vqa", "--run", "no/such/run"], "no such folder"),
     (["evaluate-retrieval", "--run", "."], "no config.yaml in it"),
-    (["pretrain", "loss.itm_swap_negatives=2"], "must lie in [0, 1]"),
+    (["pretrain", "loss.mlm_content_probability=2"], "must lie in [0, 1]"),
 ])
 def test_argument_and_config_errors_come_before_the_heavy_imports(argv, message):
     result = run_cli(*argv)

@@ -111,22 +111,6 @@ def test_switches_remove_steps():
     assert bare == ["RandomResizedCrop", "ToPixels"]
 
 
-def test_random_gray_is_torchvisions_grayscale_with_probability_p():
-    from torchvision.transforms.v2 import functional as TF
-
-    image = _noise(40, 30)
-    expected = _pixels(TF.rgb_to_grayscale(image, num_output_channels=3))
-    assert np.array_equal(_pixels(T.RandomGray(1.0)(image)), expected)
-    assert T.RandomGray(0.0)(image) is image
-    torch.manual_seed(0)
-    greyed = sum(np.array_equal(_pixels(T.RandomGray(0.5)(image)), expected) for _ in range(400))
-    assert 160 < greyed < 240
-    assert [type(step).__name__ for step in T.pretrain_transform(64, grayscale=0.5).transforms][-2:] == [
-        "RandomGray", "ToPixels"]
-    with pytest.raises(ValueError, match="probability"):
-        T.RandomGray(1.5)
-
-
 @pytest.mark.parametrize("input_size", [(64, 64), (320, 200), (90, 500), (40, 41)])
 @pytest.mark.parametrize("scale", [(0.2, 1.0), (0.8, 1.0), (1.0, 1.0)])
 def test_lean_crop_draws_and_resamples_as_torchvision(input_size, scale):
@@ -316,7 +300,7 @@ def test_large_jpegs_decode_at_the_scale_the_crops_need(tmp_path):
     big = tmp_path / "big.jpg"
     _scene(1600, 1200).save(big, quality=90)
     chain = T.pretrain_transform(256)
-    decode_size = T.chains_decode_size(chain, T.pretrain_transform(256, grayscale=0.5))
+    decode_size = T.chains_decode_size(chain, T.pretrain_transform(256, hflip=False))
     assert decode_size(1600, 1200) == (764, 573) and decode_size(640, 480) is None
     assert T.chains_decode_size(T.pretrain_transform(384))(1600, 1200) is None
     assert T.chains_decode_size(chain, T.test_transform(256)) is None  # a chain without a random crop: whole

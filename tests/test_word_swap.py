@@ -1,4 +1,4 @@
-"""Swapped-word captions: the ITM negatives of ``loss.itm_swap_negatives`` and the attribute-binding probe."""
+"""Swapped-word captions (the word classes of content-word masking) and the attribute-binding probe."""
 
 from pathlib import Path
 
@@ -60,33 +60,8 @@ def test_bad_classes_are_refused():
     with pytest.raises(ConfigError, match="swap_word_classes"):
         from tcl.config import validate
 
-        validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.itm_swap_negatives=0.5",
+        validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.mlm_content_probability=0.5",
                                                                     "loss.swap_word_classes=[]"]))
-
-
-def test_itm_negatives_include_the_swapped_captions(monkeypatch):
-    from tcl.models import TCLPretrainModel
-
-    cfg, model = small_model("loss.itm_swap_negatives=1.0")
-    seen = []
-    original = model.itm_logits
-    monkeypatch.setattr(model, "itm_logits", lambda t, m, i, index=None: seen.append((t.shape[0], m.clone()))
-                        or original(t, m, i, index))
-    ids = torch.tensor([[2, 5, 10, 20, 0], [2, 6, 7, 8, 9], [2, 11, 5, 0, 0], [2, 5, 5, 21, 6]])
-    mask = (ids != 0).long()
-    encoded = []
-    original_text = model.text_encoder.forward
-    monkeypatch.setattr(model.text_encoder, "forward", lambda i, m: encoded.append(i.clone()) or original_text(i, m))
-    images = torch.randn(4, 3, 32, 32)
-    out = model(images, images, ids, mask)
-    assert torch.isfinite(out.losses["itm"])
-    swapped = [batch for batch in encoded if batch.shape[0] == 3]  # rows 0, 2, 3 hold a class word
-    assert len(swapped) == 1 and ((swapped[0] != ids[[0, 2, 3]]).sum(dim=1) == 1).all()
-    # [positives | each text with a negative image | each image with a negative text]: the swapped rows' masks
-    negatives_mask = seen[-1][1][8:]
-    assert torch.equal(negatives_mask[[0, 2, 3]], mask[[0, 2, 3]])
-    with pytest.raises(ValueError, match="swap_word_ids"):
-        TCLPretrainModel(cfg.model, cfg.loss, 40)(images, images, ids, mask)
 
 
 def test_the_tiny_config_swaps_the_generated_worlds_words():
@@ -121,68 +96,3 @@ def test_content_word_masking_masks_the_class_words_more_often(monkeypatch):
     plain = TCLPretrainModel(cfg.model, cfg.loss, 40)  # no word ids: BERT's masking
     assert torch.isfinite(plain(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), ids,
                                 (ids != 0).long()).losses["mlm"])
-
-
-def test_cma_own_negative_is_one_more_i2t_column():
-    """cma_loss's own_text_negatives: the i2t row gets exactly one more negative logit (its own), rows not used get
-    none, t2i is untouched and the distillation targets give the new column no mass."""
-    from tcl.losses.contrastive_terms import cma_loss
-    from tcl.losses.objectives import contrastive_loss
-
-    torch.manual_seed(0)
-    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape), dim=-1)  # noqa: E731
-    image, text, image_all, text_all, own = unit(4, 8), unit(4, 8), unit(10, 8), unit(10, 8), unit(4, 8)
-    used = torch.tensor([True, False, True, True])
-    positive = torch.arange(4)
-    for objective in ("infonce", "debiased_neg", "debiased_pos"):
-        i2t, t2i = cma_loss(image, text, image_all, text_all, 0.1, objective=objective, own_text_negatives=own,
-                            own_text_negative_used=used)
-        plain_i2t, plain_t2i = cma_loss(image, text, image_all, text_all, 0.1, objective=objective)
-        sim = torch.cat([image @ text_all.T, (image * own).sum(1, keepdim=True)], dim=1)
-        exclude = torch.zeros(4, 11, dtype=torch.bool)
-        exclude[1, -1] = True
-        expected = contrastive_loss(sim, positive, 0.1, objective=objective, exclude=exclude)
-        assert torch.allclose(i2t, expected) and torch.equal(t2i, plain_t2i) and not torch.allclose(i2t, plain_i2t)
-    # Distillation: the soft targets of the first 10 columns stay those of plain CMA, the own column gets none.
-    i2t = cma_loss(image, text, image_all, text_all, 0.1, alpha=1.0, image_feat_m=image, text_feat_m=text,
-                   own_text_negatives=own, own_text_negative_used=used)[0]
-    soft = torch.softmax(image @ text_all.T / 0.1, dim=1)
-    logits = torch.cat([image @ text_all.T, (image * own).sum(1, keepdim=True)], 1) / 0.1
-    log_probs = torch.log_softmax(logits.masked_fill(exclude, float("-inf")), 1)  # row 1 has no own negative
-    assert torch.allclose(i2t, -(soft * log_probs[:, :10]).sum(1).mean(), atol=1e-6)
-
-
-def test_cma_swap_negatives_encode_the_swapped_captions_with_gradient(monkeypatch):
-    from tcl.config import validate
-
-    with pytest.raises(ConfigError, match="cma_swap_negatives"):
-        validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.cma_swap_negatives=0.5",
-                                                                    "loss.swap_word_classes=[]"]))
-    with pytest.raises(ConfigError, match="must lie in"):
-        validate(load_config(REPO / "configs/pretrain_tiny.yaml", ["loss.cma_swap_negatives=1.5"]))
-    ids = torch.tensor([[2, 5, 10, 20, 0], [2, 6, 7, 8, 9], [2, 11, 5, 0, 0], [2, 5, 5, 21, 6]])
-    mask = (ids != 0).long()
-    images = torch.randn(4, 3, 32, 32)
-    losses = {}
-    for share in (0.0, 1.0):
-        cfg, model = small_model(f"loss.cma_swap_negatives={share}")
-        encoded = []
-        original_text = model.text_encoder.forward
-
-        def recording(i, m, f=original_text, seen=encoded):
-            out = f(i, m)
-            seen.append((i.clone(), out.requires_grad))
-            return out
-
-        monkeypatch.setattr(model.text_encoder, "forward", recording)
-        torch.manual_seed(1)
-        out = model(images, images, ids, mask)
-        losses[share] = out.losses
-        class_words = torch.tensor(COLOURS + SHAPES)
-        # One more online pass, with gradient: the captions with one class word changed for another (MLM's masked
-        # copy changes words too, to [MASK] or random ids).
-        swapped = [grad for batch, grad in encoded
-                   if not torch.equal(batch, ids) and torch.isin(batch[batch != ids], class_words).all()]
-        assert swapped == ([True] if share else [])
-    assert torch.equal(losses[0.0]["t2i"], losses[1.0]["t2i"])
-    assert losses[1.0]["i2t"] > losses[0.0]["i2t"]  # a negative more in every row with a class word

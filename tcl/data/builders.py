@@ -61,13 +61,10 @@ def _resolve(config: Config, path: str) -> Path:
 
 
 def pretrain_transforms(config: Config) -> tuple[Callable, Callable]:
-    """TCL's pretraining augmentation: the online view's and the momentum view's (``data.teacher_grayscale``)."""
+    """TCL's pretraining augmentation: the online view's and the momentum view's (the same chain, drawn twice)."""
     data = config.data
-    chain = dict(crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip, color_jitter=data.color_jitter,
-                 randaugment=data.randaugment)
-    transform = pretrain_transform(config.model.image_size, **chain)
-    if data.teacher_grayscale > 0:
-        return transform, pretrain_transform(config.model.image_size, grayscale=data.teacher_grayscale, **chain)
+    transform = pretrain_transform(config.model.image_size, crop_scale=(data.crop_scale_min, 1.0), hflip=data.hflip,
+                                   color_jitter=data.color_jitter, randaugment=data.randaugment)
     return transform, transform
 
 
@@ -149,7 +146,6 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     if data.pretrain_source == "coco":
         if config.loss.grounding_weight > 0 or config.loss.region_class_weight > 0:
             kwargs["objects"] = coco_objects(_instances_files(config))
-            kwargs["varied_phrases"] = data.grounding_phrases == "varied"
             kwargs["grounding"] = config.loss.grounding_weight > 0
             kwargs["grounding_objects"] = config.loss.grounding_objects
         if config.loss.region_class_weight > 0:

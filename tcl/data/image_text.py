@@ -8,7 +8,6 @@ yields two independent augmentations of the image (TCL feeds the second one to t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import itertools
 import logging
@@ -226,23 +225,13 @@ def hf_table(name_or_path: str, image_column: str, caption_column: str, split: s
 # Dataset
 
 
-def image_key(value: Any, index: int) -> int:
-    """A non-negative int64 naming a row's image, the same in every process: the hash of its path, or of the row
-    index for a decoded image (one row per image in such tables). What ``loss.skip_same_image`` compares."""
-    if isinstance(value, dict) and "name" in value:  # a sample of a tar shard: its image's source name
-        value = value["name"]
-    name = str(value) if isinstance(value, (str, Path)) else f"row {index}"
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "big")
-
-
 class ImageTextDataset(TableDataset):
-    """Yields ``{"image", "image_aug", "caption", "image_key"}``: two augmented views, one normalised caption and the
-    image's key (``image_key``); with ``objects`` and ``grounding``, also ``"ground_phrase"`` and ``"ground_boxes"``:
-    one of the image's objects drawn at random, a phrase that names it alone (``referring_phrases``, drawn at random
-    among them with ``varied_phrases``) and its box in the first view (``box_in_crop``; phrase "" and box None when
-    no object can be named alone or the crop cut it off); with ``objects`` and ``region_classes``, ``"regions"``:
-    every object the first view still holds, as (box in the view, its labels: one per class of ``region_classes``,
-    ``region_labels``).
+    """Yields ``{"image", "image_aug", "caption"}``: two augmented views and one normalised caption; with
+    ``objects`` and ``grounding``, also ``"ground_phrase"`` and ``"ground_boxes"``: one of the image's objects drawn
+    at random, a phrase that names it alone by all its attributes (``referring_phrases``) and its box in the first
+    view (``box_in_crop``; phrase "" and box None when no object can be named alone or the crop cut it off); with
+    ``objects`` and ``region_classes``, ``"regions"``: every object the first view still holds, as (box in the view,
+    its labels: one per class of ``region_classes``, ``region_labels``).
 
     Args:
         table: rows with an image (path string, or a decoded image for HF tables) and caption(s).
@@ -250,7 +239,6 @@ class ImageTextDataset(TableDataset):
         transform: image transform applied twice, independently.
         aug_transform: the second view's transform instead (the momentum encoders' view), if given.
         objects: the objects of each image path (``coco_objects``), for the grounding term.
-        varied_phrases: name the object by any sub-phrase that picks it out, not only by all its attributes.
         grounding: with ``objects``, give the grounding term's phrase and box (off when only the region term reads
             the objects).
         region_classes: the region classification term's classes of words, in the head's order: the categories,
@@ -264,7 +252,7 @@ class ImageTextDataset(TableDataset):
                  max_words: int = 30, max_image_pixels: int | None = None, image_column: str = "image",
                  caption_column: str = "captions", skipped_at_indexing: Counter | None = None, seed: int = 0,
                  aug_transform: Callable | None = None,
-                 objects: dict[str, list[BoxedObject]] | None = None, varied_phrases: bool = False,
+                 objects: dict[str, list[BoxedObject]] | None = None,
                  grounding: bool = True, region_classes: Sequence[Sequence[str]] | None = None,
                  grounding_objects: int = 1):
         super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
@@ -275,7 +263,6 @@ class ImageTextDataset(TableDataset):
         self.caption_column = caption_column
         self.aug_transform = aug_transform or transform
         self.objects = objects
-        self.varied_phrases = varied_phrases
         self.grounding = grounding
         self.grounding_objects = grounding_objects
         self.region_classes = region_classes
@@ -288,14 +275,12 @@ class ImageTextDataset(TableDataset):
         caption = draw_caption(row[self.caption_column], self.max_words, row[self.image_column])
         image = self._image(row[self.image_column])
         if self.objects is None:
-            return {"image": self.transform(image), "image_aug": self.aug_transform(image), "caption": caption,
-                    "image_key": image_key(row[self.image_column], index)}
+            return {"image": self.transform(image), "image_aug": self.aug_transform(image), "caption": caption}
         # The same draws as without objects, in the same order, then the object's: the views do not change.
         objects = self.objects.get(str(row[self.image_column]), [])
         view, crop = self.view_with_crop(image)
         image_aug = self.aug_transform(image)
-        sample = {"image": view, "image_aug": image_aug, "caption": caption,
-                  "image_key": image_key(row[self.image_column], index)}
+        sample = {"image": view, "image_aug": image_aug, "caption": caption}
         if self.grounding:
             sample.update(self._grounding_fields(objects, crop))
         if self.region_classes is not None:
@@ -308,7 +293,7 @@ class ImageTextDataset(TableDataset):
         phrases joined by "and" and their boxes in the view, in that order (``ground_boxes``: None for a place no
         object fills; phrase "" and no box when no object can be named alone or the crop cut the first one off)."""
         named = [(k, found) for k in range(len(objects))
-                 if (found := referring_phrases(objects, k, self.varied_phrases))]
+                 if (found := referring_phrases(objects, k))]
         phrases, boxes = [], []
         while named and len(boxes) < self.grounding_objects:
             k, found = named.pop(int(torch.randint(len(named), ())))
@@ -361,7 +346,6 @@ class PretrainCollator:
         batch = {"image": torch.stack([s["image"] for s in samples]),
                  "image_aug": torch.stack([s["image_aug"] for s in samples]),
                  "input_ids": text.input_ids, "attention_mask": text.attention_mask,
-                 "image_keys": torch.tensor([s["image_key"] for s in samples], dtype=torch.long),
                  "captions": [s["caption"] for s in samples], "skipped": merge_skipped(samples)}
         if samples and "ground_boxes" in samples[0]:
             batch["grounding"] = self._grounding(samples)

@@ -112,17 +112,13 @@ class QA:
 MAX_OBJECTS = 4
 
 
-def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = MAX_OBJECTS,
-                 one_colour_scenes: float = 0.0) -> list[SceneObject]:
-    """Samples 1..``max_objects`` objects that do not overlap and stay inside the image; a ``one_colour_scenes``
-    fraction of the scenes paint all their objects in one colour, so that only shapes and sizes tell them apart."""
+def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = MAX_OBJECTS) -> list[SceneObject]:
+    """Samples 1..``max_objects`` objects that do not overlap and stay inside the image."""
     num_objects = int(rng.integers(1, max_objects + 1))
-    # Drawn only when asked for, so that the default world's random stream (and its files) stay as they were.
-    one_colour = one_colour_scenes > 0 and rng.random() < one_colour_scenes
     while True:
         objects: list[SceneObject] = []
         for _ in range(num_objects):
-            placed = place_object(rng, image_size, objects, objects[0].color if one_colour and objects else None)
+            placed = place_object(rng, image_size, objects)
             if placed is None:
                 break
             objects.append(placed)
@@ -130,12 +126,10 @@ def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int = M
             return objects
 
 
-def place_object(rng: np.random.Generator, image_size: int, others: list[SceneObject],
-                  color: str | None = None) -> SceneObject | None:
-    """One object of random colour (or ``color``), shape and size, placed at random clear of ``others`` and of the
-    border; None when 100 tries find no room."""
-    drawn = str(rng.choice(list(COLORS)))  # drawn even when ``color`` is given: the random stream stays the same
-    color = color or drawn
+def place_object(rng: np.random.Generator, image_size: int, others: list[SceneObject]) -> SceneObject | None:
+    """One object of random colour, shape and size, placed at random clear of ``others`` and of the border; None
+    when 100 tries find no room."""
+    color = str(rng.choice(list(COLORS)))
     shape = str(rng.choice(SHAPES))
     size = str(rng.choice(list(SIZES)))
     r = SIZES[size] * image_size
@@ -395,10 +389,9 @@ class SplitData:
 
 def generate_split(split: str, num_images: int, image_size: int, questions_per_image: int, seed: int,
                    image_dir: Path, progress: Callable[[Iterator], Iterator] = iter,
-                   max_objects: int = MAX_OBJECTS, one_colour_scenes: float = 0.0,
-                   extra_relation_questions: int = 0) -> SplitData:
-    """Renders and annotates one split (scenes of 1..``max_objects`` objects, ``one_colour_scenes`` of them in a
-    single colour), writing its JPEG files into ``image_dir``. ``extra_relation_questions``: as many more relation
+                   max_objects: int = MAX_OBJECTS, extra_relation_questions: int = 0) -> SplitData:
+    """Renders and annotates one split (scenes of 1..``max_objects`` objects), writing its JPEG files into
+    ``image_dir``. ``extra_relation_questions``: as many more relation
     questions per image with two objects or more (drawn from a random stream of their own, so the images, captions
     and other questions are those of the same split without them)."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
@@ -410,7 +403,7 @@ def generate_split(split: str, num_images: int, image_size: int, questions_per_i
     for index in progress(range(num_images)):
         image_id = FIRST_IMAGE_ID[split] + index
         file_name = f"COCO_{split}_{image_id:012d}.jpg"
-        objects = sample_scene(rng, image_size, max_objects, one_colour_scenes)
+        objects = sample_scene(rng, image_size, max_objects)
         render_scene(objects, image_size, rng).save(image_dir / file_name, quality=92)
         data.images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
                             "license": 1, "coco_url": "", "flickr_url": "", "date_captured": "2014-01-01 00:00:00",

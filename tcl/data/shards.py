@@ -141,7 +141,7 @@ def shard_table(shards: list[Path], on_bad_sample: str, cache_dir: str | Path | 
                 ) -> tuple[datasets.Dataset, Counter]:
     """Indexes local tar shards: one row per sample with an image member, ``{"image": {"shard", "offset", "size",
     "name"}, "captions"}`` (captions from ``<key>.json``'s ``captions``, else ``<key>.txt``; ``name``, the image's
-    source path when the JSON gives it, names the image for ``loss.skip_same_image``). Samples without an image or a
+    source path when the JSON gives it). Samples without an image or a
     caption are bad samples (counted, or an error with ``data.on_bad_sample: error``)."""
     for shard in shards:
         if not shard.is_file():

@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tcl.data.bad_samples import warn_skip
-from tcl.data.image_text import PretrainCollator, draw_caption, image_key
+from tcl.data.image_text import PretrainCollator, draw_caption
 from tcl.data.images import as_rgb_image
 from tcl.data.sampling import seeded_sample
 from tcl.data.shards import image_member, sample_captions, sample_meta
@@ -365,8 +365,7 @@ class StreamDataset(IterableDataset):
         name = str(meta.get("image") or key)
         caption = draw_caption(sample_captions(meta, members.get("txt")), self.max_words, name)
         picture = as_rgb_image(image, self.max_image_pixels, decode_size=self.decode_size)
-        return {"image": self.transform(picture), "image_aug": self.aug_transform(picture), "caption": caption,
-                "image_key": image_key(name, 0)}
+        return {"image": self.transform(picture), "image_aug": self.aug_transform(picture), "caption": caption}
 
 
 class StreamLoader:

@@ -222,8 +222,7 @@ def shift_hue(image: Image.Image, shift: float) -> Image.Image:
 
 
 def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
-                       color_jitter: bool = True, randaugment: bool = True, grayscale: float = 0.0
-                       ) -> Callable[[Image.Image], torch.Tensor]:
+                       color_jitter: bool = True, randaugment: bool = True) -> Callable[[Image.Image], torch.Tensor]:
     """TCL's pretraining augmentation, one view (the datasets draw it once per view TCL contrasts).
 
     Args:
@@ -232,12 +231,11 @@ def pretrain_transform(image_size: int, crop_scale: tuple[float, float] = (0.2, 
         hflip: random horizontal flip.
         color_jitter: colour jitter (p 0.8), random grayscale (p 0.2) and Gaussian blur (p 0.5), switched together.
         randaugment: ``RandomAugment(2, 7)``.
-        grayscale: probability of a final ``RandomGray`` step (0: none; TCL has none beyond colour jitter's).
 
     Returns:
         A callable from an RGB PIL image to a uint8 tensor of shape (3, image_size, image_size).
     """
-    return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment, grayscale)
+    return _augmented(image_size, crop_scale, hflip, color_jitter, randaugment)
 
 
 def vqa_train_transform(image_size: int, crop_scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True,
@@ -361,26 +359,8 @@ class ToPixels:
         return f"{type(self).__name__}()"
 
 
-class RandomGray:
-    """With probability ``p``, the image in grey levels (PIL's ITU-R 601-2 luma, as torchvision's grayscale), still
-    three channels; drawn from torch's global RNG."""
-
-    def __init__(self, p: float):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"RandomGray needs a probability in [0, 1], got {p}")
-        self.p = float(p)
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if torch.rand(()).item() < self.p:
-            return image.convert("L").convert("RGB")
-        return image
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(p={self.p})"
-
-
 def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, color_jitter: bool,
-               randaugment: bool, grayscale: float = 0.0) -> v2.Compose:
+               randaugment: bool) -> v2.Compose:
     _check_size(image_size)
     low, high = crop_scale
     if not 0.0 < low <= high <= 1.0:
@@ -392,8 +372,6 @@ def _augmented(image_size: int, crop_scale: tuple[float, float], hflip: bool, co
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     if randaugment:
         steps.append(RandomAugment(2, 7))
-    if grayscale > 0:
-        steps.append(RandomGray(grayscale))
     return v2.Compose([*steps, ToPixels()])
 
 

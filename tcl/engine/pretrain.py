@@ -156,25 +156,9 @@ def build_model(config: Config, tokenizer, init: str | None) -> TCLPretrainModel
 
 
 def pretrain_step(model, batch: dict, alpha: float, boundary: bool, device, step: int = 0):
-    """One forward of the pretraining model on a collated batch (``step``: optimizer steps done so far)."""
-    loss = unwrap_config(model)
+    """One forward of the pretraining model on a collated batch (``step``: optimizer steps done so far, unused: the
+    terms do not change over a run)."""
     batch = to_device(batch, device)
     return model(batch["image"], batch["image_aug"], batch["input_ids"], batch["attention_mask"], alpha=alpha,
-                 step_boundary=boundary, online_keys=step < loss.online_keys_steps,
-                 image_keys=batch["image_keys"] if loss.skip_same_image else None,
-                 intra_modal_scale=intra_modal_scale(loss, step), grounding=batch.get("grounding"),
-                 regions=batch.get("regions"))
-
-
-def intra_modal_scale(loss, step: int) -> float:
-    """The IMC and LMI weights' factor after ``step`` optimizer steps: a linear ramp over
-    ``loss.intra_modal_warmup_steps`` (1 when that is 0)."""
-    if loss.intra_modal_warmup_steps <= 0:
-        return 1.0
-    return min(1.0, step / loss.intra_modal_warmup_steps)
-
-
-def unwrap_config(model):
-    """The loss config of a (possibly DDP- or DeepSpeed-wrapped) pretraining model."""
-    return getattr(model, "module", model).loss_config
+                 step_boundary=boundary, grounding=batch.get("grounding"), regions=batch.get("regions"))
 

@@ -28,14 +28,15 @@ def evaluate_regions(model, data: RegionSet, batch_size: int = 128, shard: Shard
     ``shard``, over every process's images."""
     model.eval()
     device = next(model.parameters()).device
-    classes = len(model.region_class_sizes)
+    head = model.region_head
+    classes = len(head.class_sizes)
     right = torch.zeros(classes, device=device)
     counted = torch.zeros(classes, device=device)
     for i in range(0, len(data.images), batch_size):
         embeds = model.encode_image(data.images[i:i + batch_size].to(device))[0]
         boxes, labels = data.boxes[i:i + batch_size].to(device), data.labels[i:i + batch_size].to(device)
-        targets = model.region_targets(boxes, labels)  # the word labels, then the position bands
-        logits = model.classify_regions(embeds, boxes)
+        targets = head.targets(boxes, labels)  # the word labels, then the position bands
+        logits = head.classify(embeds, boxes)
         for k, part in enumerate(logits):
             truth = targets[..., k]
             real = truth >= 0

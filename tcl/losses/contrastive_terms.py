@@ -18,8 +18,7 @@ def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: 
              text_feat_all: torch.Tensor, temperature: torch.Tensor | float, objective: Objective = "infonce",
              tau_plus: float = 0.1, include_self: bool = True, alpha: float = 0.0,
              image_feat_m: torch.Tensor | None = None, text_feat_m: torch.Tensor | None = None,
-             exclude: torch.Tensor | None = None, own_text_negatives: torch.Tensor | None = None,
-             own_text_negative_used: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-modal alignment: (L_i2t, L_t2i), momentum-distilled with weight α when momentum features are given.
     ``exclude`` [B, B + Q] marks keys that are no negatives of the row (see ``contrastive_loss``), both ways.
 
@@ -27,9 +26,6 @@ def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: 
         image_feat, text_feat: [B, d] online features.
         image_feat_all, text_feat_all: [B + Q, d] momentum features of the batch, then the queue.
         image_feat_m, text_feat_m: [B, d] momentum features that give the soft targets.
-        own_text_negatives: [B, d] one more text negative per image row, its own (e.g. its caption with a word
-            swapped, ``loss.cma_swap_negatives``); an extra i2t column that gets no distillation mass.
-        own_text_negative_used: [B] bool: the rows whose extra negative counts (the others' column is excluded).
     """
     positive = torch.arange(image_feat.shape[0], device=image_feat.device)
     sim_i2t, sim_t2i = image_feat @ text_feat_all.T, text_feat @ image_feat_all.T
@@ -38,46 +34,23 @@ def cma_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: 
         with torch.no_grad():
             soft_i2t = F.softmax(image_feat_m @ text_feat_all.T / temperature, dim=1)
             soft_t2i = F.softmax(text_feat_m @ image_feat_all.T / temperature, dim=1)
-    exclude_i2t = exclude
-    if own_text_negatives is not None:
-        sim_i2t, exclude_i2t, soft_i2t = _with_own_negative(sim_i2t, exclude, soft_i2t, image_feat, own_text_negatives,
-                                                            own_text_negative_used)
     common = dict(temperature=temperature, objective=objective, tau_plus=tau_plus, include_self=include_self,
                   alpha=alpha)
-    return (contrastive_loss(sim_i2t, positive, soft_targets=soft_i2t, exclude=exclude_i2t, **common),
+    return (contrastive_loss(sim_i2t, positive, soft_targets=soft_i2t, exclude=exclude, **common),
             contrastive_loss(sim_t2i, positive, soft_targets=soft_t2i, exclude=exclude, **common))
-
-
-def _with_own_negative(sim: torch.Tensor, exclude: torch.Tensor | None, soft: torch.Tensor | None,
-                       feat: torch.Tensor, negatives: torch.Tensor, used: torch.Tensor | None
-                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``sim`` [B, M] with a last column: each row's similarity to its own extra negative; ``exclude`` extended to
-    leave out the rows not ``used``, and ``soft`` with a zero column."""
-    sim = torch.cat([sim, (feat * negatives.to(feat.dtype)).sum(dim=1, keepdim=True)], dim=1)
-    if used is not None:
-        skip = ~used.bool()[:, None]
-        base = exclude if exclude is not None else torch.zeros_like(sim[:, :-1], dtype=torch.bool)
-        exclude = torch.cat([base, skip], dim=1)
-    elif exclude is not None:
-        exclude = torch.cat([exclude, torch.zeros_like(exclude[:, :1])], dim=1)
-    if soft is not None:
-        soft = torch.cat([soft, torch.zeros_like(soft[:, :1])], dim=1)
-    return sim, exclude, soft
 
 
 def imc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, image_feat_all: torch.Tensor,
              text_feat_all: torch.Tensor, temperature: torch.Tensor | float, objective: Objective = "infonce",
              tau_plus: float = 0.1, include_self: bool = True, image_weights: torch.Tensor | None = None,
-             text_exclude: torch.Tensor | None = None, image_exclude: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             text_exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Intra-modal contrast: (L_i2i, L_t2t). The positive of an online image is the momentum feature of its second
     view; the positive of an online text is its momentum feature (same tokens, other dropout and EMA weights).
-    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``); ``text_exclude`` / ``image_exclude``
-    [B, B + Q] mark text / image keys that are no negatives of the row (see ``contrastive_loss``)."""
+    ``image_weights`` [B] re-weight the image rows (UOTA, ``tcl.losses.uota``); ``text_exclude``
+    [B, B + Q] marks text keys that are no negatives of the row (see ``contrastive_loss``)."""
     positive = torch.arange(image_feat.shape[0], device=image_feat.device)
     common = dict(temperature=temperature, objective=objective, tau_plus=tau_plus, include_self=include_self)
-    return (contrastive_loss(image_feat @ image_feat_all.T, positive, row_weights=image_weights, exclude=image_exclude,
-                             **common),
+    return (contrastive_loss(image_feat @ image_feat_all.T, positive, row_weights=image_weights, **common),
             contrastive_loss(text_feat @ text_feat_all.T, positive, exclude=text_exclude, **common))
 
 

@@ -14,14 +14,15 @@ from transformers.models.bert.modeling_bert import BertLayer
 from tcl.config import LossConfig, ModelConfig, section_from_dict
 from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
 from tcl.losses.diagnostics import alignment, uniformity
-from tcl.losses.grounding import box_loss
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import mask_tokens, mlm_loss
 from tcl.losses.uota import pair_weights
 from tcl.models.convert import read_official_pretrain
+from tcl.models.grounding import GroundingHead
 from tcl.models.bert import FusionEncoder, FusionLayer, MLMHead, TextEncoder, bert_config, init_bert_weights
-from tcl.models.pooling import pool_boxes, pool_image, pool_text
+from tcl.models.pooling import pool_image, pool_text
 from tcl.models.momentum import FeatureQueue, GatherFn, KeyQueue, MomentumEncoders, identity_gather
+from tcl.models.regions import RegionHead
 from tcl.models.saving import (CONFIG_FILE, config_field, load_weights, on_cpu, read_model_config, resolve_model_dir,
                                save_weights, write_model_config)
 from tcl.models.surgery import load_strict
@@ -71,11 +72,6 @@ def caption_keys(input_ids: torch.Tensor) -> torch.Tensor:
     return keys
 
 
-def _either(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """Element-wise or of two optional masks (None where both are)."""
-    return b if a is None else a if b is None else a | b
-
-
 class TCLPretrainModel(nn.Module):
     """TCL: CMA + IMC + LMI contrastive terms with a swappable objective, ITM with hard negatives, MLM.
 
@@ -84,8 +80,8 @@ class TCLPretrainModel(nn.Module):
         loss: loss weights and objective.
         vocab_size: tokenizer vocabulary size.
         special: ids of [PAD], [CLS], [MASK].
-        swap_word_ids: token ids of ``loss.swap_word_classes`` (needed for ``loss.itm_swap_negatives`` and
-            ``loss.cma_swap_negatives``; the model is built without them for inference).
+        swap_word_ids: token ids of ``loss.swap_word_classes`` (the content words MLM masks more often with
+            ``loss.mlm_content_probability``; the model is built without them for inference).
     """
 
     def __init__(self, model: ModelConfig, loss: LossConfig, vocab_size: int, special: SpecialTokens = SpecialTokens(),
@@ -112,17 +108,12 @@ class TCLPretrainModel(nn.Module):
         self.text_queue = FeatureQueue(model.embed_dim, model.queue_size)
         if loss.skip_identical_captions:  # only then: the paper models keep TCL's (and the checkpoints') state keys
             self.caption_queue = KeyQueue(model.queue_size)
-        if loss.skip_same_image:
-            self.image_key_queue = KeyQueue(model.queue_size)
         self.word_swapper = WordSwapper(swap_word_ids, vocab_size) if swap_word_ids else None
-        if loss.grounding_weight > 0:  # only then, so the paper models keep TCL's state keys
-            hidden = model.hidden_size
-            self.grounding_head = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
-                                                nn.Linear(2 * hidden, 4 * loss.grounding_objects))
-        if loss.region_class_weight > 0:  # only then, as the grounding head
-            self.region_class_sizes = [len(loss.region_categories), *(len(w) for w in loss.region_attributes),
-                                       *[loss.region_position_bins] * (2 if loss.region_position_bins else 0)]
-            self.region_head = nn.Linear(model.vision_width, sum(self.region_class_sizes))
+        # The auxiliary objectives, parts of their own (tcl.models.grounding, tcl.models.regions); each exists only
+        # when its term is on, so the paper models keep TCL's state keys.
+        self.grounding_head = GroundingHead(model.hidden_size, loss.grounding_objects) \
+            if loss.grounding_weight > 0 else None
+        self.region_head = RegionHead(model.vision_width, loss) if loss.region_class_weight > 0 else None
         self.gather: GatherFn = identity_gather
 
     # -- public surface ------------------------------------------------------------------------------------------
@@ -190,7 +181,6 @@ class TCLPretrainModel(nn.Module):
 
     def forward(self, image: torch.Tensor, image_aug: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, alpha: float = 0.0, step_boundary: bool = True,
-                online_keys: bool = False, image_keys: torch.Tensor | None = None, intra_modal_scale: float = 1.0,
                 grounding: dict[str, torch.Tensor] | None = None,
                 regions: dict[str, torch.Tensor] | None = None) -> PretrainOutput:
         """All TCL losses for one batch.
@@ -201,11 +191,6 @@ class TCLPretrainModel(nn.Module):
             alpha: distillation weight (ramped by the trainer).
             step_boundary: whether this batch starts an optimizer step: the momentum update and the enqueue happen
                 only then, so gradient accumulation advances them once per optimizer step.
-            online_keys: CMA contrasts the online features of the batch with each other (CLIP's in-batch loss,
-                gradient through both sides, no distillation) instead of momentum keys and queues: the from-scratch
-                warm-up of ``loss.online_keys_steps``. Momentum updates and enqueues go on as usual.
-            image_keys: [B] int64 key of each row's image (``image_key``), needed by ``loss.skip_same_image``.
-            intra_modal_scale: factor on the IMC and LMI weights (``loss.intra_modal_warmup_steps``' ramp).
             grounding: the collated batch's ``grounding`` (phrases, boxes, valid rows), needed by
                 ``loss.grounding_weight``.
             regions: the collated batch's ``regions`` (boxes [B, R, 4] in the first view, labels [B, R, C]), needed by
@@ -219,26 +204,15 @@ class TCLPretrainModel(nn.Module):
         distill_alpha = alpha if cfg.distill else 0.0
         common = dict(objective=cfg.objective, tau_plus=cfg.tau_plus, include_self=cfg.include_self)
         keys = caption_keys(input_ids) if cfg.skip_identical_captions else None
-        image_keys = self._checked_image_keys(image_keys, input_ids.shape[0])
-        same_image = self._queued_matches(image_keys, "image_key_queue")  # [B, B + Q]: pairs of the row's own image
         copies = self._queued_matches(keys, "caption_queue")  # [B, B + Q]: pairs holding a copy of the row's caption
-        copies = _either(copies, same_image)
         batch = input_ids.shape[0]
         terms = {}
-        own_negatives, own_used = self._swapped_caption_features(input_ids, attention_mask)
-        common_cma = dict(own_text_negatives=own_negatives, own_text_negative_used=own_used, **common)
-        if online_keys:
-            terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, image_feat, text_feat, temp,
-                                                  exclude=None if copies is None else copies[:, :batch], **common_cma)
-        else:
-            terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all,
-                                                  teacher.text_feat_all, temp, alpha=distill_alpha,
-                                                  image_feat_m=teacher.image_feat, text_feat_m=teacher.text_feat,
-                                                  exclude=copies, **common_cma)
+        terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
+                                              temp, alpha=distill_alpha, image_feat_m=teacher.image_feat,
+                                              text_feat_m=teacher.text_feat, exclude=copies, **common)
         image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, image_weights=image_weights, text_exclude=copies,
-                                              image_exclude=same_image, **common)
+                                              temp, image_weights=image_weights, text_exclude=copies, **common)
         terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, **common)
         terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, **common)
         if step_boundary:
@@ -246,39 +220,23 @@ class TCLPretrainModel(nn.Module):
             self.text_queue.enqueue(self.gather(teacher.text_feat))
             if keys is not None:
                 self.caption_queue.enqueue(self.gather(keys))
-            if image_keys is not None:
-                self.image_key_queue.enqueue(self.gather(image_keys))
         sim_i2t = image_feat @ teacher.text_feat.T / temp
         sim_t2i = text_feat @ teacher.image_feat.T / temp
         if cfg.itm_negatives == "random":  # equal weights: every other sample of the batch is as likely
             sim_i2t, sim_t2i = torch.zeros_like(sim_i2t), torch.zeros_like(sim_t2i)
         same_text = None if copies is None else copies[:, :batch]
-        terms["itm"] = self._itm(image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text)
+        terms["itm"] = self._itm(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text)
         terms["mlm"] = self._mlm(input_ids, attention_mask, image_embeds, teacher.image_embeds, distill_alpha)
-        if cfg.grounding_weight > 0:
-            terms["grounding"] = self._grounding(image_embeds, grounding)
         diagnostics = {"alignment": alignment(image_feat, text_feat).detach(),
                        "uniformity_image": uniformity(image_feat).detach(),
                        "uniformity_text": uniformity(text_feat).detach(), "temperature": temp.detach()[0]}
-        if cfg.region_class_weight > 0:
-            terms["regions"], accuracies = self._regions(image_embeds, regions)
-            diagnostics["region_accuracy"] = accuracies[0]
-            attributes = len(cfg.region_attributes)
-            if attributes:
-                diagnostics["region_attribute_accuracy"] = torch.stack(accuracies[1:1 + attributes]).mean()
-            if cfg.region_position_bins:
-                diagnostics["region_position_accuracy"] = torch.stack(accuracies[1 + attributes:]).mean()
-        total = self._total(terms, intra_modal_scale)
+        if self.grounding_head is not None:
+            terms["grounding"] = self._grounding(image_embeds, grounding)
+        if self.region_head is not None:
+            terms["regions"], region_diagnostics = self.region_head.loss(image_embeds, regions)
+            diagnostics.update(region_diagnostics)
+        total = self._total(terms)
         return PretrainOutput(total, {name: value.detach() for name, value in terms.items()}, diagnostics)
-
-    def _checked_image_keys(self, image_keys: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """The image keys when ``loss.skip_same_image`` uses them (an error when they are missing), else None."""
-        if not self.loss_config.skip_same_image:
-            return None
-        if image_keys is None or image_keys.shape != (batch,):
-            raise ValueError("loss.skip_same_image needs image_keys [B] (the collated batch's 'image_keys'); got "
-                             f"{None if image_keys is None else tuple(image_keys.shape)}")
-        return image_keys.long()
 
     def _queued_matches(self, keys: torch.Tensor | None, queue: str) -> torch.Tensor | None:
         """[B, B + Q] bool: batch and queue entries whose key (in ``queue``) is the row's, the row itself included;
@@ -287,10 +245,10 @@ class TCLPretrainModel(nn.Module):
             return None
         return keys[:, None] == torch.cat([keys, getattr(self, queue).keys])[None, :]
 
-    def _total(self, terms: dict[str, torch.Tensor], intra_modal_scale: float = 1.0) -> torch.Tensor:
+    def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.loss_config
-        intra_modal = intra_modal_scale * (cfg.imc_weight * (terms["i2i"] + terms["t2t"])
-                                           + cfg.lmi_weight * (terms["lmi_image"] + terms["lmi_text"]))
+        intra_modal = (cfg.imc_weight * (terms["i2i"] + terms["t2t"])
+                       + cfg.lmi_weight * (terms["lmi_image"] + terms["lmi_text"]))
         contrastive = (cfg.cma_weight * (terms["i2t"] + terms["t2i"]) + intra_modal) / len(CONTRASTIVE_TERMS)
         total = contrastive + cfg.itm_weight * terms["itm"] + cfg.mlm_weight * terms["mlm"]
         if "grounding" in terms:
@@ -305,48 +263,14 @@ class TCLPretrainModel(nn.Module):
         (``loss.grounding_objects``) each phrase names in its image, in the phrase's order (``image_index`` as in
         ``fuse``), from the fused state pooled as ``model.feature_pool`` says."""
         fused = self.fuse(self.text_encoder(input_ids, attention_mask), attention_mask, image_embeds, image_index)
-        pooled = pool_text(fused, attention_mask, self.model_config.feature_pool)
-        return self.grounding_head(pooled).float().sigmoid().unflatten(-1, (-1, 4))
+        return self.grounding_head.boxes(pool_text(fused, attention_mask, self.model_config.feature_pool))
 
     def _grounding(self, image_embeds: torch.Tensor, grounding: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if grounding is None:
             raise ValueError("loss.grounding_weight > 0 needs the batch's 'grounding' (phrases and boxes: "
                              "data.pretrain_instances)")
         boxes = self.predict_boxes(image_embeds, grounding["input_ids"], grounding["attention_mask"])
-        return box_loss(boxes.flatten(0, 1), grounding["boxes"].flatten(0, 1), grounding["valid"].flatten())
-
-    def classify_regions(self, image_embeds: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
-        """Logits [B, R, n] of the boxes [B, R, 4] (``pool_boxes``) from the image tokens alone, one tensor per
-        class of words: the categories (``loss.region_categories``), then each of ``loss.region_attributes``, then
-        (with ``loss.region_position_bins``) the column band and the row band (``region_targets``)."""
-        return list(self.region_head(pool_boxes(image_embeds, boxes)).float().split(self.region_class_sizes, dim=-1))
-
-    def region_targets(self, boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The labels [B, R, C] the region head is scored against: the objects' word labels, then (with
-        ``loss.region_position_bins``) the column and row band of each box's centre in the view."""
-        bins = self.loss_config.region_position_bins
-        if not bins:
-            return labels
-        bands = (boxes[..., :2] * bins).long().clamp(0, bins - 1)  # [B, R, 2]: column, row
-        return torch.cat([labels, bands.masked_fill(labels[..., :1] < 0, -100)], dim=-1)
-
-    def _regions(self, image_embeds: torch.Tensor,
-                 regions: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The region head's cross-entropy, summed over its classes of words (each the mean over the batch's
-        objects that have a label in it), and its accuracy in each class (diagnostics)."""
-        if regions is None:
-            raise ValueError("loss.region_class_weight > 0 needs the batch's 'regions' (boxes and categories: "
-                             "data.pretrain_instances)")
-        loss, accuracies = image_embeds.sum() * 0.0, []
-        targets = self.region_targets(regions["boxes"], regions["labels"])
-        for k, logits in enumerate(self.classify_regions(image_embeds, regions["boxes"])):
-            labels = targets[..., k]
-            real = (labels >= 0).float()  # masks, not boolean indexing: shapes that never wait for the device
-            count = real.sum().clamp_min(1.0)
-            per_object = F.cross_entropy(logits.flatten(0, 1), labels.flatten().clamp_min(0), reduction="none")
-            loss = loss + (per_object * real.flatten()).sum() / count
-            accuracies.append(((logits.argmax(dim=-1) == labels).float() * real).sum().detach() / count)
-        return loss, accuracies
+        return self.grounding_head.loss(boxes, grounding)
 
     @torch.no_grad()
     def _teacher(self, image_aug, input_ids, attention_mask, step_boundary: bool) -> _Teacher:
@@ -366,12 +290,12 @@ class TCLPretrainModel(nn.Module):
                         torch.cat([image_feat, self.image_queue.features().to(image_feat.dtype)]),
                         torch.cat([text_feat, self.text_queue.features().to(text_feat.dtype)]))
 
-    def _itm(self, image_embeds, text_embeds, input_ids, attention_mask, sim_i2t, sim_t2i, same_text=None
+    def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, same_text=None
              ) -> torch.Tensor:
         """Positive pairs plus, per image and per text, one hard negative drawn by similarity (with
         ``loss.itm_negative_pairs: half``, a negative text for the first half of the images and a negative image for
         the second half of the texts); ``same_text`` [B, B] marks pairs of samples that match anyway (identical
-        captions, or the same image), which are never drawn as each other's negatives."""
+        captions), which are never drawn as each other's negatives."""
         batch = image_embeds.shape[0]
         own = torch.arange(batch, device=image_embeds.device)
         if batch == 1:  # no other sample to contrast with
@@ -383,9 +307,7 @@ class TCLPretrainModel(nn.Module):
                                                                                                             0.0)
             negative_image = sample_hard_negatives(weights_t2i)
             negative_text = sample_hard_negatives(weights_i2t)
-        negative_texts, negative_masks = self._swapped_negatives(text_embeds[negative_text],
-                                                                 attention_mask[negative_text], input_ids,
-                                                                 attention_mask)
+        negative_texts, negative_masks = text_embeds[negative_text], attention_mask[negative_text]
         # Positives first, then the negatives; one fusion pass over all of them, every row naming its image, so that
         # each image's keys and values are projected once (the same maths as TCL's two passes).
         if self.loss_config.itm_negative_pairs == "half":
@@ -399,44 +321,6 @@ class TCLPretrainModel(nn.Module):
             masks = torch.cat([attention_mask, attention_mask, negative_masks])
             images = torch.cat([own, negative_image, own])
         return itm_loss(self.itm_logits(texts, masks, image_embeds, images), batch)
-
-    def _swapped_caption_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """For ``loss.cma_swap_negatives``: the online features [B, d] of each row's caption with one class word
-        swapped (with gradient, so that the text tower learns to tell the two apart as well), and [B] bool: the rows
-        that use theirs (a ``cma_swap_negatives`` share of those whose caption has a class word); (None, None) when
-        the option is off."""
-        share = self.loss_config.cma_swap_negatives
-        if share <= 0:
-            return None, None
-        swapped_ids, used = self._draw_swapped("loss.cma_swap_negatives", share, input_ids, attention_mask)
-        return self.encode_text(swapped_ids, attention_mask)[1], used
-
-    @torch.no_grad()
-    def _draw_swapped(self, option: str, share: float, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The captions with one class word swapped, and [B] bool: a ``share`` of the rows that hold a class word
-        (the rows the ``option`` uses)."""
-        if self.word_swapper is None:
-            raise ValueError(f"{option} needs the model built with swap_word_ids (the token ids of "
-                             "loss.swap_word_classes)")
-        swapped_ids, changed = self.word_swapper(input_ids, attention_mask)
-        return swapped_ids, changed & (torch.rand(changed.shape, device=changed.device) < share)
-
-    def _swapped_negatives(self, negative_texts: torch.Tensor, negative_masks: torch.Tensor, input_ids: torch.Tensor,
-                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ITM's text negatives [B, L, D] and their masks, with a ``loss.itm_swap_negatives`` share of rows replaced
-        by the row's own caption with one class word swapped (encoded here, with gradient)."""
-        share = self.loss_config.itm_swap_negatives
-        if share <= 0:
-            return negative_texts, negative_masks
-        swapped_ids, use = self._draw_swapped("loss.itm_swap_negatives", share, input_ids, attention_mask)
-        if not use.any():
-            return negative_texts, negative_masks
-        negative_texts, negative_masks = negative_texts.clone(), negative_masks.clone()
-        negative_texts[use] = self.text_encoder(swapped_ids[use], attention_mask[use]).to(negative_texts.dtype)
-        negative_masks[use] = attention_mask[use]
-        return negative_texts, negative_masks
 
     def _mlm(self, input_ids, attention_mask, image_embeds, image_embeds_m, alpha: float) -> torch.Tensor:
         """MLM on a re-encoded masked copy of the text, scored at every position (``mlm_loss``)."""

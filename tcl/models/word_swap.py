@@ -2,8 +2,8 @@
 
 Such a caption differs from the true one only where the image has to be looked at, so it is a negative that colour
 counts or caption length cannot give away: NegCLIP's swapped-word negatives (Yuksekgonul et al., 2023), here on
-token ids so that the swap happens in the forward pass on whatever batch arrives. Used for ITM negatives
-(``loss.itm_swap_negatives``) and for the attribute-binding probe of ``tcl.evaluation.retrieval``.
+token ids so that the swap happens in the forward pass on whatever batch arrives. Used by the attribute-binding
+probe of ``tcl.evaluation.retrieval``; ``swappable`` also names the content words MLM masks more often.
 """
 
 from __future__ import annotations

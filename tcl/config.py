@@ -441,29 +441,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 # Options removed from the code: (the value every run had unless asked otherwise, what became of it). A run folder's
 # config.yaml written before the removal still loads: the key is dropped when it holds that value. Any other value,
 # and any override of the key, is refused with the reason, so that no run silently does something else than asked.
-# The last commit that had every option below.
-_HAD_THEM = "removed after commit 6f86a42, docs/BENCHMARKS.md"
+# Each was last in commit 6f86a42; the docs keep what was measured.
 RETIRED: dict[str, tuple[Any, str]] = {
-    "model.pos_embed_scale": (1.0, f"the sine-cosine grid's amplitude, no gain at 0.5; {_HAD_THEM}, "
-                                   "'A third kind of machine'"),
-    "loss.align_uniform_weight": (0.0, "an alignment-uniformity loss term that no config used and no run measured; "
-                                       "removed after commit 6f86a42"),
-    "data.grounding_phrases": ("full", f"objects named by any sub-phrase that names them alone, no gain; "
-                                       f"{_HAD_THEM}, 'A third kind of machine'"),
-    "data.teacher_grayscale": (0.0, f"the momentum view greyed with this probability, no gain; {_HAD_THEM}, "
-                                    "'What the image tower keeps of shapes'"),
-    "data.shapes.one_colour_scenes": (0.0, f"scenes of one colour in the generated world, no gain; {_HAD_THEM}, "
-                                           "'Two more shape levers'"),
+    "model.pos_embed_scale": (1.0, "the sine-cosine grid's amplitude, no gain at 0.5: "
+                                   "docs/BENCHMARKS.md, 'A third kind of machine'"),
+    "loss.align_uniform_weight": (0.0, "an alignment-uniformity loss term that no config used and no run measured"),
+    "data.grounding_phrases": ("full", "objects named by any sub-phrase that names them alone, no gain: "
+                                       "docs/BENCHMARKS.md, 'A third kind of machine'"),
+    "data.teacher_grayscale": (0.0, "the momentum view greyed with this probability, no gain: "
+                                    "docs/BENCHMARKS.md, 'What the image tower keeps of shapes'"),
+    "data.shapes.one_colour_scenes": (0.0, "scenes of one colour in the generated world, no gain: "
+                                           "docs/BENCHMARKS.md, 'Two more shape levers'"),
     "loss.online_keys_steps": (0, "a from-scratch warm-up of CMA on in-batch online features that no config used "
-                                  "and no finding kept; removed after commit 6f86a42"),
-    "loss.intra_modal_warmup_steps": (0, f"a ramp of IMC and LMI, no gain; {_HAD_THEM}, 'What the image tower keeps "
-                                         "of shapes'"),
-    "loss.skip_same_image": (False, f"no negatives from a row's own image, no gain; {_HAD_THEM}, 'What the "
-                                    "pretrained model knows'"),
-    "loss.itm_swap_negatives": (0.0, f"ITM negatives with one word swapped, no gain; {_HAD_THEM}, 'What the "
-                                     "pretrained model knows' and 'Relation questions'"),
-    "loss.cma_swap_negatives": (0.0, f"CMA negatives with one word swapped, no gain; {_HAD_THEM}, 'Two more shape "
-                                     "levers'"),
+                                  "and no finding kept"),
+    "loss.intra_modal_warmup_steps": (0, "a ramp of IMC and LMI, no gain: "
+                                         "docs/BENCHMARKS.md, 'What the image tower keeps of shapes'"),
+    "loss.skip_same_image": (False, "no negatives from a row's own image, no gain: "
+                                    "docs/BENCHMARKS.md, 'What the pretrained model knows'"),
+    "loss.itm_swap_negatives": (0.0, "ITM negatives with one word swapped, no gain: "
+                                     "docs/BENCHMARKS.md, 'What the pretrained model knows'"),
+    "loss.cma_swap_negatives": (0.0, "CMA negatives with one word swapped, no gain: "
+                                     "docs/BENCHMARKS.md, 'Two more shape levers'"),
 }
 
 
@@ -471,8 +469,8 @@ def _retired(dotted: str, value: Any, source: str) -> None:
     """Accepts a retired key holding its old default (it is then left out); refuses anything else."""
     default, why = RETIRED[dotted]
     if value != default:
-        raise ConfigError(f"{source}: '{dotted}' was removed ({why}). Only its old default ({default}) is accepted, "
-                          f"from run folders written before; leave it out.")
+        raise ConfigError(f"{source}: '{dotted}' was removed after commit 6f86a42 ({why}). Only its old default "
+                          f"({default}) is accepted, from run folders written before; leave it out.")
 
 
 def section_from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
@@ -555,7 +553,8 @@ def _apply_override(config: Config, item: str) -> None:
     parts = dotted.strip().split(".")
     node: Any = config
     if dotted.strip() in RETIRED:
-        raise ConfigError(f"{source}: '{dotted.strip()}' was removed ({RETIRED[dotted.strip()][1]}); leave it out.")
+        raise ConfigError(f"{source}: '{dotted.strip()}' was removed after commit 6f86a42 "
+                          f"({RETIRED[dotted.strip()][1]}); leave it out.")
     for depth, name in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(node)}
         if name not in fields:

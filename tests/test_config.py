@@ -152,7 +152,7 @@ def test_a_run_folder_written_before_an_option_was_removed_still_loads(tmp_path)
     assert load_config(path) == load_config("pretrain_tiny")
     saved["model"]["pos_embed_scale"] = 0.5
     path.write_text(yaml.safe_dump(saved))
-    with pytest.raises(ConfigError, match=r"'model\.pos_embed_scale' was removed \(the sine-cosine grid's amplitude"):
+    with pytest.raises(ConfigError, match=r"'model\.pos_embed_scale' was removed after commit 6f86a42 \(the sine-cos"):
         load_config(path)
     with pytest.raises(ConfigError, match=r"'loss\.align_uniform_weight' was removed"):
         load_config("pretrain_tiny", ["loss.align_uniform_weight=0.0"])

@@ -70,7 +70,7 @@ def test_a_moved_file_is_caught_where_it_is_still_named(tmp_path):
 BENCHMARKS_MENTION = re.compile(r"BENCHMARKS(?:\.md)?(?:\]\([^)\s]*\))?")
 BENCHMARKS_ANCHOR = re.compile(r"BENCHMARKS\.md#([\w\-]+)")
 QUOTE_GAP = re.compile(r"""(?:,|\s|#(?=\s)|"\s*\n\s*[rf]?"|and(?=\s))*""")
-QUOTED = re.compile(r"""(["'])((?:(?!\1)[^\n]|\n(?!\s*\n))+?)\1""")
+QUOTED = re.compile(r"""(["'])(?=[\w`])((?:(?!\1)[^\n]|\n(?!\s*\n))+?)\1""")  # a heading starts with a word
 LINE_BREAK = re.compile(r"\s*\n\s*(?:#\s*)?")
 
 

@@ -23,9 +23,7 @@ from tcl.data.tokenizer import run_tokenizer_dir, save_run_tokenizer, tokenizer_
 from tcl.engine.checkpoint import load_checkpoint
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
-from tcl.engine.run_lock import hold_output_folder
-from tcl.engine.runtime import (build_accelerator, check_distributed_setup, deterministic_algorithms, share_from_main,
-                                to_device)
+from tcl.engine.runtime import run_training, to_device
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.evaluation.answers import ANSWER_LIST, AnswerVocabulary, merge_normalized, soft_target_matrix
@@ -34,7 +32,6 @@ from tcl.models.pretrained import initialise_from_pretrained
 from tcl.models.saving import RUN_CONFIG, WORD_EMBEDDINGS, read_model_state
 from tcl.models.vqa import TCLVQAModel, vqa_model_from_config
 from tcl.pretrained_parts import check_parts, config_parts
-from tcl.run_folder import folder_start
 
 logger = logging.getLogger("tcl.finetune_vqa")
 
@@ -43,12 +40,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """The fine-tuning of ``tcl finetune-vqa`` (``tcl.engine.commands.finetune_vqa`` parses and checks its arguments
     and ``config`` first)."""
     check_parts(config_parts(config, weights=not config.vqa.init))
-    with deterministic_algorithms(config.train.deterministic):
-        accelerator = build_accelerator(config)
-        check_distributed_setup(accelerator, config)
-        with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
-                                folder_start(args.resume, args.overwrite)):
-            return _train(args, config, accelerator)
+    return run_training(args, config, _train)
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:

@@ -27,15 +27,12 @@ from tcl.engine.metrics import SAMPLE_KEYS
 from tcl.engine.evaluate_retrieval import results_name, retrieval_probe
 from tcl.engine.optim import build_optimizer, build_scheduler
 from tcl.engine.resume import checkpoint_to_resume, drop_metrics_after, world_of
-from tcl.engine.run_lock import hold_output_folder
-from tcl.engine.runtime import (build_accelerator, check_distributed_setup, deterministic_algorithms, evaluation_shard,
-                                feature_gather, share_from_main, to_device, unwrap)
+from tcl.engine.runtime import evaluation_shard, feature_gather, run_training, to_device, unwrap
 from tcl.engine.trainer import Trainer
 from tcl.errors import TclError
 from tcl.models import SpecialTokens, TCLPretrainModel
 from tcl.models.pretrained import initialise_from_pretrained
 from tcl.pretrained_parts import check_parts, config_parts
-from tcl.run_folder import folder_start
 
 logger = logging.getLogger("tcl.pretrain")
 
@@ -44,12 +41,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """The pretraining of ``tcl pretrain`` (``tcl.engine.commands.pretrain`` parses and checks its arguments and
     ``config`` first)."""
     check_parts(config_parts(config))
-    with deterministic_algorithms(config.train.deterministic):
-        accelerator = build_accelerator(config)
-        check_distributed_setup(accelerator, config)
-        with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
-                                folder_start(args.resume, args.overwrite)):
-            return _train(args, config, accelerator)
+    return run_training(args, config, _train)
 
 
 def _train(args: argparse.Namespace, config: Config, accelerator) -> int:

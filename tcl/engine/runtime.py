@@ -11,7 +11,9 @@ from datetime import timedelta
 import torch
 
 from tcl.config import Config, validate
+from tcl.engine.run_lock import hold_output_folder
 from tcl.errors import ConfigError
+from tcl.run_folder import folder_start
 
 logger = logging.getLogger(__name__)
 
@@ -179,3 +181,15 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def run_training(args, config: Config, train) -> int:
+    """What pretraining and fine-tuning share around their work: torch's deterministic setting
+    (``train.deterministic``), the accelerator and its distributed checks, and the output folder held for the run
+    (started as --resume and --overwrite say); ``train(args, config, accelerator)`` does the rest."""
+    with deterministic_algorithms(config.train.deterministic):
+        accelerator = build_accelerator(config)
+        check_distributed_setup(accelerator, config)
+        with hold_output_folder(config.train.output_dir, accelerator.is_main_process, share_from_main(accelerator),
+                                folder_start(args.resume, args.overwrite)):
+            return train(args, config, accelerator)

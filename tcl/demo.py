@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tcl.atomic import write_json_atomic
-from tcl.config import load_config, resolve_config
+from tcl.config import load_config
 
 logger = logging.getLogger("tcl.demo")
 # The region head's held-out accuracy (the pretraining evaluation writes it when loss.region_class_weight > 0).
@@ -177,7 +177,7 @@ def run_demo(out: str | Path, overrides: list[str] | None = None) -> dict[str, A
     start = time.perf_counter()
     out = Path(out)
     overrides = list(overrides or [])
-    config = load_config(resolve_config(VQA_CONFIG), overrides)
+    config = load_config(VQA_CONFIG, overrides)
     root, shapes = config.data.root, config.data.shapes
     prepare_world(root, shapes)
     summary = summarize(root)
@@ -219,7 +219,7 @@ def read_retrieval(pretrain_dir: Path, overrides: list[str]) -> dict[str, float]
     """The pretraining stage's final zero-shot retrieval, in percent (empty when the run had no retrieval file)."""
     from tcl.engine.evaluate_retrieval import results_name
 
-    path = pretrain_dir / results_name(load_config(resolve_config(PRETRAIN_CONFIG), overrides))
+    path = pretrain_dir / results_name(load_config(PRETRAIN_CONFIG, overrides))
     if not path.is_file():
         return {}
     results = json.loads(path.read_text())

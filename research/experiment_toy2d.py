@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcl.losses.objectives import contrastive_loss
+from tcl.losses.objectives import ContrastiveObjective, contrastive_loss
 
 THESIS = {"before": (1.508, 0.080), "infonce": (0.616, 0.897), "debiased_pos": (0.564, 0.911)}
 OBJECTIVES = ("infonce", "debiased_neg", "debiased_pos")
@@ -125,8 +125,8 @@ def metrics(f: nn.Module, g: nn.Module, a: torch.Tensor, b: torch.Tensor) -> tup
     return float((x - y).norm(dim=1).mean()), float(F.cosine_similarity(x, y, dim=1).mean())
 
 
-def train(objective: str, pairs: tuple, seed: int, epochs: int = 50, batch: int = 32, temperature: float = 0.5,
-          tau_plus: float = 0.1, include_self: bool = True):
+def train(objective: ContrastiveObjective, pairs: tuple, seed: int, epochs: int = 50, batch: int = 32,
+          temperature: float = 0.5):
     a_train, b_train, a_test, b_test = pairs
     torch.manual_seed(seed)
     f, g = encoder(), encoder()
@@ -140,9 +140,8 @@ def train(objective: str, pairs: tuple, seed: int, epochs: int = 50, batch: int 
                 continue
             x, y = f(a_train[index]), g(b_train[index])
             sim = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
-            options = dict(objective=objective, tau_plus=tau_plus, include_self=include_self)
-            contrastive = 0.5 * (contrastive_loss(sim, labels, temperature, **options) +
-                                 contrastive_loss(sim.T, labels, temperature, **options))
+            contrastive = 0.5 * (contrastive_loss(sim, labels, temperature, objective) +
+                                 contrastive_loss(sim.T, labels, temperature, objective))
             loss = contrastive + kl_to_standard_normal(x) + kl_to_standard_normal(y)
             optimizer.zero_grad()
             loss.backward()
@@ -213,8 +212,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     results: dict[str, dict] = {}
     examples = {}
     for objective in args.objectives:
-        runs = [train(objective, pairs, seed, args.epochs, temperature=args.temperature, tau_plus=args.tau_plus,
-                      include_self=not args.no_self) for seed in range(args.seeds)]
+        settings = ContrastiveObjective(objective, args.tau_plus, include_self=not args.no_self)
+        runs = [train(settings, pairs, seed, args.epochs, temperature=args.temperature) for seed in range(args.seeds)]
         examples[objective] = runs[0][2]
         results[objective] = {"mae": [r[1][0] for r in runs], "cosine": [r[1][1] for r in runs],
                               "before_mae": [r[0][0] for r in runs], "before_cosine": [r[0][1] for r in runs]}

@@ -164,7 +164,7 @@ def test_identical_captions_are_never_itm_negatives(monkeypatch):
 
 
 def test_copies_of_a_caption_are_no_contrastive_negatives():
-    from tcl.losses.objectives import contrastive_loss
+    from tcl.losses.objectives import ContrastiveObjective, contrastive_loss
 
     sim = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.8, 0.3]])
     positive = torch.tensor([0, 1])
@@ -173,7 +173,8 @@ def test_copies_of_a_caption_are_no_contrastive_negatives():
     without = contrastive_loss(sim[:1], positive[:1], 0.1, exclude=exclude[:1])
     assert without < with_copy
     assert without.item() == pytest.approx(contrastive_loss(sim[:1, [0, 2]], positive[:1], 0.1).item(), rel=1e-6)
-    for objective in ("debiased_neg", "debiased_pos"):  # N counts only the real negatives
+    for name in ("debiased_neg", "debiased_pos"):  # N counts only the real negatives
+        objective = ContrastiveObjective(name)
         expected = contrastive_loss(sim[:1, [0, 2]], positive[:1], 0.1, objective=objective)
         got = contrastive_loss(sim[:1], positive[:1], 0.1, objective=objective, exclude=exclude[:1])
         assert got.item() == pytest.approx(expected.item(), rel=1e-5)

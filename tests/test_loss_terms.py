@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
+from tcl.losses.contrastive_terms import MomentumTargets, cma_loss, imc_loss, lmi_loss, pool_image_regions
 from tcl.losses.diagnostics import alignment, uniformity
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import IGNORE, mask_tokens, mlm_loss
+from tcl.losses.objectives import ContrastiveObjective
 
 from test_objectives import reference_row
 
@@ -24,7 +25,7 @@ def test_cma_against_loop_with_distillation():
     image, text = unit(B, 8, seed=1), unit(B, 8, seed=2)
     image_m, text_m = unit(B, 8, seed=3), unit(B, 8, seed=4)
     image_all, text_all = torch.cat([image_m, unit(Q, 8, seed=5)]), torch.cat([text_m, unit(Q, 8, seed=6)])
-    i2t, t2i = cma_loss(image, text, image_all, text_all, t, alpha=alpha, image_feat_m=image_m, text_feat_m=text_m)
+    i2t, t2i = cma_loss(image, text, image_all, text_all, t, distill=MomentumTargets(image_m, text_m, alpha))
 
     def loop(anchor, anchor_m, columns):
         total = 0.0
@@ -42,12 +43,22 @@ def test_cma_against_loop_with_distillation():
     assert t2i.item() == pytest.approx(loop(text, text_m, image_all), rel=1e-9)
 
 
+def test_cma_distills_only_with_positive_alpha():
+    """The trainer passes MomentumTargets at α = 0 (ramp start, loss.distill off): that must be no distillation."""
+    image, text, image_m, text_m = (unit(3, 8, seed=seed) for seed in range(1, 5))
+    image_all, text_all = torch.cat([image_m, unit(2, 8, seed=5)]), torch.cat([text_m, unit(2, 8, seed=6)])
+    plain = cma_loss(image, text, image_all, text_all, 0.1)
+    off = cma_loss(image, text, image_all, text_all, 0.1, distill=MomentumTargets(image_m, text_m, 0.0))
+    on = cma_loss(image, text, image_all, text_all, 0.1, distill=MomentumTargets(image_m, text_m, 0.4))
+    assert all(torch.equal(a, b) for a, b in zip(plain, off)) and not torch.equal(plain[0], on[0])
+
+
 @pytest.mark.parametrize("objective", ["infonce", "debiased_neg", "debiased_pos"])
 def test_imc_rows_use_momentum_batch_and_queue(objective):
     B, t = 3, 0.2
     image, text = unit(B, 8, seed=1), unit(B, 8, seed=2)
     image_all, text_all = unit(B + 5, 8, seed=3), unit(B + 5, 8, seed=4)
-    i2i, t2t = imc_loss(image, text, image_all, text_all, t, objective, 0.1)
+    i2i, t2t = imc_loss(image, text, image_all, text_all, t, ContrastiveObjective(objective, 0.1))
     expected_i = sum(reference_row((image_all @ image[b]).tolist(), b, t, objective, 0.1) for b in range(B)) / B
     expected_t = sum(reference_row((text_all @ text[b]).tolist(), b, t, objective, 0.1) for b in range(B)) / B
     assert i2i.item() == pytest.approx(expected_i, rel=1e-9)
@@ -74,7 +85,7 @@ def test_lmi_against_loop_with_padding(objective):
     B, n, t = 4, 5, 0.2
     g, local = unit(B, 8, seed=1), unit(B, n, 8, seed=2)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
-    got = lmi_loss(g, local, mask, t, objective, 0.1)
+    got = lmi_loss(g, local, mask, t, ContrastiveObjective(objective, 0.1))
     assert got.item() == pytest.approx(lmi_loop(g, local, mask, t, objective, 0.1), rel=1e-9)
 
 
@@ -93,7 +104,7 @@ def test_lmi_ignores_padded_locals_and_empty_samples():
 def test_lmi_single_sample_is_zero_and_differentiable():
     g = unit(1, 8, seed=1).requires_grad_()
     for objective in ("infonce", "debiased_neg", "debiased_pos"):
-        loss = lmi_loss(g, unit(1, 3, 8, seed=2), None, 0.1, objective)
+        loss = lmi_loss(g, unit(1, 3, 8, seed=2), None, 0.1, ContrastiveObjective(objective))
         loss.backward()
         assert loss.item() == 0.0 and torch.isfinite(g.grad).all()
 
@@ -102,8 +113,9 @@ def test_lmi_gradcheck():
     g = unit(3, 6, seed=1).requires_grad_()
     local = unit(3, 4, 6, seed=2)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0]])
-    for objective in ("infonce", "debiased_neg", "debiased_pos"):
-        assert torch.autograd.gradcheck(lambda x: lmi_loss(x, local, mask, 0.2, objective, 0.1), (g,))
+    for name in ("infonce", "debiased_neg", "debiased_pos"):
+        objective = ContrastiveObjective(name, 0.1)
+        assert torch.autograd.gradcheck(lambda x: lmi_loss(x, local, mask, 0.2, objective), (g,))
 
 
 @pytest.mark.parametrize("size", [64, 256, 384])

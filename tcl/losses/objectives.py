@@ -9,6 +9,7 @@ negative logits, and N. They are computed here in log space, so nothing overflow
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,14 +21,34 @@ OBJECTIVES = ("infonce", "debiased_neg", "debiased_pos")
 _LOG_BELOW_ONE = math.log1p(-1e-7)
 
 
+@dataclass(frozen=True)
+class ContrastiveObjective:
+    """The swappable contrastive objective (TCL.md Part A §A.2) as one value: the three constants always travel
+    together through every contrastive term, and a frozen group cannot be half-passed or changed on the way.
+
+    Attributes:
+        name: ``infonce``, ``debiased_neg`` (L_Neg) or ``debiased_pos`` (L_Pos).
+        tau_plus: class prior τ⁺ of the debiased objectives (ignored by InfoNCE).
+        include_self: ``debiased_pos`` only: whether P counts e_self (the thesis formula; the toy 2-D experiment in
+            docs/BENCHMARKS.md aligns the modalities only without it).
+    """
+
+    name: Objective = "infonce"
+    tau_plus: float = 0.1
+    include_self: bool = True
+
+
+# The default of every contrastive term: plain InfoNCE (τ⁺ and e_self do not enter it).
+INFONCE = ContrastiveObjective()
+
+
 def _log1m_exp(log_x: torch.Tensor) -> torch.Tensor:
     """log(1 − x) from log x, for x < 1; inputs at or above 0 are clamped (the caller discards those rows)."""
     return torch.log1p(-torch.exp(log_x.clamp(max=_LOG_BELOW_ONE)))
 
 
 def objective_from_stats(pos_logit: torch.Tensor, neg_lse: torch.Tensor, num_neg: torch.Tensor | float,
-                         temperature: torch.Tensor | float, objective: Objective = "infonce", tau_plus: float = 0.1,
-                         include_self: bool = True) -> torch.Tensor:
+                         temperature: torch.Tensor | float, objective: ContrastiveObjective = INFONCE) -> torch.Tensor:
     """Per-row loss from the row statistics.
 
     Args:
@@ -35,22 +56,20 @@ def objective_from_stats(pos_logit: torch.Tensor, neg_lse: torch.Tensor, num_neg
         neg_lse: [R] log-sum-exp of the negative logits (-inf for a row without negatives).
         num_neg: [R] (or scalar) number of negatives N of each row.
         temperature: t, used by the floors (whose value is N·e^{-1/t} and τ⁺·e^{-1/t}) and by e_self = e^{1/t}.
-        objective: ``infonce``, ``debiased_neg`` or ``debiased_pos``.
-        tau_plus: class prior τ⁺ of the debiased objectives.
-        include_self: ``debiased_pos`` only: include e_self in P (the thesis formula).
+        objective: which objective, with its τ⁺ and e_self choice.
 
     Returns:
         [R] losses.
     """
-    if objective == "infonce":
+    if objective.name == "infonce":
         return torch.logaddexp(pos_logit, neg_lse) - pos_logit
     num_neg = torch.as_tensor(num_neg, dtype=pos_logit.dtype, device=pos_logit.device).clamp_min(1.0)
     inv_t = 1.0 / torch.as_tensor(temperature, dtype=pos_logit.dtype, device=pos_logit.device)
-    if objective == "debiased_neg":
-        return _debiased_neg(pos_logit, neg_lse, num_neg, inv_t, tau_plus)
-    if objective == "debiased_pos":
-        return _debiased_pos(pos_logit, neg_lse, num_neg, inv_t, tau_plus, include_self)
-    raise ValueError(f"unknown contrastive objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if objective.name == "debiased_neg":
+        return _debiased_neg(pos_logit, neg_lse, num_neg, inv_t, objective.tau_plus)
+    if objective.name == "debiased_pos":
+        return _debiased_pos(pos_logit, neg_lse, num_neg, inv_t, objective.tau_plus, objective.include_self)
+    raise ValueError(f"unknown contrastive objective {objective.name!r}; use one of {', '.join(OBJECTIVES)}")
 
 
 def _debiased_neg(pos_logit, neg_lse, num_neg, inv_t, tau_plus) -> torch.Tensor:
@@ -95,18 +114,16 @@ def row_statistics(logits: torch.Tensor, positive: torch.Tensor, exclude: torch.
 
 
 def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: torch.Tensor | float,
-                     objective: Objective = "infonce", tau_plus: float = 0.1, include_self: bool = True,
-                     soft_targets: torch.Tensor | None = None, alpha: float = 0.0,
-                     row_weights: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
+                     objective: ContrastiveObjective = INFONCE, soft_targets: torch.Tensor | None = None,
+                     alpha: float = 0.0, row_weights: torch.Tensor | None = None,
+                     exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Mean contrastive loss over rows of cosine similarities (weighted by ``row_weights`` when given).
 
     Args:
         sim: [B, M] cosine similarities; column ``positive[b]`` is row b's positive, every other column a negative.
         positive: [B] long.
         temperature: t (tensor or float).
-        objective: ``infonce`` | ``debiased_neg`` | ``debiased_pos``.
-        tau_plus: τ⁺ for the debiased objectives.
-        include_self: whether ``debiased_pos`` includes e_self in P.
+        objective: which objective, with its τ⁺ and e_self choice.
         soft_targets: optional [B, M] distributions (momentum distillation); the loss of a row becomes
             (1 − α)·objective + α·cross-entropy(soft_targets, softmax(sim / t)).
         alpha: distillation weight α.
@@ -119,8 +136,7 @@ def contrastive_loss(sim: torch.Tensor, positive: torch.Tensor, temperature: tor
     if sim.shape[1] < 2:
         raise ValueError("each row needs at least one negative column (M >= 2)")
     logits = sim.float() / temperature if sim.dtype in (torch.float16, torch.bfloat16) else sim / temperature
-    loss = objective_from_stats(*row_statistics(logits, positive, exclude), temperature, objective, tau_plus,
-                                include_self)
+    loss = objective_from_stats(*row_statistics(logits, positive, exclude), temperature, objective)
     if soft_targets is not None and alpha > 0:
         soft, log_probs = soft_targets.to(logits.dtype), F.log_softmax(logits, dim=1)
         if exclude is not None:

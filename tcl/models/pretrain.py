@@ -12,10 +12,11 @@ from torch import nn
 from transformers.models.bert.modeling_bert import BertLayer
 
 from tcl.config import LossConfig, ModelConfig, section_from_dict
-from tcl.losses.contrastive_terms import cma_loss, imc_loss, lmi_loss, pool_image_regions
+from tcl.losses.contrastive_terms import MomentumTargets, cma_loss, imc_loss, lmi_loss, pool_image_regions
 from tcl.losses.diagnostics import alignment, uniformity
 from tcl.losses.itm import hard_negative_weights, itm_loss, sample_hard_negatives
 from tcl.losses.mlm import mask_tokens, mlm_loss
+from tcl.losses.objectives import ContrastiveObjective
 from tcl.losses.uota import pair_weights
 from tcl.models.convert import read_official_pretrain
 from tcl.models.grounding import GroundingHead
@@ -202,19 +203,20 @@ class TCLPretrainModel(nn.Module):
         text_embeds, text_feat = self.encode_text(input_ids, attention_mask)
         teacher = self._teacher(image_aug, input_ids, attention_mask, step_boundary)
         distill_alpha = alpha if cfg.distill else 0.0
-        common = dict(objective=cfg.objective, tau_plus=cfg.tau_plus, include_self=cfg.include_self)
+        # Built per call, not in __init__: loss_config is a plain (mutable) dataclass, and the group costs nothing.
+        objective = ContrastiveObjective(cfg.objective, cfg.tau_plus, cfg.include_self)
         keys = caption_keys(input_ids) if cfg.skip_identical_captions else None
         copies = self._queued_matches(keys, "caption_queue")  # [B, B + Q]: pairs holding a copy of the row's caption
         batch = input_ids.shape[0]
         terms = {}
+        distill = MomentumTargets(teacher.image_feat, teacher.text_feat, distill_alpha)
         terms["i2t"], terms["t2i"] = cma_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, alpha=distill_alpha, image_feat_m=teacher.image_feat,
-                                              text_feat_m=teacher.text_feat, exclude=copies, **common)
+                                              temp, objective, distill=distill, exclude=copies)
         image_weights = pair_weights(image_feat, teacher.image_feat, cfg.uota_tau) if cfg.uota else None
         terms["i2i"], terms["t2t"] = imc_loss(image_feat, text_feat, teacher.image_feat_all, teacher.text_feat_all,
-                                              temp, image_weights=image_weights, text_exclude=copies, **common)
-        terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, **common)
-        terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, **common)
+                                              temp, objective, image_weights=image_weights, text_exclude=copies)
+        terms["lmi_image"] = lmi_loss(image_feat, teacher.image_local, None, temp, objective)
+        terms["lmi_text"] = lmi_loss(text_feat, teacher.text_local, attention_mask[:, 1:], temp, objective)
         if step_boundary:
             self.image_queue.enqueue(self.gather(teacher.image_feat))
             self.text_queue.enqueue(self.gather(teacher.text_feat))

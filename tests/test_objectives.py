@@ -137,3 +137,5 @@ def test_bad_shapes_are_refused():
         contrastive_loss(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long), 0.1)
     with pytest.raises(ValueError, match="unknown contrastive objective"):
         contrastive_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 0.1, ContrastiveObjective("nce"))
+    with pytest.raises(TypeError, match=r"pass ContrastiveObjective\('debiased_pos'"):
+        contrastive_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 0.1, "debiased_pos")

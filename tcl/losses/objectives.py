@@ -61,6 +61,9 @@ def objective_from_stats(pos_logit: torch.Tensor, neg_lse: torch.Tensor, num_neg
     Returns:
         [R] losses.
     """
+    if not isinstance(objective, ContrastiveObjective):  # the loose string of earlier versions
+        raise TypeError(f"objective must be a ContrastiveObjective, got {objective!r}: pass "
+                        f"ContrastiveObjective({objective!r}, tau_plus=..., include_self=...)")
     if objective.name == "infonce":
         return torch.logaddexp(pos_logit, neg_lse) - pos_logit
     num_neg = torch.as_tensor(num_neg, dtype=pos_logit.dtype, device=pos_logit.device).clamp_min(1.0)

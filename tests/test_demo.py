@@ -55,11 +55,17 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path, c
 def test_stages_at_once_stop_the_others_and_name_the_failing_stage(tmp_path):
     from tcl.demo import run_stages_at_once
     from tcl.errors import TclError
+    from tcl.make_data import SUMMARY_FILE
 
-    stages = {"good": (["config", "pretrain_tiny", f"train.output_dir={tmp_path / 'good'}"], tmp_path / "good.log"),
+    # "long" would run for minutes (a world of 200,000 images, its summary written last); "bad" fails at start-up.
+    world = tmp_path / "world"
+    stages = {"long": (["make-data", "--out", str(world), "--train-images", "200000", "--val-images", "10"],
+                       tmp_path / "long.log"),
               "bad": (["finetune-vqa", "--config", str(tmp_path / "missing.yaml"),
                        f"train.output_dir={tmp_path / 'bad'}"], tmp_path / "bad.log")}
     with pytest.raises(TclError, match=r"stage 'bad' failed with exit code \d+; its log .*bad\.log ends with:"
                                        r"(.|\n)*missing\.yaml"):
         run_stages_at_once(stages, poll_s=0.1)
-    assert (tmp_path / "good.log").stat().st_size > 0  # it ran (and was stopped if it was still running)
+    # run_stages_at_once waits for every process it stopped: had "long" not been stopped, it would have ended and
+    # written its summary before the call returned.
+    assert not (world / SUMMARY_FILE).exists()

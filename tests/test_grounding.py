@@ -10,7 +10,7 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_pretrain_dataset, build_tokenizer, pretrain_collator
-from tcl.data.image_text import coco_objects, referring_phrases
+from tcl.data.coco import coco_objects, referring_phrases
 from tcl.data.shapes import SHAPES, SceneObject, render_scene
 from tcl.data.transforms import RandomResizedCrop, ViewWithCrop, box_in_crop, pretrain_transform
 from tcl.errors import ConfigError, DataError
@@ -111,7 +111,7 @@ def test_object_phrases_leave_out_phrases_that_name_several_objects(tmp_path):
 
 
 def test_varied_phrases_are_the_sub_phrases_that_still_name_the_object_alone():
-    from tcl.data.image_text import BoxedObject
+    from tcl.data.coco import BoxedObject
 
     box = (0, 0, 1, 1)
     objects = [BoxedObject("circle", ("small", "red"), box), BoxedObject("circle", ("large", "red"), box),

@@ -9,15 +9,16 @@ import torch
 
 from tcl.config import load_config
 from tcl.data.builders import build_pretrain_dataset, build_tokenizer, pretrain_collator
-from tcl.data.image_text import BoxedObject, coco_objects, collate_regions, region_labels
+from tcl.data.coco import BoxedObject, coco_objects
+from tcl.data.regions import collate_regions, region_labels
+from tcl.data.image_text import ImageTextDataset
 from tcl.data.shapes import SHAPES, SIZES as SIZE_FRACTIONS
-
-SIZES = list(SIZE_FRACTIONS)
 from tcl.errors import ConfigError, DataError
 from tcl.models import TCLPretrainModel
 from tcl.models.pooling import pool_boxes
 
 REPO = Path(__file__).resolve().parents[1]
+SIZES = list(SIZE_FRACTIONS)
 # The terms that read boxes, off.
 NO_REGIONS = ("loss.region_class_weight=0", "loss.grounding_weight=0")
 CATEGORIES = f"loss.region_categories=[{', '.join(SHAPES)}]"
@@ -108,6 +109,26 @@ def test_without_a_crop_the_regions_are_the_instances_files_objects(shapes_root,
                      o.box[3] / side, SHAPES.index(o.category), SIZES.index(o.attributes[0])) for o in found]
         got = [(*box, *labels) for box, labels in dataset[index]["regions"]]
         assert got == [pytest.approx(row) for row in expected]
+
+
+def test_the_dataset_composes_any_objects_part_after_its_views(shapes_root, tiny_config):
+    """An auxiliary objective's data need is a part of its own: any callable of (objects, crop) adds its fields, and
+    the views and the other parts' fields stay what they were."""
+    dataset = build_pretrain_dataset(tiny_config(shapes_root, *REGIONS, "loss.grounding_weight=0"))
+
+    def count(objects, crop):
+        return {"count": len(objects), "crop": crop}
+
+    counting = ImageTextDataset(dataset.table, dataset.image_root, dataset.transform, dataset.reading,
+                                dataset.aug_transform, objects=dataset.objects,
+                                object_targets=[*dataset.object_targets, count])
+    sample, plain = counting[3], dataset[3]
+    assert torch.equal(sample["image"], plain["image"]) and torch.equal(sample["image_aug"], plain["image_aug"])
+    assert sample["regions"] == plain["regions"]
+    assert sample["count"] == len(dataset.objects[str(dataset.table[3]["image"])]) >= 1
+    assert len(sample["crop"]) == 4
+    with pytest.raises(ValueError, match="need the images' objects"):
+        ImageTextDataset(dataset.table, dataset.image_root, dataset.transform, object_targets=[count])
 
 
 def test_every_category_of_the_instances_files_must_be_listed(shapes_root, tiny_config):

@@ -8,14 +8,18 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tcl.config import Config
-from tcl.data.image_text import (BoxedObject, ImageTextDataset, PretrainCollator, albef_json_table,
-                                 coco_caption_table, coco_objects, hf_table)
+from tcl.data.base import SampleReading
+from tcl.data.coco import BoxedObject, coco_objects
+from tcl.data.grounding import GroundingTargets
+from tcl.data.image_text import (ImageTextDataset, ObjectTargets, PretrainCollator, albef_json_table,
+                                 coco_caption_table, hf_table)
+from tcl.data.regions import RegionTargets
 from tcl.data.sampling import ShardedEpochSampler
 from tcl.data.shards import expand_shards, listed_samples, shard_table
 from tcl.data.streaming import ShardSequence, SourceReader, StreamDataset, StreamLoader, table_chunks
@@ -98,8 +102,8 @@ def build_stream_loader(config: Config, tokenizer: TclTokenizer, rank: int, worl
     epoch_samples = data.epoch_samples or (listed_samples(shards) + sum(len(table) for table, _, _ in tables))
     transform, aug_transform = pretrain_transforms(config)
     dataset = StreamDataset(sequence, pretrain_collator(config, tokenizer), transform, aug_transform,
-                            config.train.batch_size, rank, world_size, data.shuffle_buffer, data.on_bad_sample,
-                            config.train.seed, data.max_caption_words, data.max_image_pixels, SourceReader(tables))
+                            config.train.batch_size, rank, world_size, data.shuffle_buffer,
+                            sample_reading(config, data.max_caption_words), SourceReader(tables))
     logger.info("streaming %d source(s) (%d shards, %d indexed files): %d samples per epoch", len(sources),
                 len(shards), len(tables), epoch_samples)
     return StreamLoader(dataset, usable_workers(data.num_workers), epoch_samples, config.train.seed,
@@ -132,26 +136,39 @@ def build_pretrain_dataset(config: Config) -> ImageTextDataset:
     """Image-text pairs from ``data.pretrain_source`` with TCL's two-view pretraining augmentation."""
     data = config.data
     transform, aug_transform = pretrain_transforms(config)
-    kwargs: dict[str, Any] = {"on_bad_sample": data.on_bad_sample, "max_words": data.max_caption_words,
-                              "max_image_pixels": data.max_image_pixels, "seed": config.train.seed,
-                              "aug_transform": aug_transform}
+    reading = sample_reading(config, data.max_caption_words)
     if data.pretrain_source == "hf":
         # A saved table under data.root, or else a hub name.
         first = _resolve(config, data.pretrain_files[0])
         table = hf_table(str(first) if first.exists() else data.pretrain_files[0], data.hf_image_column,
                          data.hf_caption_column)
-        return ImageTextDataset(table, _resolve(config, data.image_root), transform, image_column=data.hf_image_column,
-                                caption_column=data.hf_caption_column, **kwargs)
+        return ImageTextDataset(table, _resolve(config, data.image_root), transform, reading, aug_transform,
+                                image_column=data.hf_image_column, caption_column=data.hf_caption_column)
     table, image_root, skipped = pretrain_pairs(config)
-    if data.pretrain_source == "coco":
-        if config.loss.grounding_weight > 0 or config.loss.region_class_weight > 0:
-            kwargs["objects"] = coco_objects(_instances_files(config))
-            kwargs["grounding"] = config.loss.grounding_weight > 0
-            kwargs["grounding_objects"] = config.loss.grounding_objects
-        if config.loss.region_class_weight > 0:
-            kwargs["region_classes"] = [_listed_categories(config, kwargs["objects"]),
-                                        *config.loss.region_attributes]
-    return ImageTextDataset(table, image_root, transform, skipped_at_indexing=skipped, **kwargs)
+    objects, targets = _object_targets(config) if data.pretrain_source == "coco" else (None, [])
+    return ImageTextDataset(table, image_root, transform, reading, aug_transform, skipped_at_indexing=skipped,
+                            objects=objects, object_targets=targets)
+
+
+def sample_reading(config: Config, max_words: int) -> SampleReading:
+    """The run's ``data.*`` settings every dataset reads samples with (``max_words``: the text's cap)."""
+    data = config.data
+    return SampleReading(data.on_bad_sample, max_words, data.max_image_pixels, config.train.seed)
+
+
+def _object_targets(config: Config) -> tuple[dict[str, list[BoxedObject]] | None, list[ObjectTargets]]:
+    """The instances files' objects and the auxiliary objectives' sample fields, for the objectives the loss
+    weights switch on (none: no objects read)."""
+    loss = config.loss
+    targets: list[ObjectTargets] = []
+    if loss.grounding_weight <= 0 and loss.region_class_weight <= 0:
+        return None, targets
+    objects = coco_objects(_instances_files(config))
+    if loss.grounding_weight > 0:
+        targets.append(GroundingTargets(loss.grounding_objects, config.data.max_caption_words))
+    if loss.region_class_weight > 0:
+        targets.append(RegionTargets([_listed_categories(config, objects), *loss.region_attributes]))
+    return objects, targets
 
 
 def pretrain_pairs(config: Config) -> tuple[datasets.Dataset, Path, Counter]:
@@ -236,9 +253,8 @@ def build_vqa_dataset(config: Config, train: bool) -> VQADataset:
     roots = {"vqa": image_root}
     if data.vg_root:
         roots["vg"] = _resolve(config, data.vg_root)
-    return VQADataset(table, roots, transform, data.on_bad_sample,
-                      max_words=data.max_question_words if train else max(data.max_question_words, 50),
-                      max_image_pixels=data.max_image_pixels, skipped_at_indexing=skipped, seed=config.train.seed,
+    max_words = data.max_question_words if train else max(data.max_question_words, 50)
+    return VQADataset(table, roots, transform, sample_reading(config, max_words), skipped,
                       shared_augmentation=train and config.vqa.group_by_image)
 
 

@@ -45,6 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tcl.data.bad_samples import warn_skip
+from tcl.data.base import SampleReading
 from tcl.data.image_text import PretrainCollator, draw_caption
 from tcl.data.images import as_rgb_image
 from tcl.data.sampling import seeded_sample
@@ -309,14 +310,12 @@ class StreamDataset(IterableDataset):
 
     def __init__(self, sequence: ShardSequence, collate: PretrainCollator, transform: Callable,
                  aug_transform: Callable, batch_size: int, rank: int, world: int, buffer_size: int,
-                 on_bad_sample: str, seed: int, max_words: int, max_image_pixels: int | None,
-                 reader: SourceReader | None = None):
+                 reading: SampleReading, reader: SourceReader | None = None):
         self.sequence, self.collate, self.reader = sequence, collate, reader or SourceReader()
         self.transform, self.aug_transform = transform, aug_transform
         self.decode_size = chains_decode_size(transform, aug_transform)  # large JPEGs decoded at a reduced scale
         self.batch_size, self.rank, self.world, self.buffer_size = batch_size, rank, world, buffer_size
-        self.on_bad_sample, self.seed = on_bad_sample, seed
-        self.max_words, self.max_image_pixels = max_words, max_image_pixels
+        self.reading = reading
         self.skipped_at_indexing: Counter = Counter()  # nothing is indexed
         self.states: list[StreamState] = initial_states(1)
         self.first = 0
@@ -328,7 +327,7 @@ class StreamDataset(IterableDataset):
             raise TclError(f"the stream holds states of {len(self.states)} workers, the loader runs {workers}")
         worker = (self.first + physical) % workers
         stream = WorkerStream(self.sequence, self.states[worker], self.rank, self.world, self.buffer_size,
-                              self.on_bad_sample, self.seed, self.reader)
+                              self.reading.on_bad_sample, self.reading.seed, self.reader)
         samples, keys = [], []
         for position, ordinal, key, members in stream:
             sample = self._sample(position, ordinal, key, members, stream.skipped)
@@ -347,10 +346,10 @@ class StreamDataset(IterableDataset):
     def _sample(self, position: int, ordinal: int, key: str, members: dict[str, bytes], skipped: Counter
                 ) -> dict[str, Any] | None:
         try:
-            with seeded_sample(self.seed, f"stream:{position}:{ordinal}"):
+            with seeded_sample(self.reading.seed, f"stream:{position}:{ordinal}"):
                 return self._views(key, members)
         except BadSampleError as error:
-            if self.on_bad_sample == "error":
+            if self.reading.on_bad_sample == "error":
                 raise BadSampleError(f"{key}: {error} (set data.on_bad_sample=skip to skip and count such samples)",
                                      error.reason) from None
             skipped[error.reason] += 1
@@ -363,8 +362,8 @@ class StreamDataset(IterableDataset):
             raise BadSampleError(f"no image member ({', '.join(sorted(members))})", "missing image")
         meta = sample_meta(members.get("json"))
         name = str(meta.get("image") or key)
-        caption = draw_caption(sample_captions(meta, members.get("txt")), self.max_words, name)
-        picture = as_rgb_image(image, self.max_image_pixels, decode_size=self.decode_size)
+        caption = draw_caption(sample_captions(meta, members.get("txt")), self.reading.max_words, name)
+        picture = as_rgb_image(image, self.reading.max_image_pixels, decode_size=self.decode_size)
         return {"image": self.transform(picture), "image_aug": self.aug_transform(picture), "caption": caption}
 
 

@@ -16,7 +16,7 @@ import datasets
 import torch
 
 from tcl.data.bad_samples import merge_skipped
-from tcl.data.base import TableDataset
+from tcl.data.base import SampleReading, TableDataset
 from tcl.data.images import load_rgb_image
 from tcl.data.index import cached_index, source_key
 from tcl.json_io import load_json
@@ -222,14 +222,15 @@ class VQADataset(TableDataset):
         table: an index from ``official_vqa_table`` or ``albef_vqa_table``.
         image_roots: image folder per ``dataset`` value (``{"vqa": ..., "vg": ...}``).
         transform: image transform.
-        on_bad_sample: ``skip`` or ``error`` for images that cannot be read.
-        max_words: question length cap in words (TCL: 30 at train, 50 at test).
+        reading: the bad-sample policy, question cap (TCL: 30 words at train, 50 at test), image-size guard and seed.
+        skipped_at_indexing: rows left out when the table was built, by reason.
+        shared_augmentation: every question of an image gets the same augmented image within an epoch.
     """
 
     def __init__(self, table: datasets.Dataset, image_roots: dict[str, str | Path], transform: Callable,
-                 on_bad_sample: str = "skip", max_words: int = 30, max_image_pixels: int | None = None,
-                 skipped_at_indexing: Counter | None = None, seed: int = 0, shared_augmentation: bool = False):
-        super().__init__(table, transform, on_bad_sample, max_words, max_image_pixels, skipped_at_indexing, seed,
+                 reading: SampleReading = SampleReading(), skipped_at_indexing: Counter | None = None,
+                 shared_augmentation: bool = False):
+        super().__init__(table, transform, reading, skipped_at_indexing,
                          "no usable VQA questions found. Check data.root, data.vqa_train / data.vqa_eval and the "
                          "skipped-row counts logged while indexing.")
         self.image_roots = {name: Path(path) for name, path in image_roots.items()}
@@ -270,7 +271,7 @@ class VQADataset(TableDataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         row = self._row(index)
-        question = pre_question(row["question"], self.max_words)
+        question = pre_question(row["question"], self.reading.max_words)
         if not question:
             raise BadSampleError(f"question {row['question_id']} is empty after normalisation", "empty question")
         answers, weights = answer_weights(row["answers"], row["dataset"])
@@ -285,7 +286,7 @@ class VQADataset(TableDataset):
         memo_key = (self._drawing, path)
         if self.shared_augmentation and self._last_image is not None and self._last_image[0] == memo_key:
             return self._last_image[1]
-        image = self.transform(load_rgb_image(path, self.max_image_pixels))
+        image = self.transform(load_rgb_image(path, self.reading.max_image_pixels))
         if self.shared_augmentation:
             self._last_image = (memo_key, image)
         return image

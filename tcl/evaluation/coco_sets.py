@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from tcl.data.image_text import (coco_image_folder, collate_regions, load_coco, objects_in, referring_phrases,
-                                 region_labels)
+from tcl.data.coco import coco_image_folder, load_coco, objects_in, referring_phrases
+from tcl.data.regions import collate_regions, region_labels
 from tcl.data.images import load_rgb_image
 from tcl.text_cleaning import pre_caption
 from tcl.data.tokenizer import TclTokenizer

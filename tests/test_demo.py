@@ -52,20 +52,19 @@ def test_demo_runs_every_stage_and_saves_a_usable_model(shapes_root, tmp_path, c
     assert vqa(image, saved["examples"][0]["question"], top_k=3) == saved["examples"][0]["top3"]
 
 
-def test_stages_at_once_stop_the_others_and_name_the_failing_stage(tmp_path):
+def test_stages_at_once_stop_the_others_and_name_the_failing_stage(shapes_root, tmp_path):
     from tcl.demo import run_stages_at_once
     from tcl.errors import TclError
-    from tcl.make_data import SUMMARY_FILE
 
-    # "long" would run for minutes (a world of 200,000 images, its summary written last); "bad" fails at start-up.
-    world = tmp_path / "world"
-    stages = {"long": (["make-data", "--out", str(world), "--train-images", "200000", "--val-images", "10"],
-                       tmp_path / "long.log"),
+    # "long" would pretrain for many minutes (its final checkpoint written last); "bad" fails at start-up.
+    long_run = tmp_path / "long"
+    stages = {"long": (["pretrain", "--config", "pretrain_tiny", f"data.root={shapes_root}", "data.num_workers=0",
+                        "train.epochs=1000", f"train.output_dir={long_run}"], tmp_path / "long.log"),
               "bad": (["finetune-vqa", "--config", str(tmp_path / "missing.yaml"),
                        f"train.output_dir={tmp_path / 'bad'}"], tmp_path / "bad.log")}
     with pytest.raises(TclError, match=r"stage 'bad' failed with exit code \d+; its log .*bad\.log ends with:"
                                        r"(.|\n)*missing\.yaml"):
         run_stages_at_once(stages, poll_s=0.1)
-    # run_stages_at_once waits for every process it stopped: had "long" not been stopped, it would have ended and
-    # written its summary before the call returned.
-    assert not (world / SUMMARY_FILE).exists()
+    # run_stages_at_once waits for every process it stopped: had "long" not been stopped, the call would have
+    # returned only after its last epoch, which ends with "pretraining done".
+    assert "pretraining done" not in (tmp_path / "long.log").read_text()

@@ -9,10 +9,8 @@ import torch
 
 from tcl.data.coco import BoxedObject, referring_phrases
 from tcl.data.tokenizer import TclTokenizer
-from tcl.data.transforms import box_in_crop
+from tcl.data.transforms import Crop, box_in_crop
 from tcl.text_cleaning import pre_caption
-
-Crop = tuple[int, int, int, int]
 
 
 class GroundingTargets:

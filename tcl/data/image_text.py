@@ -26,7 +26,7 @@ from tcl.json_io import stream_json_list
 from tcl.data.regions import collate_regions
 from tcl.data.shards import read_member
 from tcl.text_cleaning import pre_caption
-from tcl.data.transforms import ViewWithCrop, chains_decode_size
+from tcl.data.transforms import Crop, ViewWithCrop, chains_decode_size
 from tcl.data.tokenizer import TclTokenizer
 from tcl.errors import BadSampleError, DataError
 
@@ -149,7 +149,7 @@ class ObjectTargets(Protocol):
     """An auxiliary objective's data need: sample fields made from the image's objects and the first view's crop
     (``tcl.data.grounding.GroundingTargets``, ``tcl.data.regions.RegionTargets``)."""
 
-    def __call__(self, objects: list[BoxedObject], crop: tuple[int, int, int, int]) -> dict[str, Any]: ...
+    def __call__(self, objects: list[BoxedObject], crop: Crop) -> dict[str, Any]: ...
 
 
 class ImageTextDataset(TableDataset):

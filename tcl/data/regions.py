@@ -8,9 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from tcl.data.coco import BoxedObject
-from tcl.data.transforms import box_in_crop
-
-Box = tuple[float, float, float, float]
+from tcl.data.transforms import Crop, ViewBox, box_in_crop
 
 
 class RegionTargets:
@@ -23,7 +21,7 @@ class RegionTargets:
     def __init__(self, classes: Sequence[Sequence[str]]):
         self.classes = classes
 
-    def __call__(self, objects: list[BoxedObject], crop: tuple[int, int, int, int]) -> dict[str, Any]:
+    def __call__(self, objects: list[BoxedObject], crop: Crop) -> dict[str, Any]:
         in_view = [(box_in_crop(list(o.box), crop), region_labels(o, self.classes)) for o in objects]
         return {"regions": [(box, labels) for box, labels in in_view if box is not None]}
 
@@ -38,8 +36,7 @@ def region_labels(obj: BoxedObject, classes: Sequence[Sequence[str]]) -> tuple[i
     return tuple(labels)
 
 
-def collate_regions(regions: list[list[tuple[Box, tuple[int, ...]]]]
-                    ) -> dict[str, torch.Tensor]:
+def collate_regions(regions: list[list[tuple[ViewBox, tuple[int, ...]]]]) -> dict[str, torch.Tensor]:
     """The region classification term's boxes ``[B, R, 4]`` (centre x, centre y, width, height in fractions of the
     view) and labels ``[B, R, C]`` (``region_labels``, C classes), R the most objects of any row; padding rows have
     labels -100 (ignored)."""

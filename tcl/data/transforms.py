@@ -311,7 +311,13 @@ def chains_decode_size(*chains: Callable) -> DecodeSize | None:
     return decode_size
 
 
-def box_in_crop(box: list[float], crop: tuple[int, int, int, int]) -> tuple[float, float, float, float] | None:
+# A crop of an image in its pixels, as our RandomResizedCrop draws it: (top, left, height, width).
+Crop = tuple[int, int, int, int]
+# A box in fractions of a view: (centre x, centre y, width, height).
+ViewBox = tuple[float, float, float, float]
+
+
+def box_in_crop(box: list[float], crop: Crop) -> ViewBox | None:
     """A COCO box [x, y, width, height] in the image's pixels as (centre x, centre y, width, height) in fractions of
     the crop (top, left, height, width), clipped to it; None when nothing of the box is left inside."""
     top, left, height, width = crop
@@ -337,7 +343,7 @@ class ViewWithCrop:
             raise ValueError(f"boxes cannot follow {moving[0]!r}; turn off data.hflip and data.randaugment")
         self.crop, self.rest = steps[0], v2.Compose(steps[1:])
 
-    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, Crop]:
         crop = self.crop.draw(image)
         return self.rest(self.crop.apply(image, crop)), crop
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import torch
 
@@ -183,7 +185,8 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
-def run_training(args, config: Config, train) -> int:
+def run_training(args: argparse.Namespace, config: Config, train: Callable[[argparse.Namespace, Config, Any], int]
+                 ) -> int:
     """What pretraining and fine-tuning share around their work: torch's deterministic setting
     (``train.deterministic``), the accelerator and its distributed checks, and the output folder held for the run
     (started as --resume and --overwrite say); ``train(args, config, accelerator)`` does the rest."""
